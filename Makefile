@@ -1,0 +1,42 @@
+# quotad — see README.md. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+export QUOTAD_ADMIN_KEY ?= dev-admin-key
+
+.PHONY: help run stop test lint build fuzz clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## build bin/quotad
+	$(GO) build -o bin/quotad ./cmd/quotad
+
+run: build ## install what is missing, start Postgres and Redis under .data/, serve on :8080
+	@scripts/stack.sh install
+	@scripts/stack.sh start
+	@eval "$$(scripts/stack.sh env)"; \
+	  bin/quotad migrate >/dev/null && \
+	  echo "" && \
+	  echo "quotad on http://localhost:8080   dev admin key: $$QUOTAD_ADMIN_KEY" && \
+	  echo "try:  curl -s localhost:8080/v1/check -H 'Authorization: Bearer $$QUOTAD_ADMIN_KEY' -H 'Content-Type: application/json' -d '{\"subject\":\"user:42\"}'" && \
+	  echo "Ctrl-C stops quotad; make stop stops Postgres and Redis." && echo "" && \
+	  exec bin/quotad serve
+
+stop: ## stop the Postgres and Redis that make run started
+	@scripts/stack.sh stop
+
+test: ## install what is missing, then run every test with the race detector and short fuzzing
+	@scripts/stack.sh install
+	$(GO) test -race -count=1 ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSubject$$' -fuzztime 10s ./quota
+	$(GO) test -run '^$$' -fuzz '^FuzzParseDecimal$$' -fuzztime 10s ./quota
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./api
+
+lint: ## go vet, gofmt, and staticcheck/govulncheck when installed
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; fi
+	@if command -v govulncheck >/dev/null; then govulncheck ./...; fi
+
+clean: ## remove bin/ (make stop first to keep .data/ consistent)
+	rm -rf bin

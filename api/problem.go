@@ -1,0 +1,97 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// Problem is an RFC 9457 problem+json body.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	Field  string `json:"field,omitempty"` // the request field at fault, for 400s
+}
+
+// problemError is an error that already knows its answer.
+type problemError struct{ p Problem }
+
+func (e *problemError) Error() string { return e.p.Detail }
+
+func problem(status int, detail string) error {
+	return &problemError{Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail}}
+}
+
+func fieldProblem(field, detail string) error {
+	err := problem(http.StatusBadRequest, detail).(*problemError)
+	err.p.Field = field
+	return err
+}
+
+// errorStatus is the one table from domain errors to HTTP statuses.
+var errorStatus = []struct {
+	err    error
+	status int
+}{
+	{quota.ErrInvalid, http.StatusBadRequest},
+	{quota.ErrNotFound, http.StatusNotFound},
+	{quota.ErrConflict, http.StatusConflict},
+	{quota.ErrUnavailable, http.StatusServiceUnavailable},
+	{context.DeadlineExceeded, http.StatusServiceUnavailable},
+}
+
+// toProblem turns any error a handler returned into the answer. Errors that
+// are not in the table are logged and answered with a generic 500, so that
+// internals never leak.
+func toProblem(err error, log *slog.Logger, r *http.Request) Problem {
+	var pe *problemError
+	if errors.As(err, &pe) {
+		return pe.p
+	}
+	var fe *quota.FieldError
+	if errors.As(err, &fe) {
+		return Problem{Type: "about:blank", Title: http.StatusText(400), Status: 400, Detail: fe.Error(), Field: fe.Field}
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		detail := http.StatusText(he.Code)
+		if m, ok := he.Message.(string); ok {
+			detail = m
+		}
+		return Problem{Type: "about:blank", Title: http.StatusText(he.Code), Status: he.Code, Detail: detail}
+	}
+	for _, e := range errorStatus {
+		if errors.Is(err, e.err) {
+			detail := err.Error()
+			if e.status == http.StatusServiceUnavailable {
+				log.Warn("store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+				detail = "the quota stores are unavailable; retry later"
+			}
+			return Problem{Type: "about:blank", Title: http.StatusText(e.status), Status: e.status, Detail: detail}
+		}
+	}
+	log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	return Problem{Type: "about:blank", Title: http.StatusText(500), Status: 500, Detail: "internal error"}
+}
+
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	p := toProblem(err, s.log, c.Request())
+	if p.Status == http.StatusUnauthorized {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="quotad"`)
+	}
+	c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
+	c.Response().WriteHeader(p.Status)
+	if c.Request().Method != http.MethodHead {
+		_ = jsonEncode(c.Response(), p)
+	}
+}

@@ -1,0 +1,335 @@
+// Package api serves quotad's REST contract (DESIGN.md, "REST contract") with
+// echo: routing, auth, problem+json errors, metrics and the OpenAPI document.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// Keys looks up and mints API keys; persist.Store implements it.
+type Keys interface {
+	// KeyScope returns the scope of the key whose SHA-256 is sum, or
+	// quota.ErrNotFound.
+	KeyScope(ctx context.Context, sum [32]byte) (string, error)
+	// CreateKey mints a key with scope and returns it.
+	CreateKey(ctx context.Context, scope, name string) (string, error)
+}
+
+// Readiness is what /readyz reports.
+type Readiness struct {
+	Status string            `json:"status"` // "ok", "degraded" or "unavailable"
+	Stores map[string]string `json:"stores"` // store name -> "up" or "down"
+	Detail map[string]any    `json:"detail,omitempty"`
+}
+
+// Config is what a Server is built from.
+type Config struct {
+	Service  *quota.Service
+	Keys     Keys
+	AdminKey string // QUOTAD_ADMIN_KEY; empty disables it
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+	// Ready reports the stores' state for /readyz.
+	Ready func(ctx context.Context) Readiness
+}
+
+// Server is the HTTP face of a quota.Service.
+type Server struct {
+	echo    *echo.Echo
+	svc     *quota.Service
+	auth    *authenticator
+	log     *slog.Logger
+	ready   func(ctx context.Context) Readiness
+	metrics *httpMetrics
+	routes  []route
+}
+
+// Scopes of API keys. An admin key may do everything a service key may.
+const (
+	ScopeService = "service"
+	ScopeAdmin   = "admin"
+)
+
+// New builds a Server with every route of the contract.
+func New(cfg Config) *Server {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	s := &Server{
+		echo:    e,
+		svc:     cfg.Service,
+		auth:    newAuthenticator(cfg.Keys, cfg.AdminKey),
+		log:     cfg.Logger,
+		ready:   cfg.Ready,
+		metrics: newHTTPMetrics(cfg.Registry),
+	}
+	e.HTTPErrorHandler = s.handleError
+	e.Use(s.metrics.middleware)
+	s.routes = s.table()
+	for _, r := range s.routes {
+		h := r.handler
+		if r.scope != "" {
+			h = s.auth.require(r.scope, h)
+		}
+		e.Add(r.method, r.path, h)
+	}
+	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})))
+	e.GET("/openapi.json", s.openapi)
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// Echo returns the echo instance, for tests that list its routes.
+func (s *Server) Echo() *echo.Echo { return s.echo }
+
+// route is one row of the contract: it registers the handler and describes
+// the operation in the OpenAPI document, so the two cannot drift apart.
+type route struct {
+	method, path string
+	scope        string // "" for no auth
+	summary      string
+	body         any // request body type for the OpenAPI document, nil for none
+	answer       any // 2xx answer type
+	status       int // 2xx status
+	handler      echo.HandlerFunc
+}
+
+func (s *Server) table() []route {
+	return []route{
+		{"POST", "/v1/check", ScopeService, "Ask whether an amount may be spent now", quota.CheckRequest{}, quota.CheckResult{}, 200, s.check},
+		{"POST", "/v1/consume", ScopeService, "Record or enforce usage", quota.ConsumeRequest{}, quota.ConsumeResponse{}, 200, s.consume},
+		{"GET", "/v1/subjects/:subject", ScopeService, "A subject's plan and usage per meter", nil, quota.SubjectView{}, 200, s.getSubject},
+		{"PUT", "/v1/subjects/:subject", ScopeAdmin, "Change a subject's plan, limits or cycle anchor", quota.SubjectUpdate{}, quota.SubjectView{}, 200, s.putSubject},
+		{"POST", "/v1/subjects/:subject/reset", ScopeAdmin, "Set a subject's current-period usage to 0", resetRequest{}, quota.SubjectView{}, 200, s.reset},
+		{"GET", "/v1/plans", ScopeService, "Every plan", nil, []quota.Plan{}, 200, s.plans},
+		{"GET", "/v1/plans/:name", ScopeService, "One plan", nil, quota.Plan{}, 200, s.plan},
+		{"PUT", "/v1/plans/:name", ScopeAdmin, "Create or replace a plan", quota.Plan{}, quota.Plan{}, 200, s.putPlan},
+		{"POST", "/v1/cost", ScopeService, "Price token usage in credits", quota.Usage{}, quota.CostResult{}, 200, s.cost},
+		{"GET", "/v1/pricing", ScopeService, "The cost book", nil, pricing{}, 200, s.pricing},
+		{"PUT", "/v1/pricing/:model", ScopeAdmin, "Create or replace a model's price", quota.Price{}, quota.Price{}, 200, s.putPrice},
+		{"POST", "/v1/keys", ScopeAdmin, "Mint an API key", keyRequest{}, keyAnswer{}, 201, s.createKey},
+	}
+}
+
+type resetRequest struct {
+	Meter string `json:"meter,omitempty"`
+}
+
+type pricing struct {
+	Margin quota.Decimal `json:"margin"`
+	Prices []quota.Price `json:"prices"`
+}
+
+type keyRequest struct {
+	Scope string `json:"scope"`
+	Name  string `json:"name,omitempty"`
+}
+
+type keyAnswer struct {
+	Key   string `json:"key"`
+	Scope string `json:"scope"`
+	Name  string `json:"name,omitempty"`
+}
+
+func (s *Server) check(c echo.Context) error {
+	var req quota.CheckRequest
+	if err := decode(c, &req); err != nil {
+		return err
+	}
+	res, err := s.svc.Check(c.Request().Context(), req)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, res)
+}
+
+func (s *Server) consume(c echo.Context) error {
+	var req quota.ConsumeRequest
+	if err := decode(c, &req); err != nil {
+		return err
+	}
+	res, err := s.svc.Consume(c.Request().Context(), req)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, res)
+}
+
+func (s *Server) getSubject(c echo.Context) error {
+	id, err := pathParam(c, "subject")
+	if err != nil {
+		return err
+	}
+	v, err := s.svc.Subject(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+func (s *Server) putSubject(c echo.Context) error {
+	id, err := pathParam(c, "subject")
+	if err != nil {
+		return err
+	}
+	var u quota.SubjectUpdate
+	if err := decode(c, &u); err != nil {
+		return err
+	}
+	v, err := s.svc.PutSubject(c.Request().Context(), id, u)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+func (s *Server) reset(c echo.Context) error {
+	id, err := pathParam(c, "subject")
+	if err != nil {
+		return err
+	}
+	var req resetRequest
+	if c.Request().ContentLength != 0 { // the body is optional
+		if err := decode(c, &req); err != nil {
+			return err
+		}
+	}
+	if req.Meter != "" {
+		if err := quota.ValidMeter(req.Meter); err != nil {
+			return err
+		}
+	}
+	v, err := s.svc.Reset(c.Request().Context(), id, req.Meter)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+func (s *Server) plans(c echo.Context) error {
+	ps, err := s.svc.Plans(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, ps)
+}
+
+func (s *Server) plan(c echo.Context) error {
+	name, err := pathParam(c, "name")
+	if err != nil {
+		return err
+	}
+	p, err := s.svc.Plan(c.Request().Context(), name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
+
+func (s *Server) putPlan(c echo.Context) error {
+	name, err := pathParam(c, "name")
+	if err != nil {
+		return err
+	}
+	var p quota.Plan
+	if err := decode(c, &p); err != nil {
+		return err
+	}
+	if p.Name != "" && p.Name != name {
+		return fieldProblem("name", "must match the plan name in the path")
+	}
+	p.Name = name
+	p, err = s.svc.PutPlan(c.Request().Context(), p)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
+
+func (s *Server) cost(c echo.Context) error {
+	var u quota.Usage
+	if err := decode(c, &u); err != nil {
+		return err
+	}
+	res, err := s.svc.Cost(u)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, res)
+}
+
+func (s *Server) pricing(c echo.Context) error {
+	prices, margin := s.svc.Pricing()
+	return c.JSON(http.StatusOK, pricing{Margin: margin, Prices: prices})
+}
+
+func (s *Server) putPrice(c echo.Context) error {
+	model, err := pathParam(c, "model")
+	if err != nil {
+		return err
+	}
+	var p quota.Price
+	if err := decode(c, &p); err != nil {
+		return err
+	}
+	if p.Model != "" && p.Model != model {
+		return fieldProblem("model", "must match the model in the path")
+	}
+	p.Model = model
+	p, err = s.svc.PutPrice(c.Request().Context(), p)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
+
+func (s *Server) createKey(c echo.Context) error {
+	var req keyRequest
+	if err := decode(c, &req); err != nil {
+		return err
+	}
+	if req.Scope != ScopeService && req.Scope != ScopeAdmin {
+		return fieldProblem("scope", `must be "service" or "admin"`)
+	}
+	if len(req.Name) > 128 {
+		return fieldProblem("name", "must be at most 128 characters")
+	}
+	key, err := s.auth.keys.CreateKey(c.Request().Context(), req.Scope, req.Name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, keyAnswer{Key: key, Scope: req.Scope, Name: req.Name})
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	r := s.ready(ctx)
+	status := http.StatusOK
+	if r.Status == "unavailable" {
+		status = http.StatusServiceUnavailable
+	}
+	return c.JSON(status, r)
+}
+
+// pathParam returns the unescaped path parameter name.
+func pathParam(c echo.Context, name string) (string, error) {
+	v, err := url.PathUnescape(c.Param(name))
+	if err != nil {
+		return "", fieldProblem(name, "bad escaping in the path")
+	}
+	return v, nil
+}

@@ -1,0 +1,166 @@
+package persist
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// The synchronous counter: every consume is one Postgres transaction. It is
+// the fallback when Redis is down and the QUOTAD_TIERS=postgres baseline.
+
+const (
+	selectUsed = `SELECT used FROM counters WHERE subject = $1 AND meter = $2 AND period_start = $3`
+
+	// consumeSQL adds $5 to a counter and writes the ledger row in one
+	// statement. In enforce mode ($6) the ON CONFLICT ... WHERE re-checks the
+	// limit ($7) on the locked, latest row version, so concurrent consumes
+	// can never push used past the limit. No row back means rejected.
+	consumeSQL = `WITH c AS (
+		INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (subject, meter, period_start) DO UPDATE
+			SET used = c.used + EXCLUDED.used, updated_at = now()
+			WHERE NOT $6 OR c.used <= $7 - EXCLUDED.used
+		RETURNING used
+	), l AS (
+		INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, mode,
+			model, input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, idempotency_key, created_at)
+		SELECT $8, 'consume', $1, $2, $3, $5, $9, $10, $11, $12, $13, $14, $15, $16 FROM c
+	)
+	SELECT used FROM c`
+
+	// claimIdempotencySQL takes an idempotency key for a new request, or
+	// retakes one older than 24 hours. No row back means the key is held by
+	// an earlier request; a concurrent holder makes this wait until it
+	// commits, so the SELECT that follows sees its result.
+	claimIdempotencySQL = `INSERT INTO idempotency AS i (subject, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (subject, key) DO UPDATE
+			SET request_hash = EXCLUDED.request_hash, created_at = EXCLUDED.created_at,
+				applied = NULL, amount = NULL, used = NULL
+			WHERE i.created_at < EXCLUDED.created_at - interval '24 hours'
+		RETURNING true`
+	selectIdempotencySQL = `SELECT request_hash, applied, amount, used FROM idempotency WHERE subject = $1 AND key = $2`
+	storeIdempotencySQL  = `UPDATE idempotency SET applied = $3, amount = $4, used = $5 WHERE subject = $1 AND key = $2`
+
+	resetSQL = `WITH c AS (
+		UPDATE counters SET used = 0, updated_at = now()
+		WHERE subject = $1 AND meter = $2 AND period_start = $3
+		RETURNING 1
+	)
+	INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, created_at)
+	VALUES ($4, 'reset', $1, $2, $3, 0, $5)`
+)
+
+// Used implements quota.Counter.
+func (s *Store) Used(ctx context.Context, key quota.CounterKey) (int64, error) {
+	var used int64
+	err := s.pool.QueryRow(ctx, selectUsed, key.Subject, key.Meter, key.Start).Scan(&used)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return used, translate(err)
+}
+
+// Consume implements quota.Counter in one transaction.
+func (s *Store) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	if op.IdempotencyKey == "" {
+		return consume(ctx, s.pool, op)
+	}
+	var res quota.ConsumeResult
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var claimed bool
+		err := tx.QueryRow(ctx, claimIdempotencySQL, op.Key.Subject, op.IdempotencyKey, op.RequestHash, op.At).Scan(&claimed)
+		if errors.Is(err, pgx.ErrNoRows) {
+			res, err = firstResult(ctx, tx, op)
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("claim idempotency key: %w", err)
+		}
+		if res, err = consume(ctx, tx, op); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, storeIdempotencySQL, op.Key.Subject, op.IdempotencyKey, res.Applied, res.Amount, res.Used)
+		return err
+	})
+	return res, translate(err)
+}
+
+// querier is what pgxpool.Pool and pgx.Tx have in common.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func consume(ctx context.Context, q querier, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	res := quota.ConsumeResult{Amount: op.Amount}
+	if op.Enforce && op.Amount > op.Limit {
+		used, err := usedIn(ctx, q, op.Key)
+		res.Used = used
+		return res, err
+	}
+	mode := quota.ModeRecord
+	if op.Enforce {
+		mode = quota.ModeEnforce
+	}
+	var model *string
+	var in, out, cw, cr *int64
+	if u := op.Usage; u != nil {
+		model, in, out, cw, cr = &u.Model, &u.InputTokens, &u.OutputTokens, &u.CacheWriteTokens, &u.CacheReadTokens
+	}
+	var idem *string
+	if op.IdempotencyKey != "" {
+		idem = &op.IdempotencyKey
+	}
+	err := q.QueryRow(ctx, consumeSQL, op.Key.Subject, op.Key.Meter, op.Key.Start, nullTime(op.Key.End),
+		op.Amount, op.Enforce, op.Limit, op.EventID, mode, model, in, out, cw, cr, idem, op.At).Scan(&res.Used)
+	if errors.Is(err, pgx.ErrNoRows) { // enforce rejected it
+		used, err := usedIn(ctx, q, op.Key)
+		res.Used = used
+		return res, err
+	}
+	if err != nil {
+		return res, translate(err)
+	}
+	res.Applied = true
+	return res, nil
+}
+
+func usedIn(ctx context.Context, q querier, key quota.CounterKey) (int64, error) {
+	var used int64
+	err := q.QueryRow(ctx, selectUsed, key.Subject, key.Meter, key.Start).Scan(&used)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return used, translate(err)
+}
+
+// firstResult answers a repeated idempotency key with what the first
+// request got, or ErrConflict when the repeat asks for something else.
+func firstResult(ctx context.Context, tx pgx.Tx, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	var hash string
+	var applied *bool
+	var amount, used *int64
+	if err := tx.QueryRow(ctx, selectIdempotencySQL, op.Key.Subject, op.IdempotencyKey).Scan(&hash, &applied, &amount, &used); err != nil {
+		return quota.ConsumeResult{}, fmt.Errorf("read idempotency key: %w", err)
+	}
+	if hash != op.RequestHash {
+		return quota.ConsumeResult{}, fmt.Errorf("idempotency key %q was used for a different request: %w", op.IdempotencyKey, quota.ErrConflict)
+	}
+	if applied == nil { // cannot happen: the claim waited for the first transaction
+		return quota.ConsumeResult{}, fmt.Errorf("idempotency key %q has no result", op.IdempotencyKey)
+	}
+	return quota.ConsumeResult{Applied: *applied, Duplicate: true, Amount: *amount, Used: *used}, nil
+}
+
+// Reset implements quota.Counter: the counter goes to 0 and the ledger gets
+// a reset row.
+func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
+	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, eventID(), at)
+	return translate(err)
+}

@@ -1,0 +1,139 @@
+package persist
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/quotad/quotad/quota"
+)
+
+const (
+	selectPlans = `SELECT name, limits FROM plans ORDER BY name`
+	selectPlan  = `SELECT name, limits FROM plans WHERE name = $1`
+	upsertPlan  = `INSERT INTO plans (name, limits) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, updated_at = now()`
+
+	selectSubject = `SELECT subject, plan, cycle_anchor, overrides FROM subjects WHERE subject = $1`
+	// provisionSubject inserts a subject unless one exists and returns the
+	// stored row either way. The no-op DO UPDATE makes RETURNING see the
+	// existing row, so two instances provisioning at once agree on it.
+	provisionSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
+		RETURNING subject, plan, cycle_anchor, overrides`
+	upsertSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (subject) DO UPDATE SET plan = EXCLUDED.plan, cycle_anchor = EXCLUDED.cycle_anchor,
+			overrides = EXCLUDED.overrides, updated_at = now()`
+
+	selectPrices = `SELECT model, input::text, output::text, cache_write::text, cache_read::text FROM prices ORDER BY model`
+	upsertPrice  = `INSERT INTO prices (model, input, output, cache_write, cache_read)
+		VALUES ($1, $2::numeric, $3::numeric, $4::numeric, $5::numeric)
+		ON CONFLICT (model) DO UPDATE SET input = EXCLUDED.input, output = EXCLUDED.output,
+			cache_write = EXCLUDED.cache_write, cache_read = EXCLUDED.cache_read, updated_at = now()`
+)
+
+// Plans implements quota.Plans.
+func (s *Store) Plans(ctx context.Context) ([]quota.Plan, error) {
+	rows, err := s.pool.Query(ctx, selectPlans)
+	if err != nil {
+		return nil, fmt.Errorf("select plans: %w", translate(err))
+	}
+	plans, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.Plan, error) {
+		var p quota.Plan
+		err := r.Scan(&p.Name, &p.Limits)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select plans: %w", translate(err))
+	}
+	return plans, nil
+}
+
+// Plan implements quota.Plans.
+func (s *Store) Plan(ctx context.Context, name string) (quota.Plan, error) {
+	var p quota.Plan
+	if err := s.pool.QueryRow(ctx, selectPlan, name).Scan(&p.Name, &p.Limits); err != nil {
+		return quota.Plan{}, translate(err)
+	}
+	return p, nil
+}
+
+// PutPlan implements quota.Plans.
+func (s *Store) PutPlan(ctx context.Context, p quota.Plan) error {
+	_, err := s.pool.Exec(ctx, upsertPlan, p.Name, p.Limits)
+	return translate(err)
+}
+
+// Subject implements quota.Subjects.
+func (s *Store) Subject(ctx context.Context, id string) (quota.Subject, error) {
+	return scanSubject(s.pool.QueryRow(ctx, selectSubject, id))
+}
+
+// ProvisionSubject implements quota.Subjects.
+func (s *Store) ProvisionSubject(ctx context.Context, sub quota.Subject) (quota.Subject, error) {
+	return scanSubject(s.pool.QueryRow(ctx, provisionSubject, sub.ID, sub.Plan, sub.CycleAnchor, overrides(sub)))
+}
+
+// PutSubject implements quota.Subjects.
+func (s *Store) PutSubject(ctx context.Context, sub quota.Subject) error {
+	_, err := s.pool.Exec(ctx, upsertSubject, sub.ID, sub.Plan, sub.CycleAnchor, overrides(sub))
+	return translate(err)
+}
+
+func overrides(sub quota.Subject) map[string]quota.Limit {
+	if sub.Overrides == nil {
+		return map[string]quota.Limit{}
+	}
+	return sub.Overrides
+}
+
+func scanSubject(row pgx.Row) (quota.Subject, error) {
+	var sub quota.Subject
+	var anchor time.Time
+	if err := row.Scan(&sub.ID, &sub.Plan, &anchor, &sub.Overrides); err != nil {
+		return quota.Subject{}, translate(err)
+	}
+	sub.CycleAnchor = anchor.UTC()
+	if len(sub.Overrides) == 0 {
+		sub.Overrides = nil
+	}
+	return sub, nil
+}
+
+// Prices implements quota.Prices.
+func (s *Store) Prices(ctx context.Context) ([]quota.Price, error) {
+	rows, err := s.pool.Query(ctx, selectPrices)
+	if err != nil {
+		return nil, fmt.Errorf("select prices: %w", translate(err))
+	}
+	prices, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.Price, error) {
+		var p quota.Price
+		var in, out, cw, cr string
+		if err := r.Scan(&p.Model, &in, &out, &cw, &cr); err != nil {
+			return p, err
+		}
+		for _, f := range []struct {
+			dst *quota.Decimal
+			src string
+		}{{&p.Input, in}, {&p.Output, out}, {&p.CacheWrite, cw}, {&p.CacheRead, cr}} {
+			d, err := quota.ParseDecimal(f.src)
+			if err != nil {
+				return p, fmt.Errorf("price of %s: %w", p.Model, err)
+			}
+			*f.dst = d
+		}
+		return p, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select prices: %w", translate(err))
+	}
+	return prices, nil
+}
+
+// PutPrice implements quota.Prices.
+func (s *Store) PutPrice(ctx context.Context, p quota.Price) error {
+	_, err := s.pool.Exec(ctx, upsertPrice, p.Model, p.Input.String(), p.Output.String(), p.CacheWrite.String(), p.CacheRead.String())
+	return translate(err)
+}

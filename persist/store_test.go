@@ -1,0 +1,218 @@
+package persist_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quotad/quotad/internal/testenv"
+	"github.com/quotad/quotad/persist"
+	"github.com/quotad/quotad/quota"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// newStore returns a migrated, seeded store on a database of its own.
+func newStore(tb testing.TB) *persist.Store {
+	tb.Helper()
+	ctx := context.Background()
+	st, err := persist.Open(ctx, testenv.PostgresURL(tb), 128)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(st.Close)
+	if err := st.Migrate(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	if err := st.Seed(ctx, quota.DefaultPlans(), quota.DefaultPrices()); err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+var monthKey = quota.CounterKey{
+	Subject: "user:1", Meter: "credits",
+	Start: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC),
+}
+
+func TestMigrateConcurrently(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			st, err := persist.Open(ctx, url, 4)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer st.Close()
+			errs <- st.Migrate(ctx)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent migrate: %v", err)
+		}
+	}
+}
+
+// TestEnforceConcurrent runs 100 goroutines consuming in enforce mode; the
+// accepted amounts must add up to the limit exactly.
+func TestEnforceConcurrent(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	const limit = 1000
+	var accepted atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 100 {
+		wg.Go(func() {
+			for i := range 30 {
+				amount := int64(1 + (g+i)%7)
+				res, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: amount, Enforce: true, Limit: limit,
+					EventID: fmt.Sprintf("e-%d-%d", g, i), At: time.Now()})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Applied {
+					accepted.Add(amount)
+				}
+				if res.Used > limit {
+					t.Errorf("used %d past the limit %d", res.Used, limit)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	used, err := st.Used(ctx, monthKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accepted.Load() != used {
+		t.Fatalf("accepted %d, counter says %d", accepted.Load(), used)
+	}
+	// 3,000 consumes averaging 4 units asked for ~12,000: the limit must be
+	// reached exactly, not approximately, unless the remaining gap is smaller
+	// than every amount still being asked for, which the 1-unit asks rule out.
+	if used != limit {
+		t.Fatalf("used %d, want exactly %d", used, limit)
+	}
+	var ledger int64
+	if err := st.Pool().QueryRow(ctx, `SELECT coalesce(sum(amount), 0) FROM usage_ledger WHERE subject = $1`, monthKey.Subject).Scan(&ledger); err != nil {
+		t.Fatal(err)
+	}
+	if ledger != limit {
+		t.Fatalf("ledger sums to %d, want %d", ledger, limit)
+	}
+}
+
+func TestRecordPastLimit(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	for i := range 3 {
+		res, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: 600, Limit: 1000, EventID: fmt.Sprint(i), At: time.Now()})
+		if err != nil || !res.Applied {
+			t.Fatalf("record %d: %+v, %v", i, res, err)
+		}
+	}
+	res, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: 1, Enforce: true, Limit: 1000, EventID: "x", At: time.Now()})
+	if err != nil || res.Applied || res.Used != 1800 {
+		t.Fatalf("enforce past the limit: %+v, %v; want rejected with used 1800", res, err)
+	}
+}
+
+// TestIdempotencyConcurrent sends one idempotency key from 50 goroutines:
+// it must count once and every answer must be the first one.
+func TestIdempotencyConcurrent(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var firsts atomic.Int64
+	for i := range 50 {
+		wg.Go(func() {
+			res, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: 7, Limit: 1000, IdempotencyKey: "req-1",
+				RequestHash: "h", EventID: fmt.Sprint("e", i), At: time.Now()})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if !res.Duplicate {
+				firsts.Add(1)
+			}
+			if !res.Applied || res.Used != 7 || res.Amount != 7 {
+				t.Errorf("answer %+v, want applied with used 7", res)
+			}
+		})
+	}
+	wg.Wait()
+	if firsts.Load() != 1 {
+		t.Fatalf("%d answers were not duplicates, want 1", firsts.Load())
+	}
+	if used, _ := st.Used(ctx, monthKey); used != 7 {
+		t.Fatalf("used %d, want 7", used)
+	}
+	var rows int
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger`).Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("ledger has %d rows (%v), want 1", rows, err)
+	}
+	_, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: 8, Limit: 1000, IdempotencyKey: "req-1", RequestHash: "other", EventID: "z", At: time.Now()})
+	if !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("reused key with another body: %v, want ErrConflict", err)
+	}
+}
+
+func TestOverflowIsInvalid(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if _, err := st.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, used) VALUES ($1, $2, $3, $4)`,
+		monthKey.Subject, monthKey.Meter, monthKey.Start, int64(1<<63-10)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: 100, EventID: "o", At: time.Now()})
+	if !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("overflowing consume: %v, want ErrInvalid", err)
+	}
+}
+
+func TestProvisionSubjectFirstWins(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	a := time.Date(2026, 1, 31, 10, 0, 0, 0, time.UTC)
+	got, err := st.ProvisionSubject(ctx, quota.Subject{ID: "user:9", Plan: "free", CycleAnchor: a})
+	if err != nil || !got.CycleAnchor.Equal(a) {
+		t.Fatalf("first provision: %+v, %v", got, err)
+	}
+	got, err = st.ProvisionSubject(ctx, quota.Subject{ID: "user:9", Plan: "pro", CycleAnchor: a.Add(time.Hour)})
+	if err != nil || got.Plan != "free" || !got.CycleAnchor.Equal(a) {
+		t.Fatalf("second provision: %+v, %v; want the first one back", got, err)
+	}
+	if _, err := st.Subject(ctx, "user:nobody"); !errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("unknown subject: %v, want ErrNotFound", err)
+	}
+}
+
+func TestResetWritesLedger(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if _, err := st.Consume(ctx, quota.ConsumeOp{Key: monthKey, Amount: 5, EventID: "a", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Reset(ctx, monthKey, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if used, _ := st.Used(ctx, monthKey); used != 0 {
+		t.Fatalf("used %d after reset", used)
+	}
+	var n int
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger WHERE kind = 'reset'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d reset rows (%v), want 1", n, err)
+	}
+}

@@ -1,0 +1,538 @@
+package quota
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// Consume modes.
+const (
+	ModeRecord  = "record"  // usage that already happened: always applied
+	ModeEnforce = "enforce" // applied only if it fits under the limit
+)
+
+// Stores is what a Service is built on.
+type Stores struct {
+	Plans    Plans
+	Subjects Subjects
+	Prices   Prices
+	Counter  Counter
+}
+
+// Service answers every quota operation. It holds no usage itself: every
+// answer comes from its stores, so several instances can serve one
+// installation.
+type Service struct {
+	plans    Plans
+	subjects Subjects
+	prices   Prices
+	counter  Counter
+	now      func() time.Time
+	margin   Decimal
+	book     atomic.Pointer[CostBook]
+}
+
+// NewService returns a Service over stores. now is the clock (time.Now when
+// nil); margin is the cost book's margin. Call ReloadPrices before pricing.
+func NewService(st Stores, now func() time.Time, margin Decimal) *Service {
+	if now == nil {
+		now = time.Now
+	}
+	s := &Service{plans: st.Plans, subjects: st.Subjects, prices: st.Prices, counter: st.Counter, now: now, margin: margin}
+	s.book.Store(NewCostBook(margin, nil))
+	return s
+}
+
+// ReloadPrices rebuilds the cost book from the price store. Instances call it
+// at start and whenever prices change anywhere.
+func (s *Service) ReloadPrices(ctx context.Context) error {
+	ps, err := s.prices.Prices(ctx)
+	if err != nil {
+		return fmt.Errorf("load prices: %w", err)
+	}
+	s.book.Store(NewCostBook(s.margin, ps))
+	return nil
+}
+
+// Time is an instant that encodes as RFC 3339 in UTC, and as null when zero
+// (the lifetime period never resets).
+type Time struct{ time.Time }
+
+// MarshalJSON implements json.Marshaler.
+func (t Time) MarshalJSON() ([]byte, error) {
+	if t.IsZero() {
+		return []byte("null"), nil
+	}
+	b := make([]byte, 0, len(time.RFC3339)+2)
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, time.RFC3339)
+	return append(b, '"'), nil
+}
+
+// CheckRequest asks whether Amount more of Meter may be spent by Subject.
+type CheckRequest struct {
+	Subject string `json:"subject"`
+	Meter   string `json:"meter,omitempty"`  // default "credits"
+	Amount  int64  `json:"amount,omitempty"` // default 1
+}
+
+// CheckResult answers a CheckRequest.
+type CheckResult struct {
+	Subject   string `json:"subject"`
+	Meter     string `json:"meter"`
+	Allowed   bool   `json:"allowed"`
+	Used      int64  `json:"used"`
+	Reserved  int64  `json:"reserved"`
+	Limit     int64  `json:"limit"`
+	Remaining int64  `json:"remaining"`
+	ResetsAt  Time   `json:"resets_at"`
+	Plan      string `json:"plan"`
+}
+
+// ConsumeRequest records or enforces usage. Exactly one of Amount and Usage
+// is set; Usage is priced by the cost book.
+type ConsumeRequest struct {
+	Subject        string `json:"subject"`
+	Meter          string `json:"meter,omitempty"`
+	Amount         int64  `json:"amount,omitempty"`
+	Usage          *Usage `json:"usage,omitempty"`
+	Mode           string `json:"mode,omitempty"` // default "record"
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+}
+
+// ConsumeResult answers a ConsumeRequest.
+type ConsumeResponse struct {
+	Applied   bool  `json:"applied"`
+	Duplicate bool  `json:"duplicate"`
+	Amount    int64 `json:"amount"`
+	Used      int64 `json:"used"`
+	Reserved  int64 `json:"reserved"`
+	Limit     int64 `json:"limit"`
+	Remaining int64 `json:"remaining"`
+	Exceeded  bool  `json:"exceeded"`
+	ResetsAt  Time  `json:"resets_at"`
+}
+
+// MeterStatus is one meter of a SubjectView.
+type MeterStatus struct {
+	Meter     string `json:"meter"`
+	Used      int64  `json:"used"`
+	Reserved  int64  `json:"reserved"`
+	Limit     int64  `json:"limit"`
+	Remaining int64  `json:"remaining"`
+	Period    Period `json:"period"`
+	ResetsAt  Time   `json:"resets_at"`
+	Overage   int64  `json:"overage"` // usage past the limit
+}
+
+// SubjectView is a subject's settings and the usage of each of its meters.
+type SubjectView struct {
+	Subject     string           `json:"subject"`
+	Plan        string           `json:"plan"`
+	CycleAnchor time.Time        `json:"cycle_anchor"`
+	Limits      map[string]Limit `json:"limits,omitempty"` // the subject's own overrides
+	Meters      []MeterStatus    `json:"meters"`
+}
+
+// SubjectUpdate changes a subject's settings; nil fields stay as they are.
+// Limits replaces all of the subject's overrides.
+type SubjectUpdate struct {
+	Plan        *string           `json:"plan,omitempty"`
+	Limits      *map[string]Limit `json:"limits,omitempty"`
+	CycleAnchor *time.Time        `json:"cycle_anchor,omitempty"`
+}
+
+// CostResult is the price of a Usage.
+type CostResult struct {
+	Credits int64   `json:"credits"`
+	USD     Decimal `json:"usd"`
+}
+
+// Check answers whether req.Amount more may be spent now. It never writes
+// usage; a subject seen for the first time is provisioned. Errors:
+// ErrInvalid for a bad subject, meter or amount, or a meter without a limit.
+func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
+	kind, err := ParseSubject(req.Subject)
+	if err != nil {
+		return CheckResult{}, err
+	}
+	meter, err := meterOrDefault(req.Meter)
+	if err != nil {
+		return CheckResult{}, err
+	}
+	amount := req.Amount
+	if amount == 0 {
+		amount = 1
+	}
+	if amount < 0 || amount > MaxAmount {
+		return CheckResult{}, errAmount
+	}
+	now := s.now()
+	sub, plan, lim, err := s.resolve(ctx, req.Subject, kind, meter)
+	if err != nil {
+		return CheckResult{}, err
+	}
+	key := counterKey(&sub, meter, lim.Period, now)
+	used, err := s.counter.Used(ctx, key)
+	if err != nil {
+		return CheckResult{}, fmt.Errorf("read usage: %w", err)
+	}
+	return CheckResult{
+		Subject:   req.Subject,
+		Meter:     meter,
+		Allowed:   lim.Overage || used <= lim.Limit-amount,
+		Used:      used,
+		Limit:     lim.Limit,
+		Remaining: remaining(lim.Limit, used),
+		ResetsAt:  Time{key.End},
+		Plan:      plan,
+	}, nil
+}
+
+// Consume records (mode record) or enforces (mode enforce) usage. A repeat
+// of an idempotency key returns the first answer with Duplicate set.
+// Errors: ErrInvalid for bad input or an unknown model, ErrConflict for an
+// idempotency key reused with a different request.
+func (s *Service) Consume(ctx context.Context, req ConsumeRequest) (ConsumeResponse, error) {
+	kind, err := ParseSubject(req.Subject)
+	if err != nil {
+		return ConsumeResponse{}, err
+	}
+	meter, err := meterOrDefault(req.Meter)
+	if err != nil {
+		return ConsumeResponse{}, err
+	}
+	var enforce bool
+	switch req.Mode {
+	case "", ModeRecord:
+	case ModeEnforce:
+		enforce = true
+	default:
+		return ConsumeResponse{}, errMode
+	}
+	if len(req.IdempotencyKey) > 255 {
+		return ConsumeResponse{}, errIdemKey
+	}
+	amount := req.Amount
+	switch {
+	case req.Usage != nil && amount != 0:
+		return ConsumeResponse{}, Invalid("amount", "give either amount or usage, not both")
+	case req.Usage != nil:
+		amount, _, err = s.book.Load().Cost(*req.Usage)
+		if err != nil {
+			return ConsumeResponse{}, err
+		}
+		if amount == 0 {
+			return ConsumeResponse{}, Invalid("usage", "prices to 0 credits: at least one token count must be positive")
+		}
+	case amount < 1 || amount > MaxAmount:
+		return ConsumeResponse{}, errAmount
+	}
+	now := s.now()
+	sub, _, lim, err := s.resolve(ctx, req.Subject, kind, meter)
+	if err != nil {
+		return ConsumeResponse{}, err
+	}
+	op := ConsumeOp{
+		Key:            counterKey(&sub, meter, lim.Period, now),
+		Amount:         amount,
+		Enforce:        enforce && !lim.Overage,
+		Limit:          lim.Limit,
+		IdempotencyKey: req.IdempotencyKey,
+		EventID:        rand.Text(),
+		Usage:          req.Usage,
+		At:             now,
+	}
+	if req.IdempotencyKey != "" {
+		op.RequestHash = requestHash(meter, req.Amount, enforce, req.Usage)
+	}
+	res, err := s.counter.Consume(ctx, op)
+	if err != nil {
+		return ConsumeResponse{}, fmt.Errorf("consume: %w", err)
+	}
+	return ConsumeResponse{
+		Applied:   res.Applied,
+		Duplicate: res.Duplicate,
+		Amount:    res.Amount,
+		Used:      res.Used,
+		Limit:     lim.Limit,
+		Remaining: remaining(lim.Limit, res.Used),
+		Exceeded:  res.Used > lim.Limit || !res.Applied,
+		ResetsAt:  Time{op.Key.End},
+	}, nil
+}
+
+// Subject returns a subject's settings and the usage of every meter its plan
+// or overrides define. An unseen subject is provisioned.
+func (s *Service) Subject(ctx context.Context, id string) (SubjectView, error) {
+	kind, err := ParseSubject(id)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	sub, err := s.subject(ctx, id, kind)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	return s.view(ctx, &sub)
+}
+
+// PutSubject changes a subject's plan, overrides or cycle anchor. Errors:
+// ErrInvalid for a bad subject, an unknown plan or bad limits.
+func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (SubjectView, error) {
+	kind, err := ParseSubject(id)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	sub, err := s.subject(ctx, id, kind)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	if u.Plan != nil {
+		if _, err := s.plans.Plan(ctx, *u.Plan); errors.Is(err, ErrNotFound) {
+			return SubjectView{}, Invalid("plan", "unknown plan %q", *u.Plan)
+		} else if err != nil {
+			return SubjectView{}, err
+		}
+		sub.Plan = *u.Plan
+	}
+	if u.Limits != nil {
+		if err := ValidateLimits("limits", *u.Limits); err != nil {
+			return SubjectView{}, err
+		}
+		sub.Overrides = *u.Limits
+	}
+	if u.CycleAnchor != nil {
+		if u.CycleAnchor.Year() < 1970 || u.CycleAnchor.Year() > 9999 {
+			return SubjectView{}, Invalid("cycle_anchor", "must be between 1970 and 9999")
+		}
+		sub.CycleAnchor = u.CycleAnchor.UTC().Truncate(time.Second)
+	}
+	if err := s.subjects.PutSubject(ctx, sub); err != nil {
+		return SubjectView{}, fmt.Errorf("put subject: %w", err)
+	}
+	return s.view(ctx, &sub)
+}
+
+// Reset sets the current period's usage of meter (every meter when empty)
+// to 0. Errors: ErrInvalid for a bad subject or a meter without a limit.
+func (s *Service) Reset(ctx context.Context, id, meter string) (SubjectView, error) {
+	kind, err := ParseSubject(id)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	sub, err := s.subject(ctx, id, kind)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	plan, err := s.plan(ctx, sub.Plan)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	meters := meterNames(&sub, &plan)
+	if meter != "" {
+		if _, ok := sub.Limit(&plan, meter); !ok {
+			return SubjectView{}, Invalid("meter", "subject has no limit for meter %q", meter)
+		}
+		meters = []string{meter}
+	}
+	now := s.now()
+	for _, m := range meters {
+		lim, _ := sub.Limit(&plan, m)
+		if err := s.counter.Reset(ctx, counterKey(&sub, m, lim.Period, now), now); err != nil {
+			return SubjectView{}, fmt.Errorf("reset %s: %w", m, err)
+		}
+	}
+	return s.view(ctx, &sub)
+}
+
+// Plans returns every plan.
+func (s *Service) Plans(ctx context.Context) ([]Plan, error) { return s.plans.Plans(ctx) }
+
+// Plan returns the named plan or ErrNotFound.
+func (s *Service) Plan(ctx context.Context, name string) (Plan, error) {
+	if err := validName(name); err != nil {
+		return Plan{}, err
+	}
+	return s.plans.Plan(ctx, name)
+}
+
+// PutPlan creates or replaces a plan. Errors: ErrInvalid for a bad plan.
+func (s *Service) PutPlan(ctx context.Context, p Plan) (Plan, error) {
+	if err := p.Validate(); err != nil {
+		return Plan{}, err
+	}
+	if err := s.plans.PutPlan(ctx, p); err != nil {
+		return Plan{}, fmt.Errorf("put plan: %w", err)
+	}
+	return p, nil
+}
+
+// Cost prices u with the cost book. Errors: ErrInvalid for an unknown model
+// or bad token counts.
+func (s *Service) Cost(u Usage) (CostResult, error) {
+	credits, usd, err := s.book.Load().Cost(u)
+	if err != nil {
+		return CostResult{}, err
+	}
+	return CostResult{Credits: credits, USD: usd}, nil
+}
+
+// Pricing returns the cost book's prices and margin.
+func (s *Service) Pricing() ([]Price, Decimal) {
+	b := s.book.Load()
+	return b.Prices(), b.Margin()
+}
+
+// PutPrice creates or replaces a model's price. Errors: ErrInvalid.
+func (s *Service) PutPrice(ctx context.Context, p Price) (Price, error) {
+	if err := ValidatePrice(p); err != nil {
+		return Price{}, err
+	}
+	if err := s.prices.PutPrice(ctx, p); err != nil {
+		return Price{}, fmt.Errorf("put price: %w", err)
+	}
+	for {
+		old := s.book.Load()
+		if s.book.CompareAndSwap(old, old.With(p)) {
+			return p, nil
+		}
+	}
+}
+
+// resolve returns the subject (provisioned if new), its plan's name and the
+// limit that applies to meter.
+func (s *Service) resolve(ctx context.Context, id string, kind Kind, meter string) (Subject, string, Limit, error) {
+	sub, err := s.subject(ctx, id, kind)
+	if err != nil {
+		return Subject{}, "", Limit{}, err
+	}
+	plan, err := s.plan(ctx, sub.Plan)
+	if err != nil {
+		return Subject{}, "", Limit{}, err
+	}
+	lim, ok := sub.Limit(&plan, meter)
+	if !ok {
+		return Subject{}, "", Limit{}, Invalid("meter", "plan %q has no limit for meter %q", plan.Name, meter)
+	}
+	return sub, plan.Name, lim, nil
+}
+
+// subject loads a subject, provisioning it with its kind's default plan and
+// a cycle anchor of now when it was never seen.
+func (s *Service) subject(ctx context.Context, id string, kind Kind) (Subject, error) {
+	sub, err := s.subjects.Subject(ctx, id)
+	if err == nil {
+		return sub, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return Subject{}, fmt.Errorf("load subject: %w", err)
+	}
+	sub, err = s.subjects.ProvisionSubject(ctx, Subject{
+		ID:          id,
+		Plan:        kind.DefaultPlan(),
+		CycleAnchor: s.now().UTC().Truncate(time.Second),
+	})
+	if err != nil {
+		return Subject{}, fmt.Errorf("provision subject: %w", err)
+	}
+	return sub, nil
+}
+
+func (s *Service) plan(ctx context.Context, name string) (Plan, error) {
+	p, err := s.plans.Plan(ctx, name)
+	if err != nil {
+		// A subject's plan always exists (PutSubject checks it, plans are
+		// never deleted), so a miss here is a store problem, not bad input.
+		return Plan{}, fmt.Errorf("load plan %q: %w", name, err)
+	}
+	return p, nil
+}
+
+func (s *Service) view(ctx context.Context, sub *Subject) (SubjectView, error) {
+	plan, err := s.plan(ctx, sub.Plan)
+	if err != nil {
+		return SubjectView{}, err
+	}
+	now := s.now()
+	v := SubjectView{Subject: sub.ID, Plan: sub.Plan, CycleAnchor: sub.CycleAnchor, Limits: sub.Overrides}
+	for _, m := range meterNames(sub, &plan) {
+		lim, _ := sub.Limit(&plan, m)
+		key := counterKey(sub, m, lim.Period, now)
+		used, err := s.counter.Used(ctx, key)
+		if err != nil {
+			return SubjectView{}, fmt.Errorf("read usage of %s: %w", m, err)
+		}
+		v.Meters = append(v.Meters, MeterStatus{
+			Meter:     m,
+			Used:      used,
+			Limit:     lim.Limit,
+			Remaining: remaining(lim.Limit, used),
+			Period:    lim.Period,
+			ResetsAt:  Time{key.End},
+			Overage:   max(0, used-lim.Limit),
+		})
+	}
+	return v, nil
+}
+
+// meterNames lists the meters a subject has limits for, sorted.
+func meterNames(sub *Subject, plan *Plan) []string {
+	names := make([]string, 0, len(plan.Limits)+len(sub.Overrides))
+	for m := range plan.Limits {
+		names = append(names, m)
+	}
+	for m := range sub.Overrides {
+		if _, dup := plan.Limits[m]; !dup {
+			names = append(names, m)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+func counterKey(sub *Subject, meter string, p Period, now time.Time) CounterKey {
+	start, end := p.Window(sub.CycleAnchor, now)
+	return CounterKey{Subject: sub.ID, Meter: meter, Start: start, End: end}
+}
+
+func meterOrDefault(m string) (string, error) {
+	if m == "" {
+		return DefaultMeter, nil
+	}
+	return m, ValidMeter(m)
+}
+
+func remaining(limit, used int64) int64 { return max(0, limit-used) }
+
+// requestHash fingerprints what an idempotent consume asked for, so that a
+// key reused for a different request is a conflict rather than a silent
+// duplicate.
+func requestHash(meter string, amount int64, enforce bool, u *Usage) string {
+	h := fnv.New64a()
+	b := make([]byte, 0, 128)
+	b = append(b, meter...)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, amount, 10)
+	b = strconv.AppendBool(append(b, '|'), enforce)
+	if u != nil {
+		b = append(append(b, '|'), u.Model...)
+		for _, n := range [...]int64{u.InputTokens, u.OutputTokens, u.CacheWriteTokens, u.CacheReadTokens} {
+			b = strconv.AppendInt(append(b, '|'), n, 10)
+		}
+	}
+	h.Write(b)
+	return strconv.FormatUint(h.Sum64(), 16)
+}
+
+var (
+	errAmount  = Invalid("amount", "must be between 1 and %d", MaxAmount)
+	errMode    = Invalid("mode", `must be "record" or "enforce"`)
+	errIdemKey = Invalid("idempotency_key", "must be at most 255 characters")
+)

@@ -1,0 +1,84 @@
+package quota
+
+import (
+	"context"
+	"time"
+)
+
+// The interfaces below are what the Service needs from its storage tiers.
+// persist/ implements all of them on Postgres; cache/ implements them again
+// as decorators (L1 over L2 over Postgres) with the same contracts.
+
+// Plans stores plans.
+type Plans interface {
+	// Plans returns every plan, sorted by name.
+	Plans(ctx context.Context) ([]Plan, error)
+	// Plan returns the named plan or ErrNotFound.
+	Plan(ctx context.Context, name string) (Plan, error)
+	// PutPlan creates or replaces a plan.
+	PutPlan(ctx context.Context, p Plan) error
+}
+
+// Subjects stores subjects' settings.
+type Subjects interface {
+	// Subject returns the subject or ErrNotFound when it was never seen.
+	Subject(ctx context.Context, id string) (Subject, error)
+	// ProvisionSubject stores s if no subject with its ID exists yet and
+	// returns the stored subject: s, or the one that was there first.
+	ProvisionSubject(ctx context.Context, s Subject) (Subject, error)
+	// PutSubject creates or replaces a subject's settings.
+	PutSubject(ctx context.Context, s Subject) error
+}
+
+// Prices stores the cost book's prices.
+type Prices interface {
+	// Prices returns every model's price, sorted by model.
+	Prices(ctx context.Context) ([]Price, error)
+	// PutPrice creates or replaces a model's price.
+	PutPrice(ctx context.Context, p Price) error
+}
+
+// CounterKey names one usage counter: a subject's meter in one period.
+type CounterKey struct {
+	Subject string
+	Meter   string
+	Start   time.Time // first instant of the period
+	End     time.Time // first instant after it; zero for the lifetime period
+}
+
+// ConsumeOp is one consume as a counter applies it.
+type ConsumeOp struct {
+	Key     CounterKey
+	Amount  int64
+	Enforce bool  // apply only if Used+Amount <= Limit
+	Limit   int64 // the limit Enforce tests against
+	// IdempotencyKey, when set, makes a repeat of the op (same subject and
+	// key) return the first result instead of counting again. RequestHash
+	// fingerprints the rest of the request; a repeat with another hash is
+	// ErrConflict.
+	IdempotencyKey string
+	RequestHash    string
+	EventID        string // unique id of this consume, the ledger's dedup key
+	Usage          *Usage // token usage the amount was priced from, if any
+	At             time.Time
+}
+
+// ConsumeResult is what a counter answers for a ConsumeOp.
+type ConsumeResult struct {
+	Applied   bool  // the amount was counted (false: enforce rejected it)
+	Duplicate bool  // an earlier op with the same idempotency key answered
+	Amount    int64 // the amount of the (first) op
+	Used      int64 // usage of the period after the (first) op
+}
+
+// Counter counts usage per CounterKey.
+type Counter interface {
+	// Used returns the usage counted for key, 0 if none.
+	Used(ctx context.Context, key CounterKey) (int64, error)
+	// Consume applies op atomically. A repeated idempotency key with a
+	// different RequestHash is ErrConflict; a sum past the int64 range is
+	// ErrInvalid.
+	Consume(ctx context.Context, op ConsumeOp) (ConsumeResult, error)
+	// Reset sets the usage of key to 0.
+	Reset(ctx context.Context, key CounterKey, at time.Time) error
+}

@@ -1,0 +1,129 @@
+package quota_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/quotad/quotad/quota"
+)
+
+func TestParseSubject(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		kind    quota.Kind
+		invalid bool
+	}{
+		{name: "user", in: "user:42", kind: quota.KindUser},
+		{name: "anon", in: "anon:fp_9f86d081", kind: quota.KindAnon},
+		{name: "all allowed characters", in: "user:Az09._@+-", kind: quota.KindUser},
+		{name: "128 characters", in: "user:" + strings.Repeat("a", 128), kind: quota.KindUser},
+		{name: "129 characters", in: "user:" + strings.Repeat("a", 129), invalid: true},
+		{name: "empty id", in: "user:", invalid: true},
+		{name: "no kind", in: "42", invalid: true},
+		{name: "unknown kind", in: "org:42", invalid: true},
+		{name: "upper-case kind", in: "USER:42", invalid: true},
+		{name: "space", in: "user:4 2", invalid: true},
+		{name: "colon in id", in: "user:a:b", invalid: true},
+		{name: "slash", in: "user:a/b", invalid: true},
+		{name: "non-ascii", in: "user:é", invalid: true},
+		{name: "empty", in: "", invalid: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kind, err := quota.ParseSubject(tt.in)
+			if tt.invalid {
+				var fe *quota.FieldError
+				if !errors.Is(err, quota.ErrInvalid) || !errors.As(err, &fe) || fe.Field != "subject" {
+					t.Fatalf("ParseSubject(%q) = %v, want an ErrInvalid naming subject", tt.in, err)
+				}
+				return
+			}
+			if err != nil || kind != tt.kind {
+				t.Fatalf("ParseSubject(%q) = %q, %v; want %q", tt.in, kind, err, tt.kind)
+			}
+		})
+	}
+}
+
+func TestValidMeter(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		ok   bool
+	}{
+		{name: "default", in: "credits", ok: true},
+		{name: "dotted", in: "model.sonnet", ok: true},
+		{name: "tokens", in: "tokens.output", ok: true},
+		{name: "64 characters", in: strings.Repeat("m", 64), ok: true},
+		{name: "65 characters", in: strings.Repeat("m", 65)},
+		{name: "empty", in: ""},
+		{name: "upper case", in: "Credits"},
+		{name: "colon", in: "a:b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := quota.ValidMeter(tt.in)
+			if (err == nil) != tt.ok {
+				t.Fatalf("ValidMeter(%q) = %v, want ok=%v", tt.in, err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, quota.ErrInvalid) {
+				t.Fatalf("ValidMeter(%q) = %v, want ErrInvalid", tt.in, err)
+			}
+		})
+	}
+}
+
+// FuzzParseSubject checks that parsing never panics and accepts exactly the
+// documented grammar.
+func FuzzParseSubject(f *testing.F) {
+	for _, s := range []string{"user:42", "anon:x", "org:1", "", "user:", "user:a b", "anon:" + strings.Repeat("z", 130)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		kind, err := quota.ParseSubject(s)
+		prefix, id, found := strings.Cut(s, ":")
+		want := found && (prefix == "user" || prefix == "anon") && len(id) >= 1 && len(id) <= 128 &&
+			strings.Trim(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@+-") == ""
+		if (err == nil) != want {
+			t.Fatalf("ParseSubject(%q) = %q, %v; grammar says valid=%v", s, kind, err, want)
+		}
+		if err == nil && string(kind) != prefix {
+			t.Fatalf("ParseSubject(%q) kind %q, want %q", s, kind, prefix)
+		}
+		if merr := quota.ValidMeter(s); merr == nil && (len(s) == 0 || len(s) > 64) {
+			t.Fatalf("ValidMeter(%q) accepted a bad length", s)
+		}
+	})
+}
+
+func TestPlanValidate(t *testing.T) {
+	tests := []struct {
+		name  string
+		plan  quota.Plan
+		field string
+	}{
+		{name: "ok", plan: quota.Plan{Name: "team", Limits: map[string]quota.Limit{"credits": {Limit: 5, Period: quota.PeriodDay}}}},
+		{name: "bad name", plan: quota.Plan{Name: "Team!", Limits: map[string]quota.Limit{"credits": {Limit: 5, Period: quota.PeriodDay}}}, field: "name"},
+		{name: "no limits", plan: quota.Plan{Name: "team"}, field: "limits"},
+		{name: "negative limit", plan: quota.Plan{Name: "team", Limits: map[string]quota.Limit{"credits": {Limit: -1, Period: quota.PeriodDay}}}, field: "limits.credits.limit"},
+		{name: "bad period", plan: quota.Plan{Name: "team", Limits: map[string]quota.Limit{"credits": {Limit: 1, Period: "fortnight"}}}, field: "limits.credits.period"},
+		{name: "bad meter", plan: quota.Plan{Name: "team", Limits: map[string]quota.Limit{"Credits": {Limit: 1, Period: quota.PeriodDay}}}, field: "limits"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.plan.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			var fe *quota.FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field {
+				t.Fatalf("Validate() = %v, want an error naming %q", err, tt.field)
+			}
+		})
+	}
+}
