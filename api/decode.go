@@ -62,7 +62,11 @@ func decodeError(err error) error {
 		return fieldProblem(field, fmt.Sprintf("must be %s, not JSON %s", jsonKind(typeErr.Type.Kind().String()), typeErr.Value))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return fieldProblem(name, fmt.Sprintf("unknown field %q", name))
+		field := name
+		if field == "" {
+			field = "body"
+		}
+		return fieldProblem(field, fmt.Sprintf("unknown field %q", name))
 	default:
 		// Errors from UnmarshalJSON methods (times, decimals, periods).
 		return fieldProblem("body", err.Error())
