@@ -22,10 +22,10 @@ const (
 	// limit ($7) on the locked, latest row version, so concurrent consumes
 	// can never push used past the limit. No row back means rejected.
 	consumeSQL = `WITH c AS (
-		INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
-		VALUES ($1, $2, $3, $4, $5)
+		INSERT INTO counters AS c (subject, meter, period_start, period_end, used, l2_stale)
+		VALUES ($1, $2, $3, $4, $5, true)
 		ON CONFLICT (subject, meter, period_start) DO UPDATE
-			SET used = c.used + EXCLUDED.used, updated_at = now()
+			SET used = c.used + EXCLUDED.used, l2_stale = true, updated_at = now()
 			WHERE NOT $6 OR c.used <= $7 - EXCLUDED.used
 		RETURNING used
 	), l AS (
@@ -49,8 +49,9 @@ const (
 	storeIdempotencySQL  = `UPDATE idempotency SET applied = $3, amount = $4, used = $5 WHERE subject = $1 AND key = $2`
 
 	resetSQL = `WITH c AS (
-		UPDATE counters SET used = 0, updated_at = now()
-		WHERE subject = $1 AND meter = $2 AND period_start = $3
+		INSERT INTO counters (subject, meter, period_start, period_end, used, l2_stale)
+		VALUES ($1, $2, $3, $6, 0, true)
+		ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = 0, l2_stale = true, updated_at = now()
 		RETURNING 1
 	)
 	INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, created_at)
@@ -58,13 +59,8 @@ const (
 )
 
 // Used implements quota.Counter.
-func (s *Store) Used(ctx context.Context, key quota.CounterKey) (int64, error) {
-	var used int64
-	err := s.pool.QueryRow(ctx, selectUsed, key.Subject, key.Meter, key.Start).Scan(&used)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	return used, translate(err)
+func (s *Store) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
+	return usedIn(ctx, s.pool, r.Key)
 }
 
 // Consume implements quota.Counter in one transaction.
@@ -161,6 +157,43 @@ func firstResult(ctx context.Context, tx pgx.Tx, op quota.ConsumeOp) (quota.Cons
 // Reset implements quota.Counter: the counter goes to 0 and the ledger gets
 // a reset row.
 func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
-	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, eventID(), at)
+	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, eventID(), at, nullTime(key.End))
+	return translate(err)
+}
+
+const (
+	selectStaleSQL = `SELECT subject, meter, period_start, period_end FROM counters WHERE l2_stale LIMIT 100000`
+	clearStaleSQL  = `UPDATE counters SET l2_stale = false
+		FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(subject, meter, period_start)
+		WHERE counters.subject = k.subject AND counters.meter = k.meter AND counters.period_start = k.period_start`
+)
+
+// StaleCounters lists counters changed here directly since Redis's copy
+// was last dropped (see the l2_stale column).
+func (s *Store) StaleCounters(ctx context.Context) ([]quota.CounterKey, error) {
+	rows, err := s.pool.Query(ctx, selectStaleSQL)
+	if err != nil {
+		return nil, translate(err)
+	}
+	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.CounterKey, error) {
+		var k quota.CounterKey
+		var end *time.Time
+		err := r.Scan(&k.Subject, &k.Meter, &k.Start, &end)
+		k.Start = k.Start.UTC()
+		if end != nil {
+			k.End = end.UTC()
+		}
+		return k, err
+	})
+	return keys, translate(err)
+}
+
+// ClearStale marks counters as matching Redis again.
+func (s *Store) ClearStale(ctx context.Context, keys []quota.CounterKey) error {
+	subjects, meters, starts := make([]string, len(keys)), make([]string, len(keys)), make([]time.Time, len(keys))
+	for i, k := range keys {
+		subjects[i], meters[i], starts[i] = k.Subject, k.Meter, k.Start
+	}
+	_, err := s.pool.Exec(ctx, clearStaleSQL, subjects, meters, starts)
 	return translate(err)
 }

@@ -180,7 +180,7 @@ func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, err
 		return CheckResult{}, err
 	}
 	key := counterKey(&sub, meter, lim.Period, now)
-	used, err := s.counter.Used(ctx, key)
+	used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount})
 	if err != nil {
 		return CheckResult{}, fmt.Errorf("read usage: %w", err)
 	}
@@ -465,7 +465,7 @@ func (s *Service) view(ctx context.Context, sub *Subject) (SubjectView, error) {
 	for _, m := range meterNames(sub, &plan) {
 		lim, _ := sub.Limit(&plan, m)
 		key := counterKey(sub, m, lim.Period, now)
-		used, err := s.counter.Used(ctx, key)
+		used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1})
 		if err != nil {
 			return SubjectView{}, fmt.Errorf("read usage of %s: %w", m, err)
 		}

@@ -71,14 +71,59 @@ type ConsumeResult struct {
 	Used      int64 // usage of the period after the (first) op
 }
 
+// UsageRead asks for the usage of Key. Limit and Amount tell a cache how
+// close to the limit the answer matters: far from it, a snapshot a moment
+// old is as good as the exact count. Stores that always read the exact
+// count ignore them.
+type UsageRead struct {
+	Key    CounterKey
+	Limit  int64
+	Amount int64
+}
+
 // Counter counts usage per CounterKey.
 type Counter interface {
-	// Used returns the usage counted for key, 0 if none.
-	Used(ctx context.Context, key CounterKey) (int64, error)
+	// Used returns the usage counted for r.Key, 0 if none.
+	Used(ctx context.Context, r UsageRead) (int64, error)
 	// Consume applies op atomically. A repeated idempotency key with a
 	// different RequestHash is ErrConflict; a sum past the int64 range is
 	// ErrInvalid.
 	Consume(ctx context.Context, op ConsumeOp) (ConsumeResult, error)
 	// Reset sets the usage of key to 0.
 	Reset(ctx context.Context, key CounterKey, at time.Time) error
+}
+
+// EventKind is what an Event records.
+type EventKind string
+
+// Event kinds.
+const (
+	EventConsume   EventKind = "consume"   // Amount was added to Key
+	EventReset     EventKind = "reset"     // Key was set to 0
+	EventProvision EventKind = "provision" // Subject was seen the first time
+)
+
+// Event is one change made in a fast tier (Redis) that the write-behind
+// flusher still has to apply to Postgres.
+type Event struct {
+	Ref            string    `json:"-"`  // the queue's handle for acknowledging it
+	ID             string    `json:"id"` // unique; the ledger's dedup key
+	Kind           EventKind `json:"k"`
+	Subject        string    `json:"s"`
+	Meter          string    `json:"m,omitempty"`
+	Start          time.Time `json:"ps,omitzero"`
+	End            time.Time `json:"pe,omitzero"`
+	Amount         int64     `json:"a,omitempty"`
+	Enforce        bool      `json:"en,omitempty"`
+	Usage          *Usage    `json:"u,omitempty"`
+	IdempotencyKey string    `json:"ik,omitempty"`
+	RequestHash    string    `json:"rh,omitempty"`
+	Used           int64     `json:"used,omitempty"` // the counter right after a consume
+	At             time.Time `json:"at"`
+	Settings       *Subject  `json:"sub,omitempty"` // the provisioned subject
+}
+
+// Key returns the counter an event is about.
+func (e *Event) Key() CounterKey {
+	return CounterKey{Subject: e.Subject, Meter: e.Meter, Start: e.Start, End: e.End}
 }

@@ -9,8 +9,8 @@
 #
 # Settings (environment):
 #   DATA_DIR   default: <repo>/.data
-#   PGPORT     default: 55432
-#   REDISPORT  default: 56379
+#   PGPORT     default: 25432
+#   REDISPORT  default: 26379
 #
 # Both servers listen on 127.0.0.1 only. When run as root, Postgres runs as the
 # `postgres` OS user (it refuses to run as root).
@@ -18,8 +18,8 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_DIR="${DATA_DIR:-$REPO_ROOT/.data}"
-PGPORT="${PGPORT:-55432}"
-REDISPORT="${REDISPORT:-56379}"
+PGPORT="${PGPORT:-25432}"
+REDISPORT="${REDISPORT:-26379}"
 PGDB=quotad
 
 log() { echo "stack: $*" >&2; }
@@ -77,6 +77,48 @@ cmd_install() {
 	fi
 }
 
+# ---------------------------------------------------------------- ports
+
+# The default ports lie inside Linux's ephemeral port range (32768-60999), so a
+# client connection elsewhere on the machine may be using one of them as its
+# local port (or leave it in TIME_WAIT for 60 s), and then the server cannot
+# bind it. As root, take them out of the ephemeral range (best effort; resets
+# on reboot); in any case wait for a port held by a mere client socket.
+reserve_ports() {
+	local f=/proc/sys/net/ipv4/ip_local_reserved_ports cur new p
+	[[ $EUID -eq 0 && -w "$f" ]] || return 0
+	cur="$(cat "$f" 2>/dev/null)" || return 0
+	new="$cur"
+	for p in "$PGPORT" "$REDISPORT"; do
+		[[ ",$new," == *",$p,"* ]] || new="${new:+$new,}$p"
+	done
+	[[ "$new" == "$cur" ]] || echo "$new" >"$f" 2>/dev/null || true
+}
+
+# port_states PORT prints the (hex) states of the TCP sockets whose local port
+# is PORT, from /proc/net/tcp{,6}: 0A is LISTEN, 06 TIME_WAIT, 01 ESTABLISHED.
+port_states() {
+	local hex
+	hex="$(printf '%04X' "$1")"
+	cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=":$hex" '$2 ~ (p "$") { print $4 }'
+}
+
+# wait_port_free PORT VAR fails at once if another server listens on PORT and
+# waits (up to 75 s) while only client sockets hold it.
+wait_port_free() {
+	local port="$1" var="$2" i states
+	for ((i = 0; i < 75; i++)); do
+		states="$(port_states "$port")"
+		[[ -z "$states" ]] && return 0
+		if grep -qx 0A <<<"$states"; then
+			die "port $port is taken by another server; set $var to use another port"
+		fi
+		((i > 0)) || log "port $port is held by a client connection (e.g. TIME_WAIT); waiting for it (or set $var)"
+		sleep 1
+	done
+	die "port $port is still busy after 75s; set $var to use another port"
+}
+
 # ---------------------------------------------------------------- postgres
 
 PG_ROOT="$DATA_DIR/postgres" # owned by the postgres user when run as root
@@ -120,6 +162,7 @@ pg_start() {
 	if as_pg "$BIN/pg_ctl" status -D "$PGDATA" >/dev/null 2>&1; then
 		pg_ready || die "Postgres is running from $PGDATA but does not answer on 127.0.0.1:$PGPORT (started with another PGPORT? run: scripts/stack.sh stop)"
 	else
+		wait_port_free "$PGPORT" PGPORT
 		log "starting Postgres on 127.0.0.1:$PGPORT"
 		# -w waits until the server accepts connections.
 		if ! as_pg "$BIN/pg_ctl" start -w -t 60 -D "$PGDATA" -l "$PG_LOG" \
@@ -181,6 +224,7 @@ redis_start() {
 		redis_ready || die "redis-server (pid $(redis_pid)) is running but does not answer on 127.0.0.1:$REDISPORT (started with another REDISPORT? run: scripts/stack.sh stop)"
 		return 0
 	fi
+	wait_port_free "$REDISPORT" REDISPORT
 	log "starting Redis on 127.0.0.1:$REDISPORT"
 	redis-server --port "$REDISPORT" --bind 127.0.0.1 \
 		--daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" \
@@ -221,6 +265,7 @@ redis_stop() {
 case "${1:-}" in
 install) cmd_install ;;
 start)
+	reserve_ports
 	pg_start
 	redis_start
 	;;

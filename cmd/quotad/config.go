@@ -34,8 +34,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	var c Config
 	var migrate, conns, shutdown string
 	fs.StringVar(&c.Addr, "addr", env("QUOTAD_ADDR", ":8080"), "listen address")
-	fs.StringVar(&c.PostgresURL, "postgres-url", env("QUOTAD_POSTGRES_URL", "postgres://postgres@127.0.0.1:55432/quotad?sslmode=disable"), "Postgres URL")
-	fs.StringVar(&c.RedisURL, "redis-url", env("QUOTAD_REDIS_URL", "redis://127.0.0.1:56379/0"), "Redis URL")
+	fs.StringVar(&c.PostgresURL, "postgres-url", env("QUOTAD_POSTGRES_URL", "postgres://postgres@127.0.0.1:25432/quotad?sslmode=disable"), "Postgres URL")
+	fs.StringVar(&c.RedisURL, "redis-url", env("QUOTAD_REDIS_URL", "redis://127.0.0.1:26379/0"), "Redis URL")
 	fs.StringVar(&c.AdminKey, "admin-key", env("QUOTAD_ADMIN_KEY", ""), "admin API key")
 	fs.StringVar(&c.LogLevel, "log-level", env("QUOTAD_LOG_LEVEL", "info"), "debug, info, warn or error")
 	fs.StringVar(&migrate, "migrate", env("QUOTAD_MIGRATE", "true"), "migrate the database on start")

@@ -12,8 +12,13 @@
 //	func TestMain(m *testing.M) { testenv.Main(m) }
 //
 // If the server binaries are missing, tests are skipped with a message, unless
-// the CI environment variable is set, in which case they fail. Install the
-// binaries with `scripts/stack.sh install`.
+// the CI environment variable is set (to anything but "", "0" or "false"), in
+// which case they fail. Install the binaries with `scripts/stack.sh install`.
+//
+// Servers listen on 127.0.0.1 only, on ports from FreePort, and keep their
+// data under one directory per test binary, on /dev/shm when it is a roomy
+// tmpfs (QUOTAD_TESTENV_TMPDIR overrides); see "Data directories" below.
+// Postgres runs as the postgres OS user when the tests run as root.
 //
 // # Process lifetime
 //
@@ -75,10 +80,13 @@ const (
 // started. Each test package with real-server tests calls it from TestMain:
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
+//
+// Main returns instead of calling os.Exit, so a TestMain may defer its own
+// cleanup around it: when TestMain returns, the testing package exits with
+// m.Run's status.
 func Main(m *testing.M) {
-	code := m.Run()
+	m.Run()
 	shutdownAll()
-	os.Exit(code)
 }
 
 // FreePort returns a free TCP port on 127.0.0.1.
@@ -92,12 +100,26 @@ func FreePort(tb testing.TB) int {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	// The dev stack's ports (scripts/stack.sh) lie in Linux's ephemeral
+	// range; do not hand them out, or a running test could keep
+	// `scripts/stack.sh start` from binding them.
+	reserved := map[int]bool{25432: true, 26379: true}
+	for _, env := range []string{"PGPORT", "REDISPORT"} {
+		if n, err := strconv.Atoi(os.Getenv(env)); err == nil {
+			reserved[n] = true
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !reserved[port] {
+			return port, nil
+		}
+	}
 }
 
 // ---------------------------------------------------------------------------

@@ -21,9 +21,14 @@ CREATE TABLE counters (
     period_start timestamptz NOT NULL,
     period_end   timestamptz,              -- NULL for the lifetime period
     used         bigint NOT NULL CHECK (used >= 0),
+    -- l2_stale: changed here directly (Redis was unreachable, or quotad ran
+    -- with QUOTAD_TIERS=postgres), so Redis's copy must be dropped and
+    -- reloaded before Redis serves this counter again.
+    l2_stale     boolean NOT NULL DEFAULT false,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (subject, meter, period_start)
 );
+CREATE INDEX counters_l2_stale ON counters (subject) WHERE l2_stale;
 
 -- One row per consume (kind 'consume') or reset (kind 'reset'). event_id is
 -- unique so that writing the same event twice (a replayed flush) is a no-op.

@@ -1,0 +1,5 @@
+package cache
+
+import "crypto/rand"
+
+func randomID() string { return rand.Text() }

@@ -1,0 +1,135 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// Pending is the Redis stream of usage not yet in Postgres, read through a
+// consumer group so that several flushers share it: each entry is
+// delivered to one flusher, stays in that flusher's pending list until it
+// is acknowledged, and is claimed by another flusher when it sat
+// unacknowledged longer than ClaimIdle (its flusher died).
+type Pending struct {
+	rdb       redis.UniversalClient
+	consumer  string
+	ClaimIdle time.Duration
+}
+
+// NewPending returns the stream reader for consumer, a name unique to this
+// process.
+func NewPending(rdb redis.UniversalClient, consumer string) *Pending {
+	return &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second}
+}
+
+func (p *Pending) ensureGroup(ctx context.Context) error {
+	err := p.rdb.XGroupCreateMkStream(ctx, PendingStream, FlushGroup, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("create consumer group: %w", err)
+	}
+	return nil
+}
+
+// Claim returns up to n unacknowledged events: first those abandoned by
+// a dead flusher, else new ones.
+func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
+	msgs, _, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: "0-0", Count: int64(n),
+	}).Result()
+	if isNoGroup(err) { // first start, or Redis lost its data
+		if err := p.ensureGroup(ctx); err != nil {
+			return nil, err
+		}
+		return p.Claim(ctx, n)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim abandoned entries: %w", err)
+	}
+	if len(msgs) == 0 {
+		streams, err := p.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: FlushGroup, Consumer: p.consumer, Streams: []string{PendingStream, ">"}, Count: int64(n), Block: -1,
+		}).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("read pending: %w", err)
+		}
+		for _, s := range streams {
+			msgs = append(msgs, s.Messages...)
+		}
+	}
+	events := make([]quota.Event, 0, len(msgs))
+	for _, m := range msgs {
+		ev, err := decodeEntry(m)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, ev)
+	}
+	return events, nil
+}
+
+func isNoGroup(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOGROUP") }
+
+func decodeEntry(m redis.XMessage) (quota.Event, error) {
+	var ev quota.Event
+	raw, _ := m.Values["e"].(string)
+	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
+		return ev, fmt.Errorf("pending entry %s: %w", m.ID, err)
+	}
+	ev.Ref = m.ID
+	if u, ok := m.Values["used"].(string); ok {
+		ev.Used, _ = strconv.ParseInt(u, 10, 64)
+	}
+	return ev, nil
+}
+
+// Ack acknowledges events written to Postgres and lowers their counters'
+// unflushed counts, once per event however often it is called.
+func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	keys := make([]string, 1, len(events)+1)
+	keys[0] = PendingStream
+	args := make([]any, 1, len(events)+1)
+	args[0] = FlushGroup
+	for i := range events {
+		uk := ""
+		if events[i].Kind != quota.EventProvision {
+			_, uk = counterKeys(events[i].Key())
+		}
+		keys = append(keys, uk)
+		args = append(args, events[i].Ref)
+	}
+	if err := ackScript.Run(ctx, p.rdb, keys, args...).Err(); err != nil {
+		return fmt.Errorf("ack %d events: %w", len(events), err)
+	}
+	return nil
+}
+
+// Stats returns how many events wait to be flushed and when the oldest was
+// queued (zero when none).
+func (p *Pending) Stats(ctx context.Context) (int64, time.Time, error) {
+	n, err := p.rdb.XLen(ctx, PendingStream).Result()
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	if n == 0 {
+		return 0, time.Time{}, nil
+	}
+	first, err := p.rdb.XRangeN(ctx, PendingStream, "-", "+", 1).Result()
+	if err != nil || len(first) == 0 {
+		return n, time.Time{}, err
+	}
+	ms, _, _ := strings.Cut(first[0].ID, "-")
+	msec, _ := strconv.ParseInt(ms, 10, 64)
+	return n, time.UnixMilli(msec), nil
+}

@@ -1,0 +1,256 @@
+// Package cache holds quotad's fast tiers: L2, usage counters as Redis Lua
+// scripts with a durable stream of pending usage for the write-behind
+// flusher, and L1, in-process ristretto caches of settings and usage
+// snapshots, invalidated across instances through Redis pub/sub.
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// Source is the Postgres store as the L2 tier needs it: the synchronous
+// counter it loads missing counters from and falls back to when Redis is
+// unreachable, and the list of counters that were changed there directly
+// (so Redis's copies are stale and must be reloaded).
+type Source interface {
+	quota.Counter
+	// StaleCounters lists counters changed in Postgres directly since their
+	// copy in Redis was last dropped.
+	StaleCounters(ctx context.Context) ([]quota.CounterKey, error)
+	// ClearStale marks the counters as matching Postgres again.
+	ClearStale(ctx context.Context, keys []quota.CounterKey) error
+}
+
+// Stream and consumer group of pending usage.
+const (
+	PendingStream = "q:pending"
+	FlushGroup    = "flushers"
+)
+
+// Counter is the L2 usage counter on Redis. It implements quota.Counter;
+// while Redis is unreachable it serves from the Source (Postgres) instead
+// and switches back by itself.
+type Counter struct {
+	rdb    redis.UniversalClient
+	src    Source
+	health *Health
+	log    *slog.Logger
+	// loadWait bounds how long a load waits for a counter's unflushed
+	// events to reach Postgres before it gives up and uses Postgres directly.
+	loadWait time.Duration
+}
+
+var _ quota.Counter = (*Counter)(nil)
+
+// NewCounter returns the Redis counter over src.
+func NewCounter(rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
+	return &Counter{rdb: rdb, src: src, health: health, log: log, loadWait: 3 * time.Second}
+}
+
+// counterKeys returns the Redis keys of a counter and of its unflushed-event
+// count.
+func counterKeys(k quota.CounterKey) (counter, unflushed string) {
+	base := "q:{" + k.Subject + "}:"
+	tail := k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
+	return base + "c:" + tail, base + "u:" + tail
+}
+
+// expireAt is when Redis may drop a counter: a day after its period ends
+// (late flushes and checks near the boundary still find it), or 35 days
+// after its last change for the lifetime period (it reloads from Postgres).
+func expireAt(k quota.CounterKey, now time.Time) int64 {
+	if k.End.IsZero() {
+		return now.Add(35 * 24 * time.Hour).Unix()
+	}
+	return k.End.Add(24 * time.Hour).Unix()
+}
+
+// Used implements quota.Counter: the Redis value, loaded from Postgres when
+// missing.
+func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
+	if !c.health.Up() {
+		return c.src.Used(ctx, r)
+	}
+	ck, _ := counterKeys(r.Key)
+	for range 2 {
+		v, err := c.rdb.Get(ctx, ck).Int64()
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, redis.Nil) {
+			if c.health.Failed(err) {
+				return c.src.Used(ctx, r)
+			}
+			return 0, err
+		}
+		loaded, err := c.load(ctx, r.Key, time.Now())
+		if err != nil {
+			if c.health.Failed(err) {
+				return c.src.Used(ctx, r)
+			}
+			return 0, err
+		}
+		if !loaded { // unflushed events in the way: Postgres plus what is pending is not knowable cheaply
+			return c.src.Used(ctx, r)
+		}
+	}
+	return c.src.Used(ctx, r)
+}
+
+// Consume implements quota.Counter with one script call (two more when the
+// counter has to be loaded first).
+func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	if !c.health.Up() {
+		return c.src.Consume(ctx, op)
+	}
+	res, err := c.consume(ctx, op)
+	if err != nil && c.health.Failed(err) {
+		c.log.Warn("redis unreachable: consuming through postgres", "err", err)
+		return c.src.Consume(ctx, op)
+	}
+	return res, err
+}
+
+func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	ck, uk := counterKeys(op.Key)
+	ik := ck
+	if op.IdempotencyKey != "" {
+		ik = "q:{" + op.Key.Subject + "}:i:" + op.IdempotencyKey
+	}
+	ev, err := json.Marshal(quota.Event{
+		ID: op.EventID, Kind: quota.EventConsume, Subject: op.Key.Subject, Meter: op.Key.Meter,
+		Start: op.Key.Start, End: op.Key.End, Amount: op.Amount, Enforce: op.Enforce, Usage: op.Usage,
+		IdempotencyKey: op.IdempotencyKey, RequestHash: op.RequestHash, At: op.At,
+	})
+	if err != nil {
+		return quota.ConsumeResult{}, fmt.Errorf("encode event: %w", err)
+	}
+	enforce := "0"
+	if op.Enforce {
+		enforce = "1"
+	}
+	keys := []string{ck, uk, ik, PendingStream}
+	deadline := time.Now().Add(c.loadWait)
+	for {
+		out, err := consumeScript.Run(ctx, c.rdb, keys, op.Amount, enforce, op.Limit, expireAt(op.Key, op.At),
+			op.IdempotencyKey, op.RequestHash, ev).Slice()
+		if err != nil {
+			return quota.ConsumeResult{}, translate(err)
+		}
+		switch out[0] {
+		case "ok":
+			return quota.ConsumeResult{Applied: out[1].(int64) == 1, Amount: op.Amount, Used: out[2].(int64)}, nil
+		case "dup":
+			return firstAnswer(out[1].(string), op)
+		}
+		// "load": the counter is not in Redis.
+		loaded, err := c.load(ctx, op.Key, op.At)
+		if err != nil {
+			return quota.ConsumeResult{}, err
+		}
+		if !loaded && time.Now().After(deadline) {
+			// Its unflushed events have not reached Postgres in time (is
+			// Postgres down?); Postgres takes this consume directly and
+			// marks the counter stale.
+			return c.src.Consume(ctx, op)
+		}
+		if !loaded {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// load copies a counter from Postgres into Redis. It answers false when
+// events for the counter are still waiting to be flushed.
+func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time) (bool, error) {
+	ck, uk := counterKeys(key)
+	n, err := c.rdb.Get(ctx, uk).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return false, translate(err)
+	}
+	if n > 0 {
+		return false, nil
+	}
+	used, err := c.src.Used(ctx, quota.UsageRead{Key: key})
+	if err != nil {
+		return false, fmt.Errorf("load counter from postgres: %w", err)
+	}
+	ok, err := loadScript.Run(ctx, c.rdb, []string{ck, uk}, used, expireAt(key, now)).Int64()
+	if err != nil {
+		return false, translate(err)
+	}
+	return ok == 1, nil
+}
+
+// firstAnswer decodes the stored first answer of an idempotency key.
+func firstAnswer(stored string, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	parts := strings.Split(stored, "|")
+	if len(parts) != 4 {
+		return quota.ConsumeResult{}, fmt.Errorf("idempotency record %q is malformed", stored)
+	}
+	if parts[0] != op.RequestHash {
+		return quota.ConsumeResult{}, fmt.Errorf("idempotency key %q was used for a different request: %w", op.IdempotencyKey, quota.ErrConflict)
+	}
+	amount, err1 := strconv.ParseInt(parts[2], 10, 64)
+	used, err2 := strconv.ParseInt(parts[3], 10, 64)
+	if err1 != nil || err2 != nil {
+		return quota.ConsumeResult{}, fmt.Errorf("idempotency record %q is malformed", stored)
+	}
+	return quota.ConsumeResult{Applied: parts[1] == "1", Duplicate: true, Amount: amount, Used: used}, nil
+}
+
+// Reset implements quota.Counter.
+func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
+	if !c.health.Up() {
+		return c.src.Reset(ctx, key, at)
+	}
+	ck, uk := counterKeys(key)
+	ev, err := json.Marshal(quota.Event{ID: randomID(), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
+	if err != nil {
+		return err
+	}
+	err = resetScript.Run(ctx, c.rdb, []string{ck, uk, PendingStream}, expireAt(key, at), ev).Err()
+	if err != nil && c.health.Failed(err) {
+		return c.src.Reset(ctx, key, at)
+	}
+	return translate(err)
+}
+
+// DropStale drops Redis's copies of counters that Postgres changed
+// directly (while Redis was unreachable), so they reload from Postgres.
+// It runs before Redis is used again.
+func (c *Counter) DropStale(ctx context.Context) error {
+	keys, err := c.src.StaleCounters(ctx)
+	if err != nil || len(keys) == 0 {
+		return err
+	}
+	pipe := c.rdb.Pipeline()
+	for _, k := range keys {
+		ck, _ := counterKeys(k)
+		pipe.Del(ctx, ck)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("drop stale counters: %w", err)
+	}
+	c.log.Info("dropped counters changed while redis was unreachable", "counters", len(keys))
+	return c.src.ClearStale(ctx, keys)
+}
+
+// translate maps Redis server errors to domain errors; other errors pass.
+func translate(err error) error {
+	if err != nil && strings.Contains(err.Error(), "would overflow") {
+		return quota.Invalid("amount", "usage would overflow the counter")
+	}
+	return err
+}

@@ -1,0 +1,408 @@
+package persist
+
+// The write-behind flusher moves usage from the fast tier (the Redis
+// stream of pending events, behind the Pending interface) into Postgres.
+//
+// Data flow, per batch:
+//
+//	Claim (up to Batch events)  ──▶  one Postgres transaction:
+//	                                   1. ledger rows, INSERT ... ON CONFLICT (event_id) DO NOTHING
+//	                                      RETURNING event_id: only events Postgres did not have yet
+//	                                   2. counter upserts from those events only, one row per
+//	                                      (subject, meter, period) per batch
+//	                                   3. idempotency answers and provisioned subjects
+//	                               COMMIT
+//	                            ──▶  Ack (Redis: XACK + XDEL + unflushed count, once per event)
+//
+// Exactly once: the ledger's unique event_id makes step 1 the dedup, and
+// step 2 counts only what step 1 inserted, so a batch that committed but
+// was never acknowledged (crash between COMMIT and Ack) adds nothing when
+// it is flushed again, by this flusher or by another one that claimed it.
+//
+// What may block: Claim and Ack wait on Redis, the transaction on
+// Postgres. When Postgres is down the flusher keeps the batch in memory
+// and retries it with exponential backoff (up to MaxBackoff); meanwhile
+// the events stay safe, unacknowledged, in Redis. Nothing here is on the
+// request path.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// Pending is the queue of events the flusher drains; cache.Pending is the
+// Redis implementation.
+type Pending interface {
+	// Claim returns up to n events not yet acknowledged.
+	Claim(ctx context.Context, n int) ([]quota.Event, error)
+	// Ack acknowledges events written to Postgres; acking twice is harmless.
+	Ack(ctx context.Context, events []quota.Event) error
+	// Stats returns the number of waiting events and the time the oldest
+	// was queued.
+	Stats(ctx context.Context) (int64, time.Time, error)
+}
+
+// FlusherConfig tunes a Flusher.
+type FlusherConfig struct {
+	Interval   time.Duration // time between flushes when batches are not full; default 1s
+	Batch      int           // events per batch; default 5000
+	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
+	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
+	// use it to kill the process at the worst moment.
+	AfterCommit func()
+	Registry    *prometheus.Registry
+	Logger      *slog.Logger
+}
+
+// Flusher drains Pending into the Store.
+type Flusher struct {
+	store *Store
+	src   Pending
+	cfg   FlusherConfig
+	m     flushMetrics
+
+	mu      sync.Mutex
+	lastErr error
+	lag     time.Duration
+	pending int64
+}
+
+type flushMetrics struct {
+	pending prometheus.Gauge
+	lag     prometheus.Gauge
+	batch   prometheus.Histogram
+	rows    *prometheus.CounterVec
+	errors  prometheus.Counter
+}
+
+// NewFlusher returns a flusher from src into s.
+func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 5000
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	f := &Flusher{store: s, src: src, cfg: cfg, m: flushMetrics{
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_pending", Help: "Events in Redis not yet written to Postgres."}),
+		lag:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_lag_seconds", Help: "Age of the oldest event not yet written to Postgres."}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_batch_size", Help: "Events per flushed batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+		rows:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quotad_flush_rows_written_total", Help: "Postgres rows written by the flusher, by table."}, []string{"table"}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_flush_errors_total", Help: "Failed flush attempts."}),
+	}}
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(f.m.pending, f.m.lag, f.m.batch, f.m.rows, f.m.errors)
+	}
+	return f
+}
+
+// Run flushes every Interval, and at once again while batches come back
+// full, until ctx ends.
+func (f *Flusher) Run(ctx context.Context) {
+	t := time.NewTicker(f.cfg.Interval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := f.flushRetrying(ctx)
+			if err != nil || n < f.cfg.Batch {
+				break
+			}
+		}
+		f.refreshStats(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Drain flushes until nothing is pending or ctx ends; quotad calls it on
+// SIGTERM after the HTTP server stopped.
+func (f *Flusher) Drain(ctx context.Context) error {
+	for {
+		n, err := f.flushRetrying(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// Status reports the last flush error (nil when the last flush worked),
+// the flush lag and the pending count, for /readyz.
+func (f *Flusher) Status() (lastErr error, lag time.Duration, pending int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastErr, f.lag, f.pending
+}
+
+func (f *Flusher) refreshStats(ctx context.Context) {
+	n, oldest, err := f.src.Stats(ctx)
+	if err != nil {
+		return
+	}
+	var lag time.Duration
+	if !oldest.IsZero() {
+		lag = max(0, time.Since(oldest))
+	}
+	f.m.pending.Set(float64(n))
+	f.m.lag.Set(lag.Seconds())
+	f.mu.Lock()
+	f.lag, f.pending = lag, n
+	f.mu.Unlock()
+}
+
+func (f *Flusher) setErr(err error) {
+	f.mu.Lock()
+	f.lastErr = err
+	f.mu.Unlock()
+}
+
+// flushRetrying claims one batch and writes it, retrying the same batch
+// with backoff while Postgres fails. It answers the batch size.
+func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
+	events, err := f.src.Claim(ctx, f.cfg.Batch)
+	if err != nil {
+		f.m.errors.Inc()
+		f.setErr(err)
+		f.cfg.Logger.Warn("flush: claim from redis failed", "err", err)
+		return 0, err
+	}
+	if len(events) == 0 {
+		f.setErr(nil)
+		return 0, nil
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		err := f.Write(ctx, events)
+		if err == nil {
+			break
+		}
+		f.m.errors.Inc()
+		f.setErr(err)
+		f.refreshStats(ctx)
+		f.cfg.Logger.Warn("flush: postgres write failed; retrying", "events", len(events), "backoff", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err() // unacknowledged: claimed again later
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, f.cfg.MaxBackoff)
+	}
+	if f.cfg.AfterCommit != nil {
+		f.cfg.AfterCommit()
+	}
+	if err := f.src.Ack(ctx, events); err != nil {
+		// Written but not acknowledged: a later flush claims these again
+		// and the ledger's dedup makes that a no-op.
+		f.m.errors.Inc()
+		f.setErr(err)
+		return 0, err
+	}
+	f.setErr(nil)
+	f.m.batch.Observe(float64(len(events)))
+	return len(events), nil
+}
+
+const (
+	insertLedgerSQL = `INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, mode,
+			model, input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, idempotency_key, created_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::text[],
+			$8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[])
+		ON CONFLICT (event_id) DO NOTHING
+		RETURNING event_id`
+	// addCountersSQL adds each row's sum; resetCountersSQL sets each row to
+	// the sum of what came after its reset.
+	addCountersSQL = `INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+		ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = c.used + EXCLUDED.used, updated_at = now()`
+	resetCountersSQL = `INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+		ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = EXCLUDED.used, updated_at = now()`
+	insertIdempotencySQL = `INSERT INTO idempotency (subject, key, request_hash, applied, amount, used, created_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bigint[], $6::bigint[], $7::timestamptz[])
+		ON CONFLICT (subject, key) DO NOTHING`
+	insertSubjectsSQL = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides)
+		SELECT s, p, a, '{}' FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t(s, p, a)
+		ON CONFLICT (subject) DO NOTHING`
+)
+
+// Write applies events to Postgres in one transaction, skipping events it
+// already has. Events must be in queue order (a reset cuts the sum).
+func (f *Flusher) Write(ctx context.Context, events []quota.Event) error {
+	return pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
+		fresh, err := f.insertLedger(ctx, tx, events)
+		if err != nil {
+			return err
+		}
+		if err := f.upsertCounters(ctx, tx, events, fresh); err != nil {
+			return err
+		}
+		return f.insertExtras(ctx, tx, events, fresh)
+	})
+}
+
+func (f *Flusher) insertLedger(ctx context.Context, tx pgx.Tx, events []quota.Event) (map[string]bool, error) {
+	n := len(events)
+	ids, kinds, subjects, meters := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	starts, ats := make([]time.Time, 0, n), make([]time.Time, 0, n)
+	amounts := make([]int64, 0, n)
+	modes, models, idems := make([]*string, 0, n), make([]*string, 0, n), make([]*string, 0, n)
+	in, out, cw, cr := make([]*int64, 0, n), make([]*int64, 0, n), make([]*int64, 0, n), make([]*int64, 0, n)
+	for i := range events {
+		e := &events[i]
+		if e.Kind == quota.EventProvision {
+			continue
+		}
+		ids, kinds, subjects, meters = append(ids, e.ID), append(kinds, string(e.Kind)), append(subjects, e.Subject), append(meters, e.Meter)
+		starts, ats, amounts = append(starts, e.Start), append(ats, e.At), append(amounts, e.Amount)
+		var mode, model, idem *string
+		var ti, to, tcw, tcr *int64
+		if e.Kind == quota.EventConsume {
+			m := quota.ModeRecord
+			if e.Enforce {
+				m = quota.ModeEnforce
+			}
+			mode = &m
+		}
+		if e.Usage != nil {
+			model, ti, to, tcw, tcr = &e.Usage.Model, &e.Usage.InputTokens, &e.Usage.OutputTokens, &e.Usage.CacheWriteTokens, &e.Usage.CacheReadTokens
+		}
+		if e.IdempotencyKey != "" {
+			idem = &e.IdempotencyKey
+		}
+		modes, models, idems = append(modes, mode), append(models, model), append(idems, idem)
+		in, out, cw, cr = append(in, ti), append(out, to), append(cw, tcw), append(cr, tcr)
+	}
+	fresh := make(map[string]bool, len(ids))
+	if len(ids) == 0 {
+		return fresh, nil
+	}
+	rows, err := tx.Query(ctx, insertLedgerSQL, ids, kinds, subjects, meters, starts, amounts, modes, models, in, out, cw, cr, idems, ats)
+	if err != nil {
+		return nil, fmt.Errorf("insert ledger: %w", translate(err))
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("insert ledger: %w", translate(err))
+	}
+	for _, id := range got {
+		fresh[id] = true
+	}
+	f.m.rows.WithLabelValues("usage_ledger").Add(float64(len(got)))
+	return fresh, nil
+}
+
+// counterDelta is what one batch does to one counter.
+type counterDelta struct {
+	key   quota.CounterKey
+	sum   int64
+	reset bool // the counter was reset in this batch; sum counts from the reset
+}
+
+func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool) error {
+	type id struct {
+		subject, meter string
+		start          int64
+	}
+	deltas := map[id]*counterDelta{}
+	var order []*counterDelta
+	for i := range events {
+		e := &events[i]
+		if e.Kind == quota.EventProvision || !fresh[e.ID] {
+			continue
+		}
+		k := id{e.Subject, e.Meter, e.Start.UnixNano()}
+		d := deltas[k]
+		if d == nil {
+			d = &counterDelta{key: e.Key()}
+			deltas[k] = d
+			order = append(order, d)
+		}
+		if e.Kind == quota.EventReset {
+			d.sum, d.reset = 0, true
+			continue
+		}
+		if d.sum > (1<<63-1)-e.Amount {
+			return fmt.Errorf("counter %s/%s overflows", e.Subject, e.Meter)
+		}
+		d.sum += e.Amount
+	}
+	for _, reset := range []bool{false, true} {
+		var subjects, meters []string
+		var starts []time.Time
+		var ends []*time.Time
+		var sums []int64
+		for _, d := range order {
+			if d.reset != reset {
+				continue
+			}
+			subjects, meters, starts = append(subjects, d.key.Subject), append(meters, d.key.Meter), append(starts, d.key.Start)
+			ends, sums = append(ends, nullTime(d.key.End)), append(sums, d.sum)
+		}
+		if len(subjects) == 0 {
+			continue
+		}
+		sql := addCountersSQL
+		if reset {
+			sql = resetCountersSQL
+		}
+		if _, err := tx.Exec(ctx, sql, subjects, meters, starts, ends, sums); err != nil {
+			return fmt.Errorf("upsert counters: %w", translate(err))
+		}
+		f.m.rows.WithLabelValues("counters").Add(float64(len(subjects)))
+	}
+	return nil
+}
+
+func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool) error {
+	var isub, ikey, ihash []string
+	var iapplied []bool
+	var iamount, iused []int64
+	var iat []time.Time
+	var psub, pplan []string
+	var panchor []time.Time
+	for i := range events {
+		e := &events[i]
+		switch {
+		case e.Kind == quota.EventProvision && e.Settings != nil:
+			psub, pplan, panchor = append(psub, e.Settings.ID), append(pplan, e.Settings.Plan), append(panchor, e.Settings.CycleAnchor)
+		case e.Kind == quota.EventConsume && e.IdempotencyKey != "" && fresh[e.ID]:
+			isub, ikey, ihash = append(isub, e.Subject), append(ikey, e.IdempotencyKey), append(ihash, e.RequestHash)
+			iapplied, iamount, iused, iat = append(iapplied, true), append(iamount, e.Amount), append(iused, e.Used), append(iat, e.At)
+		}
+	}
+	if len(psub) > 0 {
+		if _, err := tx.Exec(ctx, insertSubjectsSQL, psub, pplan, panchor); err != nil {
+			return fmt.Errorf("insert subjects: %w", translate(err))
+		}
+		f.m.rows.WithLabelValues("subjects").Add(float64(len(psub)))
+	}
+	if len(isub) > 0 {
+		// So that the Postgres fallback path knows keys first seen in Redis.
+		if _, err := tx.Exec(ctx, insertIdempotencySQL, isub, ikey, ihash, iapplied, iamount, iused, iat); err != nil {
+			return fmt.Errorf("insert idempotency keys: %w", translate(err))
+		}
+		f.m.rows.WithLabelValues("idempotency").Add(float64(len(isub)))
+	}
+	return nil
+}
+
