@@ -3,6 +3,9 @@ package cache
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"syscall"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -27,15 +30,19 @@ type Health struct {
 	OnChange func(up bool)
 }
 
-// NewHealth returns a Health that starts down and probes Redis until ctx
-// ends; recover runs before each switch to up.
-func NewHealth(ctx context.Context, rdb redis.UniversalClient, recover func(ctx context.Context) error, log *slog.Logger) *Health {
-	h := &Health{rdb: rdb, recover: recover, log: log, interval: 250 * time.Millisecond, ctx: ctx}
+// NewHealth returns a Health that reports Redis down until Start finds it.
+func NewHealth(rdb redis.UniversalClient, log *slog.Logger) *Health {
+	return &Health{rdb: rdb, log: log, interval: 250 * time.Millisecond, ctx: context.Background()}
+}
+
+// Start pings Redis once, and keeps probing until ctx ends if it does not
+// answer. recover runs before every switch to up.
+func (h *Health) Start(ctx context.Context, recover func(ctx context.Context) error) {
+	h.ctx, h.recover = ctx, recover
 	if !h.try() {
 		h.log.Warn("redis unreachable at start: serving from postgres until it answers")
 		h.startProbe()
 	}
-	return h
 }
 
 // Up reports whether Redis is believed reachable.
@@ -59,7 +66,7 @@ func (h *Health) Failed(err error) bool {
 }
 
 func unreachable(err error) bool {
-	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
+	if err == nil {
 		return false
 	}
 	var rerr redis.Error
@@ -67,7 +74,10 @@ func unreachable(err error) bool {
 		msg := rerr.Error()
 		return strings.HasPrefix(msg, "LOADING") || strings.HasPrefix(msg, "MASTERDOWN") || strings.HasPrefix(msg, "TRYAGAIN")
 	}
-	return true
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func (h *Health) startProbe() {

@@ -35,7 +35,7 @@ func (s *Store) KeyScope(ctx context.Context, sum [32]byte) (string, error) {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", quota.ErrNotFound
 	}
-	return scope, err
+	return scope, translate(err)
 }
 
 func eventID() string { return rand.Text() }

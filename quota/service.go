@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -37,7 +38,14 @@ type Service struct {
 	now      func() time.Time
 	margin   Decimal
 	book     atomic.Pointer[CostBook]
+	onOpen   func(op, subject string, err error) // set by FailOpen
 }
+
+// FailOpen makes Check and Consume answer "allowed" (and "applied") when
+// no store can answer, instead of ErrUnavailable (QUOTAD_FAIL_MODE=open).
+// Such answers count nothing; onOpen is called for each one so that it is
+// logged and counted. Call it before serving.
+func (s *Service) FailOpen(onOpen func(op, subject string, err error)) { s.onOpen = onOpen }
 
 // NewService returns a Service over stores. now is the clock (time.Now when
 // nil); margin is the cost book's margin. Call ReloadPrices before pricing.
@@ -159,6 +167,15 @@ type CostResult struct {
 // usage; a subject seen for the first time is provisioned. Errors:
 // ErrInvalid for a bad subject, meter or amount, or a meter without a limit.
 func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
+	res, err := s.check(ctx, req)
+	if err != nil && s.onOpen != nil && errors.Is(err, ErrUnavailable) {
+		s.onOpen("check", req.Subject, err)
+		return CheckResult{Subject: req.Subject, Meter: cmp.Or(req.Meter, DefaultMeter), Allowed: true}, nil
+	}
+	return res, err
+}
+
+func (s *Service) check(ctx context.Context, req CheckRequest) (CheckResult, error) {
 	kind, err := ParseSubject(req.Subject)
 	if err != nil {
 		return CheckResult{}, err
@@ -201,6 +218,15 @@ func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, err
 // Errors: ErrInvalid for bad input or an unknown model, ErrConflict for an
 // idempotency key reused with a different request.
 func (s *Service) Consume(ctx context.Context, req ConsumeRequest) (ConsumeResponse, error) {
+	res, err := s.consume(ctx, req)
+	if err != nil && s.onOpen != nil && errors.Is(err, ErrUnavailable) {
+		s.onOpen("consume", req.Subject, err)
+		return ConsumeResponse{Applied: true, Amount: req.Amount}, nil
+	}
+	return res, err
+}
+
+func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeResponse, error) {
 	kind, err := ParseSubject(req.Subject)
 	if err != nil {
 		return ConsumeResponse{}, err

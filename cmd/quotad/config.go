@@ -22,6 +22,14 @@ type Config struct {
 	Margin          string        // QUOTAD_MARGIN, --margin; default "0.2"
 	PostgresConns   int           // QUOTAD_POSTGRES_CONNS, --postgres-conns; default 32
 	ShutdownTimeout time.Duration // QUOTAD_SHUTDOWN_TIMEOUT, --shutdown-timeout; default 15s
+	Tiers           string        // QUOTAD_TIERS, --tiers; default "full" (L1+Redis+Postgres); "postgres" for the Postgres-only baseline
+	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
+	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 5000
+	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
+	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
+	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
+	FailMode        string        // QUOTAD_FAIL_MODE, --fail-mode; default "closed" (503 when no store answers); "open" allows
+	TestHook        string        // QUOTAD_TEST_HOOK; default none; "crash-after-commit" kills quotad between a flush's commit and its ack (tests only)
 }
 
 func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, error) {
@@ -42,10 +50,40 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&c.Margin, "margin", env("QUOTAD_MARGIN", "0.2"), "cost book margin")
 	fs.StringVar(&conns, "postgres-conns", env("QUOTAD_POSTGRES_CONNS", "32"), "Postgres pool size")
 	fs.StringVar(&shutdown, "shutdown-timeout", env("QUOTAD_SHUTDOWN_TIMEOUT", "15s"), "time to finish in-flight work on SIGTERM")
+	var flushInterval, flushBatch, cacheTTL, nearLimit, claimIdle string
+	fs.StringVar(&claimIdle, "flush-claim-idle", env("QUOTAD_FLUSH_CLAIM_IDLE", "30s"), "take over events a dead flusher left unacknowledged this long")
+	fs.StringVar(&c.Tiers, "tiers", env("QUOTAD_TIERS", "full"), `"full" or "postgres"`)
+	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
+	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "5000"), "events per flush batch")
+	fs.StringVar(&cacheTTL, "cache-ttl", env("QUOTAD_CACHE_TTL", "1s"), "age limit of L1 usage snapshots")
+	fs.StringVar(&nearLimit, "near-limit", env("QUOTAD_NEAR_LIMIT", "0.1"), "fraction of the limit under which checks read Redis")
+	fs.StringVar(&c.FailMode, "fail-mode", env("QUOTAD_FAIL_MODE", "closed"), `"closed" or "open" when no store answers`)
+	c.TestHook = getenv("QUOTAD_TEST_HOOK")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
 	var err error
+	if c.Tiers != "full" && c.Tiers != "postgres" {
+		return Config{}, fmt.Errorf("tiers: %q is not full or postgres", c.Tiers)
+	}
+	if c.FailMode != "closed" && c.FailMode != "open" {
+		return Config{}, fmt.Errorf("fail-mode: %q is not closed or open", c.FailMode)
+	}
+	if c.FlushInterval, err = time.ParseDuration(flushInterval); err != nil || c.FlushInterval <= 0 {
+		return Config{}, fmt.Errorf("flush-interval: %q is not a positive duration", flushInterval)
+	}
+	if c.FlushClaimIdle, err = time.ParseDuration(claimIdle); err != nil || c.FlushClaimIdle <= 0 {
+		return Config{}, fmt.Errorf("flush-claim-idle: %q is not a positive duration", claimIdle)
+	}
+	if c.FlushBatch, err = strconv.Atoi(flushBatch); err != nil || c.FlushBatch < 1 {
+		return Config{}, fmt.Errorf("flush-batch: %q is not a positive integer", flushBatch)
+	}
+	if c.CacheTTL, err = time.ParseDuration(cacheTTL); err != nil || c.CacheTTL < 0 {
+		return Config{}, fmt.Errorf("cache-ttl: %q is not a duration", cacheTTL)
+	}
+	if c.NearLimit, err = strconv.ParseFloat(nearLimit, 64); err != nil || c.NearLimit < 0 || c.NearLimit > 1 {
+		return Config{}, fmt.Errorf("near-limit: %q is not a fraction between 0 and 1", nearLimit)
+	}
 	if c.Migrate, err = strconv.ParseBool(migrate); err != nil {
 		return Config{}, fmt.Errorf("migrate: %w", err)
 	}
@@ -73,6 +111,13 @@ func (c Config) LogValue() slog.Value {
 		slog.String("margin", c.Margin),
 		slog.Int("postgres_conns", c.PostgresConns),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("tiers", c.Tiers),
+		slog.Duration("flush_interval", c.FlushInterval),
+		slog.Int("flush_batch", c.FlushBatch),
+		slog.Duration("flush_claim_idle", c.FlushClaimIdle),
+		slog.Duration("cache_ttl", c.CacheTTL),
+		slog.Float64("near_limit", c.NearLimit),
+		slog.String("fail_mode", c.FailMode),
 	)
 }
 

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -52,6 +53,9 @@ func startQuotad(tb testing.TB, env ...string) *quotad {
 	tb.Helper()
 	q := &quotad{addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb))}
 	q.env = append([]string{"QUOTAD_ADDR=" + q.addr, "QUOTAD_ADMIN_KEY=" + adminKey, "QUOTAD_LOG_LEVEL=warn"}, env...)
+	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "QUOTAD_REDIS_URL=") }) {
+		q.env = append(q.env, "QUOTAD_REDIS_URL="+testenv.RedisURL(tb))
+	}
 	q.start(tb)
 	tb.Cleanup(func() { q.stop(tb) })
 	return q
@@ -307,7 +311,7 @@ func TestContractErrors(t *testing.T) {
 		}
 		status, ct, b := q.do(t, "POST", "/v1/consume", serviceKey, "application/json", strings.NewReader(`{"subject":"user:7","amount":6,"idempotency_key":"k1"}`))
 		if status != 409 || ct != "application/problem+json" {
-			t.Fatalf("reuse: %d %s %s", status, ct, b)
+			t.Fatalf("reuse: %d %s %s\n%s", status, ct, b, q.out)
 		}
 		// Nothing changed: the subject still has the first 5 only.
 		_, sub := q.call(t, "GET", "/v1/subjects/user:7", "")

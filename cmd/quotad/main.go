@@ -126,24 +126,51 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		return err
 	}
 
-	svc := quota.NewService(quota.Stores{Plans: store, Subjects: store, Prices: store, Counter: store}, time.Now, margin)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	failOpen := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quotad_fail_open_total", Help: "Requests allowed without any store answering (QUOTAD_FAIL_MODE=open).",
+	}, []string{"op"})
+	reg.MustRegister(failOpen)
+
+	// bg runs the background work (flusher, Redis probe, invalidations); it
+	// ends after the HTTP server has stopped and the flusher has drained.
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+
+	var t tiers
+	if cfg.Tiers == "postgres" {
+		t = postgresTiers(store)
+	} else {
+		if t, err = fullTiers(bg, cfg, store, reg, log); err != nil {
+			return err
+		}
+		defer t.close()
+	}
+	svc := quota.NewService(t.stores, time.Now, margin)
+	if t.settings != nil {
+		t.settings.OnPrices = func(ctx context.Context) {
+			if err := svc.ReloadPrices(ctx); err != nil {
+				log.Warn("reload prices", "err", err)
+			}
+		}
+	}
 	if err := svc.ReloadPrices(ctx); err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.FailMode == "open" {
+		svc.FailOpen(func(op, subject string, err error) {
+			failOpen.WithLabelValues(op).Inc()
+			log.Warn("fail open: allowed without a store", "op", op, "subject", subject, "err", err)
+		})
+	}
 	srv := api.New(api.Config{
 		Service:  svc,
 		Keys:     store,
 		AdminKey: cfg.AdminKey,
 		Registry: reg,
 		Logger:   log,
-		Ready: func(ctx context.Context) api.Readiness {
-			if err := store.Ping(ctx); err != nil {
-				return api.Readiness{Status: "unavailable", Stores: map[string]string{"postgres": "down"}}
-			}
-			return api.Readiness{Status: "ok", Stores: map[string]string{"postgres": "up"}}
-		},
+		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
 	})
 
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -153,7 +180,7 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- httpSrv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
+	log.Info("listening", "addr", ln.Addr().String(), "tiers", cfg.Tiers)
 
 	select {
 	case err := <-errc:
@@ -168,6 +195,14 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
+	}
+	if t.flusher != nil {
+		stopBG() // stops the periodic flusher; Drain then empties what is left
+		<-t.flusherDone
+		log.Info("draining the flusher")
+		if err := t.flusher.Drain(shutCtx); err != nil {
+			log.Warn("flusher did not drain; pending usage stays in redis for the next flush", "err", err)
+		}
 	}
 	log.Info("stopped")
 	return nil

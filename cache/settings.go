@@ -1,0 +1,217 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// SettingsSource is the Postgres store of plans, subjects and prices.
+type SettingsSource interface {
+	quota.Plans
+	quota.Subjects
+	quota.Prices
+}
+
+// Settings caches plans and subjects in L1 (ristretto) and subjects in L2
+// (Redis) over Postgres. It implements quota.Plans, quota.Subjects and
+// quota.Prices.
+//
+// A subject seen for the first time is provisioned in Redis (SET NX, so
+// every instance agrees on its cycle anchor) and reaches Postgres through
+// the write-behind flusher: a burst of new subjects costs no Postgres
+// write on the request path. Admin changes write Postgres first, then
+// Redis, then tell every instance's L1 through the Bus.
+type Settings struct {
+	src      SettingsSource
+	rdb      redis.UniversalClient
+	health   *Health
+	bus      *Bus
+	plans    *ristretto.Cache[string, quota.Plan]
+	subjects *ristretto.Cache[string, quota.Subject]
+	ttl      time.Duration
+	// lastPlans keeps the last plan read from Postgres, served when
+	// Postgres is down and L1 has let the plan go.
+	lastPlans sync.Map
+	// OnPrices runs when prices changed on any instance (the service
+	// reloads its cost book).
+	OnPrices func(ctx context.Context)
+}
+
+var (
+	_ quota.Plans    = (*Settings)(nil)
+	_ quota.Subjects = (*Settings)(nil)
+	_ quota.Prices   = (*Settings)(nil)
+)
+
+// subjectTTL bounds how long Redis keeps a subject's settings; after it
+// they are read from Postgres again.
+const subjectTTL = 24 * time.Hour
+
+// NewSettings returns the settings tiers over src. ttl bounds how long L1
+// keeps an entry even without an invalidation (a missed message).
+func NewSettings(src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration) (*Settings, error) {
+	plans, err := ristretto.NewCache(&ristretto.Config[string, quota.Plan]{NumCounters: 10_000, MaxCost: 1_000, BufferItems: 64})
+	if err != nil {
+		return nil, err
+	}
+	subjects, err := ristretto.NewCache(&ristretto.Config[string, quota.Subject]{NumCounters: 10_000_000, MaxCost: 1_000_000, BufferItems: 64})
+	if err != nil {
+		return nil, err
+	}
+	return &Settings{src: src, rdb: rdb, health: health, bus: bus, plans: plans, subjects: subjects, ttl: ttl}, nil
+}
+
+func subjectKey(id string) string { return "q:{" + id + "}:s" }
+
+// Plans implements quota.Plans (always from Postgres: listing is rare).
+func (s *Settings) Plans(ctx context.Context) ([]quota.Plan, error) { return s.src.Plans(ctx) }
+
+// Plan implements quota.Plans.
+func (s *Settings) Plan(ctx context.Context, name string) (quota.Plan, error) {
+	if p, ok := s.plans.Get(name); ok {
+		return p, nil
+	}
+	p, err := s.src.Plan(ctx, name)
+	if errors.Is(err, quota.ErrUnavailable) {
+		if last, ok := s.lastPlans.Load(name); ok {
+			return last.(quota.Plan), nil
+		}
+	}
+	if err != nil {
+		return quota.Plan{}, err
+	}
+	s.lastPlans.Store(name, p)
+	s.plans.SetWithTTL(name, p, 1, s.ttl)
+	return p, nil
+}
+
+// PutPlan implements quota.Plans.
+func (s *Settings) PutPlan(ctx context.Context, p quota.Plan) error {
+	if err := s.src.PutPlan(ctx, p); err != nil {
+		return err
+	}
+	s.plans.Del(p.Name)
+	s.bus.Publish(ctx, "plan "+p.Name)
+	return nil
+}
+
+// Subject implements quota.Subjects: L1, then Redis, then Postgres.
+func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error) {
+	if sub, ok := s.subjects.Get(id); ok {
+		return sub, nil
+	}
+	if s.health.Up() {
+		raw, err := s.rdb.Get(ctx, subjectKey(id)).Bytes()
+		switch {
+		case err == nil:
+			var sub quota.Subject
+			if err := json.Unmarshal(raw, &sub); err != nil {
+				return quota.Subject{}, fmt.Errorf("subject %s in redis: %w", id, err)
+			}
+			s.subjects.SetWithTTL(id, sub, 1, s.ttl)
+			return sub, nil
+		case errors.Is(err, redis.Nil):
+		default:
+			s.health.Failed(err)
+		}
+	}
+	sub, err := s.src.Subject(ctx, id)
+	if err != nil {
+		return quota.Subject{}, err
+	}
+	if s.health.Up() {
+		if raw, err := json.Marshal(sub); err == nil {
+			s.rdb.SetNX(ctx, subjectKey(id), raw, subjectTTL) // a cache fill; losing it costs a Postgres read
+		}
+	}
+	s.subjects.SetWithTTL(id, sub, 1, s.ttl)
+	return sub, nil
+}
+
+// ProvisionSubject implements quota.Subjects through Redis when it is up
+// (Postgres gets the subject from the flusher), else through Postgres.
+func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quota.Subject, error) {
+	if !s.health.Up() {
+		return s.src.ProvisionSubject(ctx, sub)
+	}
+	raw, err := json.Marshal(sub)
+	if err != nil {
+		return quota.Subject{}, err
+	}
+	ev, err := json.Marshal(quota.Event{ID: randomID(), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
+	if err != nil {
+		return quota.Subject{}, err
+	}
+	stored, err := provisionScript.Run(ctx, s.rdb, []string{subjectKey(sub.ID), PendingStream}, raw, ev, int64(subjectTTL/time.Second)).Text()
+	if err != nil {
+		if s.health.Failed(err) {
+			return s.src.ProvisionSubject(ctx, sub)
+		}
+		return quota.Subject{}, err
+	}
+	var got quota.Subject
+	if err := json.Unmarshal([]byte(stored), &got); err != nil {
+		return quota.Subject{}, fmt.Errorf("subject %s in redis: %w", sub.ID, err)
+	}
+	s.subjects.SetWithTTL(sub.ID, got, 1, s.ttl)
+	return got, nil
+}
+
+// PutSubject implements quota.Subjects: Postgres, then Redis, then every L1.
+func (s *Settings) PutSubject(ctx context.Context, sub quota.Subject) error {
+	if err := s.src.PutSubject(ctx, sub); err != nil {
+		return err
+	}
+	if raw, err := json.Marshal(sub); err == nil && s.health.Up() {
+		if err := s.rdb.Set(ctx, subjectKey(sub.ID), raw, subjectTTL).Err(); err != nil {
+			s.health.Failed(err)
+		}
+	}
+	s.subjects.Del(sub.ID)
+	s.bus.Publish(ctx, "subject "+sub.ID)
+	return nil
+}
+
+// Prices implements quota.Prices.
+func (s *Settings) Prices(ctx context.Context) ([]quota.Price, error) { return s.src.Prices(ctx) }
+
+// PutPrice implements quota.Prices and tells every instance to reload.
+func (s *Settings) PutPrice(ctx context.Context, p quota.Price) error {
+	if err := s.src.PutPrice(ctx, p); err != nil {
+		return err
+	}
+	s.bus.Publish(ctx, "prices")
+	return nil
+}
+
+// Invalidate handles a Bus message about settings.
+func (s *Settings) Invalidate(ctx context.Context, msg string) {
+	kind, arg, _ := strings.Cut(msg, " ")
+	switch kind {
+	case "plan":
+		s.plans.Del(arg)
+	case "subject":
+		s.subjects.Del(arg)
+	case "prices":
+		if s.OnPrices != nil {
+			s.OnPrices(ctx)
+		}
+	}
+}
+
+// Clear drops every L1 entry (Redis came back: messages may have been
+// missed).
+func (s *Settings) Clear() {
+	s.plans.Clear()
+	s.subjects.Clear()
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/api"
+	"github.com/quotad/quotad/cache"
+	"github.com/quotad/quotad/persist"
+	"github.com/quotad/quotad/quota"
+)
+
+// tiers is the storage stack the service runs on.
+type tiers struct {
+	stores      quota.Stores
+	settings    *cache.Settings // nil for the Postgres-only tiers
+	health      *cache.Health
+	flusher     *persist.Flusher
+	flusherDone chan struct{}
+	rdb         *redis.Client
+}
+
+// postgresTiers puts every request on Postgres: the benchmark baseline.
+func postgresTiers(store *persist.Store) tiers {
+	return tiers{stores: quota.Stores{Plans: store, Subjects: store, Prices: store, Counter: store}}
+}
+
+// fullTiers wires L1 (ristretto) over L2 (Redis) over Postgres, the
+// invalidation bus and the write-behind flusher. Background work runs
+// until bg ends.
+func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *prometheus.Registry, log *slog.Logger) (tiers, error) {
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return tiers{}, fmt.Errorf("redis url: %w", err)
+	}
+	// Short timeouts and no retries: when Redis is gone the hot path must
+	// switch to Postgres in milliseconds, not after a retry loop.
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond
+	opt.PoolTimeout, opt.MaxRetries = 500*time.Millisecond, -1
+	opt.PoolSize = 128
+	rdb := redis.NewClient(opt)
+
+	health := cache.NewHealth(rdb, log)
+	bus := cache.NewBus(rdb, log)
+	l2 := cache.NewCounter(rdb, store, health, log)
+	snaps, err := cache.NewSnapshots(l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
+	if err != nil {
+		return tiers{}, err
+	}
+	settings, err := cache.NewSettings(store, rdb, health, bus, time.Minute)
+	if err != nil {
+		return tiers{}, err
+	}
+	redisUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_redis_up", Help: "1 while Redis is reachable."})
+	reg.MustRegister(redisUp)
+	health.OnChange = func(up bool) {
+		if up {
+			redisUp.Set(1)
+		} else {
+			redisUp.Set(0)
+		}
+	}
+	health.Start(bg, func(ctx context.Context) error {
+		// Counters Postgres took directly while Redis was away are stale
+		// in Redis; and invalidations may have been missed.
+		if err := l2.DropStale(ctx); err != nil {
+			return err
+		}
+		snaps.Clear()
+		settings.Clear()
+		return nil
+	})
+	if health.Up() {
+		redisUp.Set(1)
+	}
+	bus.Run(bg, func(msg string) {
+		snaps.Invalidate(msg)
+		settings.Invalidate(bg, msg)
+	})
+
+	host, _ := os.Hostname()
+	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Registry: reg, Logger: log}
+	if cfg.TestHook == "crash-after-commit" {
+		fcfg.AfterCommit = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+	}
+	pending := cache.NewPending(rdb, fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()))
+	pending.ClaimIdle = cfg.FlushClaimIdle
+	flusher := persist.NewFlusher(store, pending, fcfg)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		flusher.Run(bg)
+	}()
+	return tiers{
+		stores:      quota.Stores{Plans: settings, Subjects: settings, Prices: settings, Counter: snaps},
+		settings:    settings,
+		health:      health,
+		flusher:     flusher,
+		flusherDone: done,
+		rdb:         rdb,
+	}, nil
+}
+
+func (t tiers) close() {
+	if t.rdb != nil {
+		_ = t.rdb.Close()
+	}
+}
+
+// ready reports each store and the flush lag. Full tiers are "degraded"
+// while one store is down or flushing fails, and "unavailable" when both
+// are down; Postgres-only tiers are unavailable without Postgres.
+func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
+	r := api.Readiness{Status: "ok", Stores: map[string]string{"postgres": "up"}}
+	pgUp := store.Ping(ctx) == nil
+	if !pgUp {
+		r.Stores["postgres"] = "down"
+	}
+	if t.health == nil {
+		if !pgUp {
+			r.Status = "unavailable"
+		}
+		return r
+	}
+	redisUp := t.health.Up()
+	r.Stores["redis"] = "up"
+	if !redisUp {
+		r.Stores["redis"] = "down"
+	}
+	flushErr, lag, pending := t.flusher.Status()
+	r.Detail = map[string]any{"flush_lag_seconds": lag.Seconds(), "pending": pending}
+	if flushErr != nil {
+		r.Detail["flush_error"] = "the last flush failed; retrying"
+	}
+	switch {
+	case !pgUp && !redisUp:
+		r.Status = "unavailable"
+	case !pgUp || !redisUp || flushErr != nil:
+		r.Status = "degraded"
+	}
+	return r
+}
