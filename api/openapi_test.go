@@ -3,10 +3,10 @@ package api_test
 import (
 	"context"
 	"encoding/json"
-	"reflect"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"

@@ -405,4 +405,3 @@ func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Ev
 	}
 	return nil
 }
-
