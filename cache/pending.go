@@ -39,9 +39,20 @@ func (p *Pending) ensureGroup(ctx context.Context) error {
 	return nil
 }
 
-// Claim returns up to n unacknowledged events: first those abandoned by
-// a dead flusher, else new ones.
+// Claim returns up to n unacknowledged events: first those delivered to
+// this consumer and never acknowledged (a flush gave up on them), then
+// those abandoned by a dead flusher, else new ones.
 func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
+	own, err := p.read(ctx, "0", n)
+	if isNoGroup(err) { // first start, or Redis lost its data
+		if err := p.ensureGroup(ctx); err != nil {
+			return nil, err
+		}
+		return p.Claim(ctx, n)
+	}
+	if err != nil || len(own) > 0 {
+		return p.decode(own, err)
+	}
 	msgs, _, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: "0-0", Count: int64(n),
 	}).Result()
@@ -55,15 +66,34 @@ func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
 		return nil, fmt.Errorf("claim abandoned entries: %w", err)
 	}
 	if len(msgs) == 0 {
-		streams, err := p.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-			Group: FlushGroup, Consumer: p.consumer, Streams: []string{PendingStream, ">"}, Count: int64(n), Block: -1,
-		}).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("read pending: %w", err)
+		msgs, err = p.read(ctx, ">", n)
+	}
+	return p.decode(msgs, err)
+}
+
+// read reads this consumer's entries after id: "0" for its own
+// unacknowledged ones, ">" for new ones.
+func (p *Pending) read(ctx context.Context, id string, n int) ([]redis.XMessage, error) {
+	streams, err := p.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: FlushGroup, Consumer: p.consumer, Streams: []string{PendingStream, id}, Count: int64(n), Block: -1,
+	}).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read pending: %w", err)
+	}
+	var msgs []redis.XMessage
+	for _, s := range streams {
+		for _, m := range s.Messages {
+			if m.Values != nil { // an own entry deleted since delivery
+				msgs = append(msgs, m)
+			}
 		}
-		for _, s := range streams {
-			msgs = append(msgs, s.Messages...)
-		}
+	}
+	return msgs, nil
+}
+
+func (p *Pending) decode(msgs []redis.XMessage, err error) ([]quota.Event, error) {
+	if err != nil {
+		return nil, err
 	}
 	events := make([]quota.Event, 0, len(msgs))
 	for _, m := range msgs {
@@ -76,7 +106,7 @@ func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
 	return events, nil
 }
 
-func isNoGroup(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOGROUP") }
+func isNoGroup(err error) bool { return err != nil && strings.Contains(err.Error(), "NOGROUP") }
 
 func decodeEntry(m redis.XMessage) (quota.Event, error) {
 	var ev quota.Event

@@ -210,12 +210,25 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 	if f.cfg.AfterCommit != nil {
 		f.cfg.AfterCommit()
 	}
-	if err := f.src.Ack(ctx, events); err != nil {
-		// Written but not acknowledged: a later flush claims these again
-		// and the ledger's dedup makes that a no-op.
+	backoff = 100 * time.Millisecond
+	for {
+		err := f.src.Ack(ctx, events)
+		if err == nil {
+			break
+		}
+		// Written but not acknowledged. Until the ack lands, the counters'
+		// unflushed counts stay up and Redis cannot reload them, so keep
+		// trying; if this process dies first, another flusher claims the
+		// events and the ledger's dedup makes their second write a no-op.
 		f.m.errors.Inc()
 		f.setErr(err)
-		return 0, err
+		f.cfg.Logger.Warn("flush: ack to redis failed; retrying", "events", len(events), "backoff", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, f.cfg.MaxBackoff)
 	}
 	f.setErr(nil)
 	f.m.batch.Observe(float64(len(events)))

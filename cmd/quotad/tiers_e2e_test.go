@@ -228,6 +228,7 @@ func TestIdempotencyExactlyOnce(t *testing.T) {
 // key, from workers goroutines until stop is closed. It returns every
 // request sent; acked[i] says whether request i got a 200.
 type loadResult struct {
+	done   chan struct{} // closed when every worker has stopped
 	mu     sync.Mutex
 	bodies []string
 	amount []int64
@@ -235,7 +236,7 @@ type loadResult struct {
 }
 
 func drive(q func() *quotad, subjects []string, workers int, stop <-chan struct{}, checks bool) *loadResult {
-	lr := &loadResult{}
+	lr := &loadResult{done: make(chan struct{})}
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	for w := range workers {
@@ -265,7 +266,7 @@ func drive(q func() *quotad, subjects []string, workers int, stop <-chan struct{
 			}
 		})
 	}
-	go func() { <-stop; wg.Wait() }()
+	go func() { <-stop; wg.Wait(); close(lr.done) }()
 	return lr
 }
 
@@ -290,7 +291,7 @@ func TestCrashMidLoad(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // at least one flush happens mid-load
 	q.kill(t)
 	close(stop)
-	time.Sleep(100 * time.Millisecond)
+	<-lr.done
 	q.restart(t)
 
 	lr.mu.Lock()
