@@ -101,7 +101,10 @@ func (s *Snapshots) hash(k quota.CounterKey) uint64 {
 // Used implements quota.Counter.
 func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 	h := s.hash(r.Key)
-	now := s.now().UnixNano()
+	now := r.At.UnixNano()
+	if r.At.IsZero() {
+		now = s.now().UnixNano()
+	}
 	if snap, ok := s.c.Get(h); ok && now-snap.at < s.ttl && snap.start == r.Key.Start.UnixNano() &&
 		snap.subject == r.Key.Subject && snap.meter == r.Key.Meter &&
 		r.Limit-snap.used-r.Amount > r.Limit*s.near/1000 {
@@ -122,7 +125,7 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 func (s *Snapshots) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	res, err := s.next.Consume(ctx, op)
 	if err == nil && !res.Duplicate {
-		s.c.Set(s.hash(op.Key), snapshot{subject: op.Key.Subject, meter: op.Key.Meter, start: op.Key.Start.UnixNano(), used: res.Used, at: s.now().UnixNano()}, 1)
+		s.c.Set(s.hash(op.Key), snapshot{subject: op.Key.Subject, meter: op.Key.Meter, start: op.Key.Start.UnixNano(), used: res.Used, at: op.At.UnixNano()}, 1)
 	}
 	return res, err
 }

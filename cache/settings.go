@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -36,9 +37,13 @@ type Settings struct {
 	rdb      redis.UniversalClient
 	health   *Health
 	bus      *Bus
-	plans    *ristretto.Cache[string, quota.Plan]
-	subjects *ristretto.Cache[string, quota.Subject]
-	ttl      time.Duration
+	plans    sync.Map // name -> planEntry; plans are few
+	subjects *ristretto.Cache[string, subjectEntry]
+	ttl      int64 // nanoseconds
+	// clock is a coarse "now" (unix nanoseconds, updated every 100 ms) for
+	// entry expiry: reading the real clock costs more than the rest of an
+	// L1 lookup here, and expiry needs no precision.
+	clock atomic.Int64
 	// lastPlans keeps the last plan read from Postgres, served when
 	// Postgres is down and L1 has let the plan go.
 	lastPlans sync.Map
@@ -53,22 +58,47 @@ var (
 	_ quota.Prices   = (*Settings)(nil)
 )
 
+type subjectEntry struct {
+	sub     quota.Subject
+	expires int64
+}
+
+type planEntry struct {
+	plan    quota.Plan
+	expires int64
+}
+
 // subjectTTL bounds how long Redis keeps a subject's settings; after it
 // they are read from Postgres again.
 const subjectTTL = 24 * time.Hour
 
 // NewSettings returns the settings tiers over src. ttl bounds how long L1
 // keeps an entry even without an invalidation (a missed message).
-func NewSettings(src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration) (*Settings, error) {
-	plans, err := ristretto.NewCache(&ristretto.Config[string, quota.Plan]{NumCounters: 10_000, MaxCost: 1_000, BufferItems: 64})
+// The coarse clock runs until ctx ends.
+func NewSettings(ctx context.Context, src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration) (*Settings, error) {
+	subjects, err := ristretto.NewCache(&ristretto.Config[string, subjectEntry]{NumCounters: 10_000_000, MaxCost: 1_000_000, BufferItems: 64})
 	if err != nil {
 		return nil, err
 	}
-	subjects, err := ristretto.NewCache(&ristretto.Config[string, quota.Subject]{NumCounters: 10_000_000, MaxCost: 1_000_000, BufferItems: 64})
-	if err != nil {
-		return nil, err
-	}
-	return &Settings{src: src, rdb: rdb, health: health, bus: bus, plans: plans, subjects: subjects, ttl: ttl}, nil
+	s := &Settings{src: src, rdb: rdb, health: health, bus: bus, subjects: subjects, ttl: int64(ttl)}
+	s.clock.Store(time.Now().UnixNano())
+	go func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				s.clock.Store(now.UnixNano())
+			}
+		}
+	}()
+	return s, nil
+}
+
+func (s *Settings) cacheSubject(sub quota.Subject) {
+	s.subjects.Set(sub.ID, subjectEntry{sub: sub, expires: s.clock.Load() + s.ttl}, 1)
 }
 
 func subjectKey(id string) string { return "q:{" + id + "}:s" }
@@ -78,8 +108,8 @@ func (s *Settings) Plans(ctx context.Context) ([]quota.Plan, error) { return s.s
 
 // Plan implements quota.Plans.
 func (s *Settings) Plan(ctx context.Context, name string) (quota.Plan, error) {
-	if p, ok := s.plans.Get(name); ok {
-		return p, nil
+	if e, ok := s.plans.Load(name); ok && e.(planEntry).expires > s.clock.Load() {
+		return e.(planEntry).plan, nil
 	}
 	p, err := s.src.Plan(ctx, name)
 	if errors.Is(err, quota.ErrUnavailable) {
@@ -91,7 +121,7 @@ func (s *Settings) Plan(ctx context.Context, name string) (quota.Plan, error) {
 		return quota.Plan{}, err
 	}
 	s.lastPlans.Store(name, p)
-	s.plans.SetWithTTL(name, p, 1, s.ttl)
+	s.plans.Store(name, planEntry{plan: p, expires: s.clock.Load() + s.ttl})
 	return p, nil
 }
 
@@ -100,15 +130,15 @@ func (s *Settings) PutPlan(ctx context.Context, p quota.Plan) error {
 	if err := s.src.PutPlan(ctx, p); err != nil {
 		return err
 	}
-	s.plans.Del(p.Name)
+	s.plans.Delete(p.Name)
 	s.bus.Publish(ctx, "plan "+p.Name)
 	return nil
 }
 
 // Subject implements quota.Subjects: L1, then Redis, then Postgres.
 func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error) {
-	if sub, ok := s.subjects.Get(id); ok {
-		return sub, nil
+	if e, ok := s.subjects.Get(id); ok && e.expires > s.clock.Load() {
+		return e.sub, nil
 	}
 	if s.health.Up() {
 		raw, err := s.rdb.Get(ctx, subjectKey(id)).Bytes()
@@ -118,7 +148,7 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 			if err := json.Unmarshal(raw, &sub); err != nil {
 				return quota.Subject{}, fmt.Errorf("subject %s in redis: %w", id, err)
 			}
-			s.subjects.SetWithTTL(id, sub, 1, s.ttl)
+			s.cacheSubject(sub)
 			return sub, nil
 		case errors.Is(err, redis.Nil):
 		default:
@@ -134,7 +164,7 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 			s.rdb.SetNX(ctx, subjectKey(id), raw, subjectTTL) // a cache fill; losing it costs a Postgres read
 		}
 	}
-	s.subjects.SetWithTTL(id, sub, 1, s.ttl)
+	s.cacheSubject(sub)
 	return sub, nil
 }
 
@@ -163,7 +193,7 @@ func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quo
 	if err := json.Unmarshal([]byte(stored), &got); err != nil {
 		return quota.Subject{}, fmt.Errorf("subject %s in redis: %w", sub.ID, err)
 	}
-	s.subjects.SetWithTTL(sub.ID, got, 1, s.ttl)
+	s.cacheSubject(got)
 	return got, nil
 }
 
@@ -199,7 +229,7 @@ func (s *Settings) Invalidate(ctx context.Context, msg string) {
 	kind, arg, _ := strings.Cut(msg, " ")
 	switch kind {
 	case "plan":
-		s.plans.Del(arg)
+		s.plans.Delete(arg)
 	case "subject":
 		s.subjects.Del(arg)
 	case "prices":
@@ -215,3 +245,6 @@ func (s *Settings) Clear() {
 	s.plans.Clear()
 	s.subjects.Clear()
 }
+
+// Plan entries hold a value copy; a plan's Limits map is shared with
+// callers, who must not change it (quota.Service does not).

@@ -197,7 +197,7 @@ func (s *Service) check(ctx context.Context, req CheckRequest) (CheckResult, err
 		return CheckResult{}, err
 	}
 	key := counterKey(&sub, meter, lim.Period, now)
-	used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount})
+	used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount, At: now})
 	if err != nil {
 		return CheckResult{}, fmt.Errorf("read usage: %w", err)
 	}
@@ -491,7 +491,7 @@ func (s *Service) view(ctx context.Context, sub *Subject) (SubjectView, error) {
 	for _, m := range meterNames(sub, &plan) {
 		lim, _ := sub.Limit(&plan, m)
 		key := counterKey(sub, m, lim.Period, now)
-		used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1})
+		used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1, At: now})
 		if err != nil {
 			return SubjectView{}, fmt.Errorf("read usage of %s: %w", m, err)
 		}

@@ -79,6 +79,7 @@ type UsageRead struct {
 	Key    CounterKey
 	Limit  int64
 	Amount int64
+	At     time.Time // the service's now: how old a snapshot is, is measured from it
 }
 
 // Counter counts usage per CounterKey.

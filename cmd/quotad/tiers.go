@@ -54,7 +54,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	if err != nil {
 		return tiers{}, err
 	}
-	settings, err := cache.NewSettings(store, rdb, health, bus, time.Minute)
+	settings, err := cache.NewSettings(bg, store, rdb, health, bus, time.Minute)
 	if err != nil {
 		return tiers{}, err
 	}
