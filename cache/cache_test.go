@@ -1,0 +1,179 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/cache"
+	"github.com/quotad/quotad/internal/testenv"
+	"github.com/quotad/quotad/persist"
+	"github.com/quotad/quotad/quota"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type env struct {
+	store *persist.Store
+	rdb   *redis.Client
+}
+
+func newEnv(tb testing.TB) env {
+	tb.Helper()
+	ctx := context.Background()
+	st, err := persist.Open(ctx, testenv.PostgresURL(tb), 32)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(st.Close)
+	if err := st.Migrate(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	opt, _ := redis.ParseURL(testenv.RedisURL(tb))
+	rdb := redis.NewClient(opt)
+	tb.Cleanup(func() { rdb.Close() })
+	return env{store: st, rdb: rdb}
+}
+
+// counter returns an L2 counter as one quotad instance would have it.
+func (e env) counter(tb testing.TB) *cache.Counter {
+	ctx, cancel := context.WithCancel(context.Background())
+	tb.Cleanup(cancel)
+	h := cache.NewHealth(e.rdb, discard)
+	c := cache.NewCounter(e.rdb, e.store, h, discard)
+	h.Start(ctx, c.DropStale)
+	if !h.Up() {
+		tb.Fatal("redis down")
+	}
+	return c
+}
+
+var key = quota.CounterKey{Subject: "user:c", Meter: "credits",
+	Start: time.Now().UTC().Truncate(time.Hour), End: time.Now().UTC().Truncate(time.Hour).Add(time.Hour)}
+
+// TestLoadOnce: two instances finding the counter missing at the same
+// moment load it from Postgres once, not twice.
+func TestLoadOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
+		key.Subject, key.Meter, key.Start, key.End); err != nil {
+		t.Fatal(err)
+	}
+	instances := []*cache.Counter{e.counter(t), e.counter(t)}
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			_, err := instances[i%2].Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: fmt.Sprint("e", i), At: time.Now()})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	used, err := instances[0].Used(ctx, quota.UsageRead{Key: key})
+	if err != nil || used != 140 {
+		t.Fatalf("used %d (%v), want 100 from postgres + 40", used, err)
+	}
+}
+
+// TestAckOnce: acknowledging the same events twice lowers the unflushed
+// count once, so a counter whose events are all flushed can reload.
+func TestAckOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	for i := range 5 {
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 2, EventID: fmt.Sprint("a", i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := cache.NewPending(e.rdb, "test")
+	evs, err := p.Claim(ctx, 100)
+	if err != nil || len(evs) != 5 {
+		t.Fatalf("claimed %d (%v), want 5", len(evs), err)
+	}
+	f := persist.NewFlusher(e.store, p, persist.FlusherConfig{})
+	for range 2 { // a replayed batch: written twice, acked twice
+		if err := f.Write(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Ack(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, _, err := p.Stats(ctx)
+	if err != nil || n != 0 {
+		t.Fatalf("%d events left (%v)", n, err)
+	}
+	if keys, _ := e.rdb.Keys(ctx, "q:{user:c}:u:*").Result(); len(keys) != 0 {
+		t.Fatalf("unflushed counts left: %v", keys)
+	}
+	if used, _ := e.store.Used(ctx, quota.UsageRead{Key: key}); used != 10 {
+		t.Fatalf("postgres has %d, want 10 once", used)
+	}
+	// With nothing unflushed the counter reloads from Postgres after loss.
+	e.rdb.FlushDB(ctx)
+	if used, err := c.Used(ctx, quota.UsageRead{Key: key}); err != nil || used != 10 {
+		t.Fatalf("after loss: %d (%v), want 10", used, err)
+	}
+}
+
+// TestIdempotencyConflict: the same key with another request hash is a
+// conflict, and changes nothing.
+func TestIdempotencyConflict(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	op := quota.ConsumeOp{Key: key, Amount: 3, IdempotencyKey: "k", RequestHash: "h1", EventID: "x1", At: time.Now()}
+	if _, err := c.Consume(ctx, op); err != nil {
+		t.Fatal(err)
+	}
+	op.RequestHash, op.Amount, op.EventID = "h2", 4, "x2"
+	if _, err := c.Consume(ctx, op); !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("reuse: %v, want ErrConflict", err)
+	}
+	if used, _ := c.Used(ctx, quota.UsageRead{Key: key}); used != 3 {
+		t.Fatalf("used %d, want 3", used)
+	}
+}
+
+// TestEnforceExact: 200 goroutines, limit 1000, amounts of 1: exactly
+// 1000 accepted in Redis.
+func TestEnforceExact(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	var mu sync.Mutex
+	var accepted int64
+	var wg sync.WaitGroup
+	for g := range 200 {
+		wg.Go(func() {
+			for i := range 10 {
+				r, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, Enforce: true, Limit: 1000, EventID: fmt.Sprint(g, "-", i), At: time.Now()})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if r.Applied {
+					mu.Lock()
+					accepted++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if accepted != 1000 {
+		t.Fatalf("accepted %d, want 1000", accepted)
+	}
+}
