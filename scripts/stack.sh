@@ -79,21 +79,10 @@ cmd_install() {
 
 # ---------------------------------------------------------------- ports
 
-# The default ports lie inside Linux's ephemeral port range (32768-60999), so a
-# client connection elsewhere on the machine may be using one of them as its
-# local port (or leave it in TIME_WAIT for 60 s), and then the server cannot
-# bind it. As root, take them out of the ephemeral range (best effort; resets
-# on reboot); in any case wait for a port held by a mere client socket.
-reserve_ports() {
-	local f=/proc/sys/net/ipv4/ip_local_reserved_ports cur new p
-	[[ $EUID -eq 0 && -w "$f" ]] || return 0
-	cur="$(cat "$f" 2>/dev/null)" || return 0
-	new="$cur"
-	for p in "$PGPORT" "$REDISPORT"; do
-		[[ ",$new," == *",$p,"* ]] || new="${new:+$new,}$p"
-	done
-	[[ "$new" == "$cur" ]] || echo "$new" >"$f" 2>/dev/null || true
-}
+# The default ports lie below Linux's ephemeral range (32768-60999), so no
+# client socket takes them. Sockets left in TIME_WAIT on them by an earlier
+# run do not matter: Postgres and Redis bind with SO_REUSEADDR. Only another
+# listening server is a problem.
 
 # port_states PORT prints the (hex) states of the TCP sockets whose local port
 # is PORT, from /proc/net/tcp{,6}: 0A is LISTEN, 06 TIME_WAIT, 01 ESTABLISHED.
@@ -103,20 +92,12 @@ port_states() {
 	cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=":$hex" '$2 ~ (p "$") { print $4 }'
 }
 
-# wait_port_free PORT VAR fails at once if another server listens on PORT and
-# waits (up to 75 s) while only client sockets hold it.
+# wait_port_free PORT VAR fails if another server listens on PORT.
 wait_port_free() {
-	local port="$1" var="$2" i states
-	for ((i = 0; i < 75; i++)); do
-		states="$(port_states "$port")"
-		[[ -z "$states" ]] && return 0
-		if grep -qx 0A <<<"$states"; then
-			die "port $port is taken by another server; set $var to use another port"
-		fi
-		((i > 0)) || log "port $port is held by a client connection (e.g. TIME_WAIT); waiting for it (or set $var)"
-		sleep 1
-	done
-	die "port $port is still busy after 75s; set $var to use another port"
+	local port="$1" var="$2"
+	if port_states "$port" | grep -qx 0A; then
+		die "port $port is taken by another server; set $var to use another port"
+	fi
 }
 
 # ---------------------------------------------------------------- postgres
@@ -265,7 +246,6 @@ redis_stop() {
 case "${1:-}" in
 install) cmd_install ;;
 start)
-	reserve_ports
 	pg_start
 	redis_start
 	;;
