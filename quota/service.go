@@ -176,11 +176,7 @@ func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, err
 }
 
 func (s *Service) check(ctx context.Context, req CheckRequest) (CheckResult, error) {
-	kind, err := ParseSubject(req.Subject)
-	if err != nil {
-		return CheckResult{}, err
-	}
-	meter, err := meterOrDefault(req.Meter)
+	kind, meter, err := parseTarget(req.Subject, req.Meter)
 	if err != nil {
 		return CheckResult{}, err
 	}
@@ -227,11 +223,7 @@ func (s *Service) Consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 }
 
 func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeResponse, error) {
-	kind, err := ParseSubject(req.Subject)
-	if err != nil {
-		return ConsumeResponse{}, err
-	}
-	meter, err := meterOrDefault(req.Meter)
+	kind, meter, err := parseTarget(req.Subject, req.Meter)
 	if err != nil {
 		return ConsumeResponse{}, err
 	}
@@ -528,11 +520,17 @@ func counterKey(sub *Subject, meter string, p Period, now time.Time) CounterKey 
 	return CounterKey{Subject: sub.ID, Meter: meter, Start: start, End: end}
 }
 
-func meterOrDefault(m string) (string, error) {
-	if m == "" {
-		return DefaultMeter, nil
+// parseTarget validates a request's subject and meter ("credits" when
+// empty).
+func parseTarget(subject, meter string) (Kind, string, error) {
+	kind, err := ParseSubject(subject)
+	if err != nil {
+		return "", "", err
 	}
-	return m, ValidMeter(m)
+	if meter == "" {
+		return kind, DefaultMeter, nil
+	}
+	return kind, meter, ValidMeter(meter)
 }
 
 func remaining(limit, used int64) int64 { return max(0, limit-used) }

@@ -417,3 +417,25 @@ func TestAdminOperations(t *testing.T) {
 		t.Fatalf("metrics: %d %s", status, b)
 	}
 }
+
+// TestKeysCreateCommand mints a service key with the CLI and uses it.
+func TestKeysCreateCommand(t *testing.T) {
+	pg := testenv.PostgresURL(t)
+	out, err := exec.Command(quotadBin, "keys", "create", "--scope", "service", "--name", "cli", "--postgres-url", pg).Output()
+	if err != nil {
+		t.Fatalf("keys create: %v", err)
+	}
+	key := strings.TrimSpace(string(out))
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg)
+	status, _, b := q.do(t, "POST", "/v1/check", key, "application/json", strings.NewReader(`{"subject":"user:cli"}`))
+	if status != 200 {
+		t.Fatalf("check with the minted key: %d %s", status, b)
+	}
+	status, _, _ = q.do(t, "PUT", "/v1/plans/x", key, "application/json", strings.NewReader(`{"limits":{"credits":{"limit":1,"period":"day"}}}`))
+	if status != 403 {
+		t.Fatalf("admin route with a service key: %d, want 403", status)
+	}
+	if out, err := exec.Command(quotadBin, "serve", "--tiers", "nope").CombinedOutput(); err == nil || !strings.Contains(string(out), "tiers") {
+		t.Fatalf("bad --tiers: %v %s", err, out)
+	}
+}

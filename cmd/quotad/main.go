@@ -59,14 +59,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		if err != nil {
 			return err
 		}
-		store, err := persist.Open(ctx, cfg.PostgresURL, 2)
+		store, err := openMigrated(ctx, cfg)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
-		if err := store.Migrate(ctx); err != nil {
-			return err
-		}
 		fmt.Fprintln(stdout, "migrated")
 		return nil
 	case "keys":
@@ -82,14 +79,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		if *scope != api.ScopeService && *scope != api.ScopeAdmin {
 			return fmt.Errorf("keys create: --scope must be service or admin")
 		}
-		store, err := persist.Open(ctx, cfg.PostgresURL, 2)
+		store, err := openMigrated(ctx, cfg)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
-		if err := store.Migrate(ctx); err != nil {
-			return err
-		}
 		key, err := store.CreateKey(ctx, *scope, *name)
 		if err != nil {
 			return err
@@ -101,6 +95,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", cmd, usage)
+}
+
+// openMigrated opens a small pool for a one-off command and migrates.
+func openMigrated(ctx context.Context, cfg Config) (*persist.Store, error) {
+	store, err := persist.Open(ctx, cfg.PostgresURL, 2)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Migrate(ctx); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return store, nil
 }
 
 func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
