@@ -41,6 +41,10 @@ type Config struct {
 	Logger   *slog.Logger
 	// Ready reports the stores' state for /readyz.
 	Ready func(ctx context.Context) Readiness
+	// Floor adds POST /v1/floor, a benchmark baseline that decodes and
+	// answers a small JSON body with no quota work and no auth
+	// (QUOTAD_BENCH_FLOOR). Not part of the contract.
+	Floor bool
 }
 
 // Server is the HTTP face of a quota.Service.
@@ -86,7 +90,30 @@ func New(cfg Config) *Server {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})))
 	e.GET("/openapi.json", s.openapi)
+	if cfg.Floor {
+		e.POST("/v1/floor", s.floor)
+	}
 	return s
+}
+
+type floorBody struct {
+	Subject string `json:"subject"`
+	Amount  int64  `json:"amount,omitempty"`
+}
+
+type floorAnswer struct {
+	Subject string `json:"subject"`
+	Amount  int64  `json:"amount"`
+	OK      bool   `json:"ok"`
+}
+
+// floor is the HTTP and JSON cost with nothing else: the bench's baseline.
+func (s *Server) floor(c echo.Context) error {
+	var b floorBody
+	if err := decode(c, &b); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, floorAnswer{Subject: b.Subject, Amount: b.Amount, OK: true})
 }
 
 // ServeHTTP implements http.Handler.

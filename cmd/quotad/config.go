@@ -29,6 +29,8 @@ type Config struct {
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
 	FailMode        string        // QUOTAD_FAIL_MODE, --fail-mode; default "closed" (503 when no store answers); "open" allows
+	BenchFloor      bool          // QUOTAD_BENCH_FLOOR, --bench-floor; default false: serve POST /v1/floor, the bench's no-work baseline
+	DebugAddr       string        // QUOTAD_DEBUG_ADDR, --debug-addr; default none: serve net/http/pprof there (e.g. 127.0.0.1:6060)
 	TestHook        string        // QUOTAD_TEST_HOOK; default none; "crash-after-commit" kills quotad between a flush's commit and its ack (tests only)
 }
 
@@ -58,11 +60,17 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&cacheTTL, "cache-ttl", env("QUOTAD_CACHE_TTL", "1s"), "age limit of L1 usage snapshots")
 	fs.StringVar(&nearLimit, "near-limit", env("QUOTAD_NEAR_LIMIT", "0.1"), "fraction of the limit under which checks read Redis")
 	fs.StringVar(&c.FailMode, "fail-mode", env("QUOTAD_FAIL_MODE", "closed"), `"closed" or "open" when no store answers`)
+	var floor string
+	fs.StringVar(&floor, "bench-floor", env("QUOTAD_BENCH_FLOOR", "false"), "serve POST /v1/floor for the bench")
+	fs.StringVar(&c.DebugAddr, "debug-addr", env("QUOTAD_DEBUG_ADDR", ""), "serve pprof on this address")
 	c.TestHook = getenv("QUOTAD_TEST_HOOK")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
 	var err error
+	if c.BenchFloor, err = strconv.ParseBool(floor); err != nil {
+		return Config{}, fmt.Errorf("bench-floor: %w", err)
+	}
 	if c.Tiers != "full" && c.Tiers != "postgres" {
 		return Config{}, fmt.Errorf("tiers: %q is not full or postgres", c.Tiers)
 	}
@@ -118,6 +126,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Float64("near_limit", c.NearLimit),
 		slog.String("fail_mode", c.FailMode),
+		slog.Bool("bench_floor", c.BenchFloor),
+		slog.String("debug_addr", c.DebugAddr),
 	)
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -97,6 +98,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return fmt.Errorf("unknown command %q\n%s", cmd, usage)
 }
 
+// serveDebug serves net/http/pprof on its own listener, never on the API
+// port.
+func serveDebug(addr string, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	log.Info("pprof listening", "addr", addr)
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		log.Warn("pprof server stopped", "err", err)
+	}
+}
+
 // openMigrated opens a small pool for a one-off command and migrates.
 func openMigrated(ctx context.Context, cfg Config) (*persist.Store, error) {
 	store, err := persist.Open(ctx, cfg.PostgresURL, 2)
@@ -178,7 +193,11 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		Registry: reg,
 		Logger:   log,
 		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
+		Floor:    cfg.BenchFloor,
 	})
+	if cfg.DebugAddr != "" {
+		go serveDebug(cfg.DebugAddr, log)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

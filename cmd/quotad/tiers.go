@@ -46,6 +46,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	opt.PoolTimeout, opt.MaxRetries = 500*time.Millisecond, -1
 	opt.PoolSize = 128
 	rdb := redis.NewClient(opt)
+	cache.Instrument(rdb, reg)
 
 	health := cache.NewHealth(rdb, log)
 	bus := cache.NewBus(rdb, log)
