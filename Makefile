@@ -31,6 +31,7 @@ test: ## install what is missing, then run every test with the race detector and
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSubject$$' -fuzztime 10s ./quota
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDecimal$$' -fuzztime 10s ./quota
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./api
+	$(GO) test -run '^$$' -fuzz '^FuzzFastDecode$$' -fuzztime 10s ./api
 
 lint: ## go vet, gofmt, and staticcheck/govulncheck when installed
 	$(GO) vet ./...

@@ -15,15 +15,17 @@ import (
 )
 
 // authenticator checks bearer keys. Known keys are cached in memory for
-// keyTTL so the hot path does not ask Postgres on every request; a revoked
-// key therefore works for at most keyTTL more.
+// keyTTL so the hot path neither hashes the key nor asks Postgres on every
+// request; a revoked key therefore works for at most keyTTL more. Only
+// keys that were valid are cached, so a flood of bad keys cannot fill it
+// with garbage (it does cost a Postgres lookup each).
 type authenticator struct {
 	keys  Keys
 	admin [32]byte // SHA-256 of QUOTAD_ADMIN_KEY
 	hasAd bool
 
 	mu    sync.RWMutex
-	cache map[[32]byte]cachedKey
+	cache map[string]cachedKey // by the key itself: no hashing on a hit
 }
 
 type cachedKey struct {
@@ -37,7 +39,7 @@ const (
 )
 
 func newAuthenticator(keys Keys, adminKey string) *authenticator {
-	a := &authenticator{keys: keys, cache: make(map[[32]byte]cachedKey)}
+	a := &authenticator{keys: keys, cache: make(map[string]cachedKey)}
 	if adminKey != "" {
 		a.admin, a.hasAd = sha256.Sum256([]byte(adminKey)), true
 	}
@@ -64,16 +66,17 @@ func (a *authenticator) scope(c echo.Context) (string, error) {
 	if !ok || key == "" {
 		return "", problem(http.StatusUnauthorized, "an Authorization: Bearer <key> header is required")
 	}
-	sum := sha256.Sum256([]byte(key))
-	if a.hasAd && subtle.ConstantTimeCompare(sum[:], a.admin[:]) == 1 {
-		return ScopeAdmin, nil
-	}
 	now := time.Now()
 	a.mu.RLock()
-	ck, hit := a.cache[sum]
+	ck, hit := a.cache[key]
 	a.mu.RUnlock()
 	if hit && now.Before(ck.expires) {
 		return ck.scope, nil
+	}
+	sum := sha256.Sum256([]byte(key))
+	if a.hasAd && subtle.ConstantTimeCompare(sum[:], a.admin[:]) == 1 {
+		a.remember(key, ScopeAdmin, now)
+		return ScopeAdmin, nil
 	}
 	scope, err := a.keys.KeyScope(c.Request().Context(), sum)
 	if errors.Is(err, quota.ErrNotFound) {
@@ -85,11 +88,15 @@ func (a *authenticator) scope(c echo.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	a.remember(key, scope, now)
+	return scope, nil
+}
+
+func (a *authenticator) remember(key, scope string, now time.Time) {
 	a.mu.Lock()
 	if len(a.cache) >= maxKeyCached {
 		clear(a.cache) // crude but bounded; real deployments have few keys
 	}
-	a.cache[sum] = cachedKey{scope: scope, expires: now.Add(keyTTL)}
+	a.cache[key] = cachedKey{scope: scope, expires: now.Add(keyTTL)}
 	a.mu.Unlock()
-	return scope, nil
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,7 +28,19 @@ func decode(c echo.Context, v any) error {
 	if r.ContentLength > MaxBody {
 		return problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body must be at most %d bytes", MaxBody))
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(c.Response(), r.Body, MaxBody))
+	return decodeReader(http.MaxBytesReader(c.Response(), r.Body, MaxBody), v)
+}
+
+// decodeFrom is decode for a body readBody already read (nil: not read).
+func decodeFrom(c echo.Context, body []byte, v any) error {
+	if body == nil {
+		return decode(c, v)
+	}
+	return decodeReader(bytes.NewReader(body), v)
+}
+
+func decodeReader(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return decodeError(err)

@@ -173,26 +173,58 @@ type keyAnswer struct {
 
 func (s *Server) check(c echo.Context) error {
 	var req quota.CheckRequest
-	if err := decode(c, &req); err != nil {
+	body, put, err := readBody(c)
+	if err != nil {
 		return err
 	}
+	if body == nil || !fastCheck(body, &req) {
+		req = quota.CheckRequest{}
+		if err := decodeFrom(c, body, &req); err != nil {
+			putBody(put)
+			return err
+		}
+	}
+	putBody(put)
 	res, err := s.svc.Check(c.Request().Context(), req)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, res)
+	bp := bodyPool.Get().(*[]byte)
+	*bp = appendCheck((*bp)[:0], &res)
+	err = writeJSON(c, http.StatusOK, *bp)
+	bodyPool.Put(bp)
+	return err
 }
 
 func (s *Server) consume(c echo.Context) error {
 	var req quota.ConsumeRequest
-	if err := decode(c, &req); err != nil {
+	body, put, err := readBody(c)
+	if err != nil {
 		return err
 	}
+	if body == nil || !fastConsume(body, &req) {
+		req = quota.ConsumeRequest{}
+		if err := decodeFrom(c, body, &req); err != nil {
+			putBody(put)
+			return err
+		}
+	}
+	putBody(put)
 	res, err := s.svc.Consume(c.Request().Context(), req)
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, res)
+	bp := bodyPool.Get().(*[]byte)
+	*bp = appendConsume((*bp)[:0], &res)
+	err = writeJSON(c, http.StatusOK, *bp)
+	bodyPool.Put(bp)
+	return err
+}
+
+func putBody(put func()) {
+	if put != nil {
+		put()
+	}
 }
 
 func (s *Server) getSubject(c echo.Context) error {

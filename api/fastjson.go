@@ -1,0 +1,295 @@
+package api
+
+// The hot path's JSON. Check and consume bodies are flat objects of a few
+// strings and integers; a small scanner reads them without reflection,
+// and the answers are appended by hand. Anything the scanner is not sure
+// about (escapes, nested objects, nulls, floats, unknown fields) makes it
+// give up, and the request goes through decode (encoding/json, strict),
+// so errors and edge cases behave exactly as on the slow path.
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/quotad/quotad/quota"
+)
+
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// readBody reads a JSON request's body into a pooled buffer, answering
+// 415 and 413 like decode. put returns the buffer.
+func readBody(c echo.Context) (body []byte, put func(), err error) {
+	r := c.Request()
+	if ct := r.Header.Get(echo.HeaderContentType); ct != "application/json" {
+		return nil, nil, nil // let decode judge the content type
+	}
+	if r.ContentLength > MaxBody {
+		return nil, nil, nil
+	}
+	bp := bodyPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if len(b) > MaxBody {
+			*bp = b[:0]
+			bodyPool.Put(bp)
+			return nil, nil, problem(http.StatusRequestEntityTooLarge, "the body must be at most 65536 bytes")
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			*bp = b[:0]
+			bodyPool.Put(bp)
+			return nil, nil, fieldProblem("body", "the body could not be read")
+		}
+	}
+	return b, func() { *bp = b[:0]; bodyPool.Put(bp) }, nil
+}
+
+// flatScanner walks a flat JSON object.
+type flatScanner struct {
+	b []byte
+	i int
+}
+
+func (s *flatScanner) ws() {
+	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
+		s.i++
+	}
+}
+
+// str reads a string without escapes; ok is false otherwise.
+func (s *flatScanner) str() ([]byte, bool) {
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return nil, false
+	}
+	start := s.i + 1
+	for j := start; j < len(s.b); j++ {
+		switch c := s.b[j]; {
+		case c == '"':
+			s.i = j + 1
+			return s.b[start:j], true
+		case c == '\\' || c < 0x20 || c >= 0x80:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// int reads a JSON integer that fits int64 with room to spare.
+func (s *flatScanner) int() (int64, bool) {
+	j := s.i
+	neg := j < len(s.b) && s.b[j] == '-'
+	if neg {
+		j++
+	}
+	start := j
+	var n int64
+	for j < len(s.b) && s.b[j] >= '0' && s.b[j] <= '9' {
+		if j-start >= 18 {
+			return 0, false
+		}
+		n = n*10 + int64(s.b[j]-'0')
+		j++
+	}
+	if j == start || (s.b[start] == '0' && j-start > 1) {
+		return 0, false
+	}
+	if j < len(s.b) && (s.b[j] == '.' || s.b[j] == 'e' || s.b[j] == 'E') {
+		return 0, false
+	}
+	s.i = j
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// fields scans {"k": v, ...}, calling set for each; set answers false for
+// a key or value kind it does not take. The whole body must be the object.
+func (s *flatScanner) fields(set func(key []byte, str []byte, num int64, isStr bool) bool) bool {
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return false
+	}
+	s.i++
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+	} else {
+		for {
+			s.ws()
+			key, ok := s.str()
+			if !ok {
+				return false
+			}
+			s.ws()
+			if s.i >= len(s.b) || s.b[s.i] != ':' {
+				return false
+			}
+			s.i++
+			s.ws()
+			if s.i < len(s.b) && s.b[s.i] == '"' {
+				v, ok := s.str()
+				if !ok || !set(key, v, 0, true) {
+					return false
+				}
+			} else {
+				n, ok := s.int()
+				if !ok || !set(key, nil, n, false) {
+					return false
+				}
+			}
+			s.ws()
+			if s.i < len(s.b) && s.b[s.i] == ',' {
+				s.i++
+				continue
+			}
+			if s.i < len(s.b) && s.b[s.i] == '}' {
+				s.i++
+				break
+			}
+			return false
+		}
+	}
+	s.ws()
+	return s.i == len(s.b)
+}
+
+// fastCheck reads a CheckRequest; ok is false when the slow path must.
+func fastCheck(b []byte, req *quota.CheckRequest) bool {
+	s := flatScanner{b: b}
+	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
+		switch string(key) {
+		case "subject":
+			req.Subject = string(str)
+			return isStr
+		case "meter":
+			req.Meter = string(str)
+			return isStr
+		case "amount":
+			req.Amount = num
+			return !isStr
+		}
+		return false
+	})
+}
+
+// fastConsume reads a ConsumeRequest without usage; ok is false when the
+// slow path must.
+func fastConsume(b []byte, req *quota.ConsumeRequest) bool {
+	s := flatScanner{b: b}
+	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
+		switch string(key) {
+		case "subject":
+			req.Subject = string(str)
+			return isStr
+		case "meter":
+			req.Meter = string(str)
+			return isStr
+		case "mode":
+			req.Mode = string(str)
+			return isStr
+		case "idempotency_key":
+			req.IdempotencyKey = string(str)
+			return isStr
+		case "amount":
+			req.Amount = num
+			return !isStr
+		}
+		return false
+	})
+}
+
+var jsonContentType = []string{"application/json"}
+
+// writeJSON writes an appended JSON answer.
+func writeJSON(c echo.Context, status int, b []byte) error {
+	w := c.Response()
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
+	_, err := w.Write(b)
+	return err
+}
+
+// appendString appends s as a JSON string. Subjects, meters and plan
+// names are validated to safe characters; anything else is escaped.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, `\u00`...)
+			b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	if t.IsZero() {
+		return append(b, "null"...)
+	}
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, time.RFC3339)
+	return append(b, '"')
+}
+
+func appendCheck(b []byte, r *quota.CheckResult) []byte {
+	b = append(b, `{"subject":`...)
+	b = appendString(b, r.Subject)
+	b = append(b, `,"meter":`...)
+	b = appendString(b, r.Meter)
+	b = append(b, `,"allowed":`...)
+	b = strconv.AppendBool(b, r.Allowed)
+	b = append(b, `,"used":`...)
+	b = strconv.AppendInt(b, r.Used, 10)
+	b = append(b, `,"reserved":`...)
+	b = strconv.AppendInt(b, r.Reserved, 10)
+	b = append(b, `,"limit":`...)
+	b = strconv.AppendInt(b, r.Limit, 10)
+	b = append(b, `,"remaining":`...)
+	b = strconv.AppendInt(b, r.Remaining, 10)
+	b = append(b, `,"resets_at":`...)
+	b = appendTime(b, r.ResetsAt.Time)
+	b = append(b, `,"plan":`...)
+	b = appendString(b, r.Plan)
+	return append(b, "}\n"...)
+}
+
+func appendConsume(b []byte, r *quota.ConsumeResponse) []byte {
+	b = append(b, `{"applied":`...)
+	b = strconv.AppendBool(b, r.Applied)
+	b = append(b, `,"duplicate":`...)
+	b = strconv.AppendBool(b, r.Duplicate)
+	b = append(b, `,"amount":`...)
+	b = strconv.AppendInt(b, r.Amount, 10)
+	b = append(b, `,"used":`...)
+	b = strconv.AppendInt(b, r.Used, 10)
+	b = append(b, `,"reserved":`...)
+	b = strconv.AppendInt(b, r.Reserved, 10)
+	b = append(b, `,"limit":`...)
+	b = strconv.AppendInt(b, r.Limit, 10)
+	b = append(b, `,"remaining":`...)
+	b = strconv.AppendInt(b, r.Remaining, 10)
+	b = append(b, `,"exceeded":`...)
+	b = strconv.AppendBool(b, r.Exceeded)
+	b = append(b, `,"resets_at":`...)
+	b = appendTime(b, r.ResetsAt.Time)
+	return append(b, "}\n"...)
+}
