@@ -12,10 +12,10 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/quotad/quotad/internal/jsonw"
 	"github.com/quotad/quotad/quota"
 )
 
@@ -222,39 +222,11 @@ func writeJSON(c echo.Context, status int, b []byte) error {
 	return err
 }
 
-// appendString appends s as a JSON string. Subjects, meters and plan
-// names are validated to safe characters; anything else is escaped.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, `\u00`...)
-			b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
-}
-
-func appendTime(b []byte, t time.Time) []byte {
-	if t.IsZero() {
-		return append(b, "null"...)
-	}
-	b = append(b, '"')
-	b = t.UTC().AppendFormat(b, time.RFC3339)
-	return append(b, '"')
-}
-
 func appendCheck(b []byte, r *quota.CheckResult) []byte {
 	b = append(b, `{"subject":`...)
-	b = appendString(b, r.Subject)
+	b = jsonw.String(b, r.Subject)
 	b = append(b, `,"meter":`...)
-	b = appendString(b, r.Meter)
+	b = jsonw.String(b, r.Meter)
 	b = append(b, `,"allowed":`...)
 	b = strconv.AppendBool(b, r.Allowed)
 	b = append(b, `,"used":`...)
@@ -266,9 +238,9 @@ func appendCheck(b []byte, r *quota.CheckResult) []byte {
 	b = append(b, `,"remaining":`...)
 	b = strconv.AppendInt(b, r.Remaining, 10)
 	b = append(b, `,"resets_at":`...)
-	b = appendTime(b, r.ResetsAt.Time)
+	b = jsonw.TimeOrNull(b, r.ResetsAt.Time)
 	b = append(b, `,"plan":`...)
-	b = appendString(b, r.Plan)
+	b = jsonw.String(b, r.Plan)
 	return append(b, "}\n"...)
 }
 
@@ -290,6 +262,6 @@ func appendConsume(b []byte, r *quota.ConsumeResponse) []byte {
 	b = append(b, `,"exceeded":`...)
 	b = strconv.AppendBool(b, r.Exceeded)
 	b = append(b, `,"resets_at":`...)
-	b = appendTime(b, r.ResetsAt.Time)
+	b = jsonw.TimeOrNull(b, r.ResetsAt.Time)
 	return append(b, "}\n"...)
 }

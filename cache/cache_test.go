@@ -49,7 +49,7 @@ func (e env) counter(tb testing.TB) *cache.Counter {
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	h := cache.NewHealth(e.rdb, discard)
-	c := cache.NewCounter(e.rdb, e.store, h, discard)
+	c := cache.NewCounter(ctx, e.rdb, e.store, h, discard)
 	h.Start(ctx, c.DropStale)
 	if !h.Up() {
 		tb.Fatal("redis down")

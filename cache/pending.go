@@ -127,17 +127,21 @@ func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	keys := make([]string, 1, len(events)+1)
-	keys[0] = PendingStream
-	args := make([]any, 1, len(events)+1)
+	keys := []string{PendingStream}
+	index := map[string]int{}
+	args := make([]any, 1, 2*len(events)+1)
 	args[0] = FlushGroup
 	for i := range events {
-		uk := ""
+		n := 0
 		if events[i].Kind != quota.EventProvision {
-			_, uk = counterKeys(events[i].Key())
+			_, uk := counterKeys(events[i].Key())
+			if n = index[uk]; n == 0 {
+				keys = append(keys, uk)
+				n = len(keys) - 1
+				index[uk] = n
+			}
 		}
-		keys = append(keys, uk)
-		args = append(args, events[i].Ref)
+		args = append(args, events[i].Ref, n)
 	}
 	if err := ackScript.Run(ctx, p.rdb, keys, args...).Err(); err != nil {
 		return fmt.Errorf("ack %d events: %w", len(events), err)

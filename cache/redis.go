@@ -43,6 +43,7 @@ const (
 // and switches back by itself.
 type Counter struct {
 	rdb    redis.UniversalClient
+	batch  *batcher
 	src    Source
 	health *Health
 	log    *slog.Logger
@@ -53,9 +54,10 @@ type Counter struct {
 
 var _ quota.Counter = (*Counter)(nil)
 
-// NewCounter returns the Redis counter over src.
-func NewCounter(rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
-	return &Counter{rdb: rdb, src: src, health: health, log: log, loadWait: 3 * time.Second}
+// NewCounter returns the Redis counter over src. Its pipelining workers
+// run until ctx ends.
+func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
+	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 4, 256), src: src, health: health, log: log, loadWait: 3 * time.Second}
 }
 
 // counterKeys returns the Redis keys of a counter and of its unflushed-event
@@ -84,7 +86,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 	}
 	ck, _ := counterKeys(r.Key)
 	for range 2 {
-		v, err := c.rdb.Get(ctx, ck).Int64()
+		v, err := c.get(ctx, ck)
 		if err == nil {
 			return v, nil
 		}
@@ -128,14 +130,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	if op.IdempotencyKey != "" {
 		ik = "q:{" + op.Key.Subject + "}:i:" + op.IdempotencyKey
 	}
-	ev, err := json.Marshal(quota.Event{
-		ID: op.EventID, Kind: quota.EventConsume, Subject: op.Key.Subject, Meter: op.Key.Meter,
-		Start: op.Key.Start, End: op.Key.End, Amount: op.Amount, Enforce: op.Enforce, Usage: op.Usage,
-		IdempotencyKey: op.IdempotencyKey, RequestHash: op.RequestHash, At: op.At,
-	})
-	if err != nil {
-		return quota.ConsumeResult{}, fmt.Errorf("encode event: %w", err)
-	}
+	ev := appendConsumeEvent(make([]byte, 0, 256), &op)
 	enforce := "0"
 	if op.Enforce {
 		enforce = "1"
@@ -143,10 +138,14 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	keys := []string{ck, uk, ik, PendingStream}
 	deadline := time.Now().Add(c.loadWait)
 	for {
-		out, err := consumeScript.Run(ctx, c.rdb, keys, op.Amount, enforce, op.Limit, expireAt(op.Key, op.At),
-			op.IdempotencyKey, op.RequestHash, ev).Slice()
+		reply, err := c.batch.do(ctx, consumeScript, keys, op.Amount, enforce, op.Limit, expireAt(op.Key, op.At),
+			op.IdempotencyKey, op.RequestHash, ev)
 		if err != nil {
 			return quota.ConsumeResult{}, translate(err)
+		}
+		out, ok := reply.([]any)
+		if !ok || len(out) == 0 {
+			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v", reply)
 		}
 		switch out[0] {
 		case "ok":
@@ -169,6 +168,19 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// get reads a counter through the batcher; redis.Nil when it is missing.
+func (c *Counter) get(ctx context.Context, key string) (int64, error) {
+	reply, err := c.batch.do(ctx, nil, []string{key})
+	if err != nil {
+		return 0, err
+	}
+	s, ok := reply.(string)
+	if !ok {
+		return 0, fmt.Errorf("counter %s holds %v", key, reply)
+	}
+	return strconv.ParseInt(s, 10, 64)
 }
 
 // load copies a counter from Postgres into Redis. It answers false when

@@ -18,7 +18,7 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[1] amount
 //	ARGV[2] "1" to enforce the limit, "0" to record
 //	ARGV[3] limit
-//	ARGV[4] expire-at of the counter, unix seconds
+//	ARGV[4] expire-at of the unflushed count when this consume creates it, unix seconds
 //	ARGV[5] idempotency key, "" for none
 //	ARGV[6] request hash, stored with the key's first answer
 //	ARGV[7] the event, JSON, without the counter's new value
@@ -40,10 +40,8 @@ local applied = 1
 if ARGV[2] == "1" and used + amount > tonumber(ARGV[3]) then
   applied = 0
 else
-  used = redis.call("INCRBY", KEYS[1], amount)
-  redis.call("EXPIREAT", KEYS[1], ARGV[4])
-  redis.call("INCR", KEYS[2])
-  redis.call("EXPIREAT", KEYS[2], ARGV[4])
+  used = redis.call("INCRBY", KEYS[1], amount) -- keeps the expiry the load or reset set
+  if redis.call("INCR", KEYS[2]) == 1 then redis.call("EXPIREAT", KEYS[2], ARGV[4]) end
   redis.call("XADD", KEYS[4], "*", "e", ARGV[7], "used", used)
 end
 if idem then
@@ -85,26 +83,32 @@ redis.call("XADD", KEYS[3], "*", "e", ARGV[2], "used", 0)
 return 1
 `)
 
-// ackScript acknowledges flushed events: each entry is acked and deleted
-// from the stream, and its counter's unflushed count goes down, only the
-// first time (XACK answers 1 once), so acking a replayed batch again
-// changes nothing.
+// ackScript acknowledges flushed events: each entry is acked, and the
+// counters' unflushed counts go down by the number of their entries that
+// this call acked (XACK answers 1 only the first time, so acking a
+// replayed batch again changes nothing); then the entries are deleted
+// from the stream in bulk.
 //
-//	KEYS[1]    pending stream
-//	KEYS[2..n] unflushed-events key of each entry ("" for provisions)
-//	ARGV[1]    consumer group
-//	ARGV[2..n] stream entry ids, in the same order as KEYS[2..n]
+//	KEYS[1]     pending stream
+//	KEYS[2..]   the distinct unflushed-event keys of the batch
+//	ARGV[1]     consumer group
+//	ARGV[2..]   pairs: stream entry id, index into KEYS[2..] of its
+//	            unflushed key (1-based; 0 for a provision, which has none)
 var ackScript = redis.NewScript(`
-local acked = 0
-for i = 2, #KEYS do
+local counts, ids, acked = {}, {}, 0
+for i = 2, #ARGV, 2 do
+  ids[#ids + 1] = ARGV[i]
   if redis.call("XACK", KEYS[1], ARGV[1], ARGV[i]) == 1 then
     acked = acked + 1
-    if KEYS[i] ~= "" then
-      local left = redis.call("DECR", KEYS[i])
-      if left <= 0 then redis.call("DEL", KEYS[i]) end
-    end
+    local key = tonumber(ARGV[i + 1])
+    if key > 0 then counts[key] = (counts[key] or 0) + 1 end
   end
-  redis.call("XDEL", KEYS[1], ARGV[i])
+end
+for key, n in pairs(counts) do
+  if redis.call("DECRBY", KEYS[key + 1], n) <= 0 then redis.call("DEL", KEYS[key + 1]) end
+end
+for i = 1, #ids, 1000 do
+  redis.call("XDEL", KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
 end
 return acked
 `)
