@@ -47,6 +47,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -100,26 +101,32 @@ func FreePort(tb testing.TB) int {
 }
 
 func freePort() (int, error) {
-	// The dev stack's ports (scripts/stack.sh) lie in Linux's ephemeral
-	// range; do not hand them out, or a running test could keep
-	// `scripts/stack.sh start` from binding them.
-	reserved := map[int]bool{25432: true, 26379: true}
+	// Ports are drawn below Linux's ephemeral range (32768-60999): the
+	// kernel never gives those to client sockets, so a port found free
+	// here stays free until the server binds it, however many connections
+	// the other tests open meanwhile. Ports from :0 would be ephemeral ones,
+	// and a busy test run took them back before the server could bind.
+	reserved := map[int]bool{25432: true, 26379: true} // the dev stack (scripts/stack.sh)
 	for _, env := range []string{"PGPORT", "REDISPORT"} {
 		if n, err := strconv.Atoi(os.Getenv(env)); err == nil {
 			reserved[n] = true
 		}
 	}
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	var lastErr error
+	for range 200 {
+		port := 10000 + mrand.IntN(32768-10000)
+		if reserved[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			return 0, err
+			lastErr = err
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		if !reserved[port] {
-			return port, nil
-		}
+		return port, nil
 	}
+	return 0, fmt.Errorf("no free port below 32768 after 200 tries: %w", lastErr)
 }
 
 // ---------------------------------------------------------------------------
