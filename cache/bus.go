@@ -2,7 +2,11 @@ package cache
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"log/slog"
+	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -13,21 +17,46 @@ import (
 const InvalidateChannel = "quotad:invalidate"
 
 // Bus publishes and receives L1 invalidations over Redis pub/sub.
-// Pub/sub is fire-and-forget: an instance cut off from Redis misses
-// messages, so L1 is cleared whenever Redis comes back (see Health) and
-// settings entries also expire on their own.
+//
+// An admin change is seen by every instance at once: Publish returns only
+// after every instance that received the message has applied it (each
+// one counts itself in q:inv:<id> when done), or after AckWait. Pub/sub
+// is fire-and-forget, so an instance cut off from Redis misses messages:
+// L1 is cleared whenever Redis comes back (see Health), and settings
+// entries also expire on their own.
 type Bus struct {
-	rdb redis.UniversalClient
-	log *slog.Logger
+	rdb     redis.UniversalClient
+	log     *slog.Logger
+	AckWait time.Duration
 }
 
 // NewBus returns a Bus on rdb.
-func NewBus(rdb redis.UniversalClient, log *slog.Logger) *Bus { return &Bus{rdb: rdb, log: log} }
+func NewBus(rdb redis.UniversalClient, log *slog.Logger) *Bus {
+	return &Bus{rdb: rdb, log: log, AckWait: time.Second}
+}
 
-// Publish sends msg to every instance, this one included.
+func ackKey(id string) string { return "q:inv:" + id }
+
+// Publish sends msg to every instance, this one included, and waits until
+// they have applied it.
 func (b *Bus) Publish(ctx context.Context, msg string) {
-	if err := b.rdb.Publish(ctx, InvalidateChannel, msg).Err(); err != nil {
+	id := rand.Text()
+	n, err := b.rdb.Publish(ctx, InvalidateChannel, id+" "+msg).Result()
+	if err != nil {
 		b.log.Warn("publish invalidation failed; other instances see the change when their L1 entries expire", "msg", msg, "err", err)
+		return
+	}
+	deadline := time.Now().Add(b.AckWait)
+	for {
+		done, err := b.rdb.Get(ctx, ackKey(id)).Int64()
+		if err == nil && done >= n || err != nil && !errors.Is(err, redis.Nil) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.log.Warn("not every instance confirmed an invalidation in time", "msg", msg, "receivers", n, "confirmed", done)
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -50,7 +79,12 @@ func (b *Bus) Run(ctx context.Context, handle func(msg string)) {
 				if !ok {
 					return
 				}
-				handle(m.Payload)
+				id, msg, _ := strings.Cut(m.Payload, " ")
+				handle(msg)
+				pipe := b.rdb.Pipeline()
+				pipe.Incr(ctx, ackKey(id))
+				pipe.Expire(ctx, ackKey(id), time.Minute)
+				_, _ = pipe.Exec(ctx)
 			}
 		}
 	}()

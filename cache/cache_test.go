@@ -98,7 +98,10 @@ func TestAckOnce(t *testing.T) {
 		}
 	}
 	p := cache.NewPending(e.rdb, "test")
-	evs, err := p.Claim(ctx, 100)
+	if evs, err := p.Claim(ctx, 100); err != nil || len(evs) != 0 {
+		t.Fatalf("claim before any delivery: %d (%v), want none", len(evs), err)
+	}
+	evs, err := p.Next(ctx, 100)
 	if err != nil || len(evs) != 5 {
 		t.Fatalf("claimed %d (%v), want 5", len(evs), err)
 	}
@@ -175,5 +178,51 @@ func TestEnforceExact(t *testing.T) {
 	wg.Wait()
 	if accepted != 1000 {
 		t.Fatalf("accepted %d, want 1000", accepted)
+	}
+}
+
+// TestOverflowFailsAlone: a consume that would push a counter past the
+// int64 range is ErrInvalid and changes nothing, while consumes sent with
+// it (often in the same script call) go through.
+func TestOverflowFailsAlone(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	other := key
+	other.Subject = "user:other"
+	for _, k := range []quota.CounterKey{key, other} { // load both
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "w" + k.Subject, At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ck := "q:{" + key.Subject + "}:c:" + key.Meter + ":" + fmt.Sprint(key.Start.Unix())
+	if err := e.rdb.Set(ctx, ck, int64(1<<63-10), time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range 20 {
+		wg.Go(func() {
+			k := other
+			if i%2 == 0 {
+				k = key
+			}
+			_, errs[i] = c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 100, EventID: fmt.Sprint("o", i), At: time.Now()})
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if i%2 == 0 && !errors.Is(err, quota.ErrInvalid) {
+			t.Fatalf("overflowing consume %d: %v, want ErrInvalid", i, err)
+		}
+		if i%2 == 1 && err != nil {
+			t.Fatalf("consume %d on another counter: %v", i, err)
+		}
+	}
+	if v, _ := e.rdb.Get(ctx, ck).Int64(); v != 1<<63-10 {
+		t.Fatalf("overflowed counter changed to %d", v)
+	}
+	if used, _ := c.Used(ctx, quota.UsageRead{Key: other}); used != 1+10*100 {
+		t.Fatalf("other counter %d, want 1001", used)
 	}
 }

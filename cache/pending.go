@@ -39,9 +39,9 @@ func (p *Pending) ensureGroup(ctx context.Context) error {
 	return nil
 }
 
-// Claim returns up to n unacknowledged events: first those delivered to
-// this consumer and never acknowledged (a flush gave up on them), then
-// those abandoned by a dead flusher, else new ones.
+// Claim returns up to n events delivered before and never acknowledged:
+// first this consumer's own (a flush gave up on them), else those
+// abandoned by a dead flusher (idle longer than ClaimIdle).
 func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
 	own, err := p.read(ctx, "0", n)
 	if isNoGroup(err) { // first start, or Redis lost its data
@@ -56,16 +56,19 @@ func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
 	msgs, _, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: "0-0", Count: int64(n),
 	}).Result()
-	if isNoGroup(err) { // first start, or Redis lost its data
-		if err := p.ensureGroup(ctx); err != nil {
-			return nil, err
-		}
-		return p.Claim(ctx, n)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("claim abandoned entries: %w", err)
 	}
-	if len(msgs) == 0 {
+	return p.decode(msgs, nil)
+}
+
+// Next returns up to n events never delivered to any flusher.
+func (p *Pending) Next(ctx context.Context, n int) ([]quota.Event, error) {
+	msgs, err := p.read(ctx, ">", n)
+	if isNoGroup(err) {
+		if err := p.ensureGroup(ctx); err != nil {
+			return nil, err
+		}
 		msgs, err = p.read(ctx, ">", n)
 	}
 	return p.decode(msgs, err)

@@ -18,6 +18,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 
@@ -25,13 +26,17 @@ import (
 )
 
 type call struct {
-	script *redis.Script // nil for a GET of keys[0]
-	keys   []string
-	args   []any
-	val    any
-	err    error
-	done   chan struct{}
+	consume bool // a consume op (keys: counter, unflushed, idempotency; 7 args); else a GET of keys[0]
+	keys    []string
+	args    []any
+	val     any
+	err     error
+	done    chan struct{}
 }
+
+// maxOpsPerScript bounds how many consumes one script call runs, so that
+// no call holds Redis for long (a consume op takes a few microseconds).
+const maxOpsPerScript = 64
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
@@ -50,10 +55,19 @@ func newBatcher(ctx context.Context, rdb redis.UniversalClient, workers, maxBatc
 	return b
 }
 
-// do runs one call through a pipeline and returns its reply.
-func (b *batcher) do(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
+// get reads key through a pipeline.
+func (b *batcher) get(ctx context.Context, key string) (any, error) {
+	return b.do(ctx, false, []string{key}, nil)
+}
+
+// consume runs one consume op (see consumeScript) and returns its answer.
+func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, error) {
+	return b.do(ctx, true, keys, args)
+}
+
+func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []any) (any, error) {
 	c := callPool.Get().(*call)
-	c.script, c.keys, c.args = script, keys, args
+	c.consume, c.keys, c.args = consume, keys, args
 	select {
 	case b.calls <- c:
 	case <-ctx.Done():
@@ -62,14 +76,13 @@ func (b *batcher) do(ctx context.Context, script *redis.Script, keys []string, a
 	}
 	<-c.done
 	val, err := c.val, c.err
-	c.script, c.keys, c.args, c.val, c.err = nil, nil, nil, nil, nil
+	c.keys, c.args, c.val, c.err = nil, nil, nil, nil
 	callPool.Put(c)
 	return val, err
 }
 
 func (b *batcher) work(ctx context.Context) {
 	batch := make([]*call, 0, b.maxBatch)
-	cmds := make([]*redis.Cmd, 0, b.maxBatch)
 	for {
 		select {
 		case <-ctx.Done():
@@ -86,31 +99,69 @@ func (b *batcher) work(ctx context.Context) {
 				break fill
 			}
 		}
-		cmds = b.send(batch, cmds[:0])
-		for i, c := range batch {
-			c.val, c.err = cmds[i].Val(), cmds[i].Err()
+		b.send(batch)
+		for _, c := range batch {
 			c.done <- struct{}{}
 		}
 	}
 }
 
-// send pipelines the batch. A script Redis does not know yet (first use,
-// or after a restart) is run again through Script.Run, which loads it.
-func (b *batcher) send(batch []*call, cmds []*redis.Cmd) []*redis.Cmd {
+// send pipelines the batch, consumes merged into script calls of up to
+// maxOpsPerScript ops, and sets every call's answer. A script Redis does
+// not know yet (first use, or after a restart) is run again through
+// Script.Run, which loads it.
+func (b *batcher) send(batch []*call) {
 	ctx := context.Background() // a batch serves many requests; the client's timeouts bound it
 	pipe := b.rdb.Pipeline()
+	type group struct {
+		calls []*call
+		keys  []string
+		args  []any
+		cmd   *redis.Cmd
+	}
+	var gets []*redis.Cmd
+	var groups []*group
+	var g *group
 	for _, c := range batch {
-		if c.script == nil {
-			cmds = append(cmds, pipe.Do(ctx, "GET", c.keys[0]))
-		} else {
-			cmds = append(cmds, c.script.EvalSha(ctx, pipe, c.keys, c.args...))
+		if !c.consume {
+			gets = append(gets, pipe.Do(ctx, "GET", c.keys[0]))
+			continue
 		}
+		if g == nil || len(g.calls) == maxOpsPerScript {
+			g = &group{keys: []string{PendingStream}}
+			groups = append(groups, g)
+		}
+		g.calls = append(g.calls, c)
+		g.keys = append(g.keys, c.keys...)
+		g.args = append(g.args, c.args...)
+	}
+	for _, g := range groups {
+		g.cmd = consumeScript.EvalSha(ctx, pipe, g.keys, g.args...)
 	}
 	_, _ = pipe.Exec(ctx) // errors are per command
-	for i, c := range batch {
-		if c.script != nil && cmds[i].Err() != nil && strings.HasPrefix(cmds[i].Err().Error(), "NOSCRIPT") {
-			cmds[i] = c.script.Run(ctx, b.rdb, c.keys, c.args...)
+	n := 0
+	for _, c := range batch {
+		if !c.consume {
+			c.val, c.err = gets[n].Val(), gets[n].Err()
+			n++
 		}
 	}
-	return cmds
+	for _, g := range groups {
+		if err := g.cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			g.cmd = consumeScript.Run(ctx, b.rdb, g.keys, g.args...)
+		}
+		replies, err := g.cmd.Slice()
+		for i, c := range g.calls {
+			switch {
+			case err != nil:
+				c.err = err
+			case i < len(replies):
+				c.val = replies[i]
+			default:
+				c.err = errShortReply
+			}
+		}
+	}
 }
+
+var errShortReply = errors.New("consume script answered fewer ops than it was given")

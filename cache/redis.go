@@ -135,11 +135,11 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	if op.Enforce {
 		enforce = "1"
 	}
-	keys := []string{ck, uk, ik, PendingStream}
+	keys := []string{ck, uk, ik}
+	args := []any{op.Amount, enforce, op.Limit, expireAt(op.Key, op.At), op.IdempotencyKey, op.RequestHash, ev}
 	deadline := time.Now().Add(c.loadWait)
 	for {
-		reply, err := c.batch.do(ctx, consumeScript, keys, op.Amount, enforce, op.Limit, expireAt(op.Key, op.At),
-			op.IdempotencyKey, op.RequestHash, ev)
+		reply, err := c.batch.consume(ctx, keys, args)
 		if err != nil {
 			return quota.ConsumeResult{}, translate(err)
 		}
@@ -152,6 +152,8 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 			return quota.ConsumeResult{Applied: out[1].(int64) == 1, Amount: op.Amount, Used: out[2].(int64)}, nil
 		case "dup":
 			return firstAnswer(out[1].(string), op)
+		case "err":
+			return quota.ConsumeResult{}, translate(fmt.Errorf("consume: %v", out[1]))
 		}
 		// "load": the counter is not in Redis.
 		loaded, err := c.load(ctx, op.Key, op.At)
@@ -172,7 +174,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 
 // get reads a counter through the batcher; redis.Nil when it is missing.
 func (c *Counter) get(ctx context.Context, key string) (int64, error) {
-	reply, err := c.batch.do(ctx, nil, []string{key})
+	reply, err := c.batch.get(ctx, key)
 	if err != nil {
 		return 0, err
 	}
@@ -228,7 +230,7 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 		return c.src.Reset(ctx, key, at)
 	}
 	ck, uk := counterKeys(key)
-	ev, err := json.Marshal(quota.Event{ID: randomID(), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
+	ev, err := json.Marshal(quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
 	if err != nil {
 		return err
 	}

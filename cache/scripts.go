@@ -9,45 +9,68 @@ import "github.com/redis/go-redis/v9"
 // "Redis Cluster"). Time comes from the caller (expire-at, event time),
 // never from redis.call("TIME").
 
-// consumeScript applies one consume.
+// consumeScript applies a batch of consumes, one after the other, each
+// with the same steps: idempotency lookup, the enforce test, the
+// increment, the count of unflushed events and the append to the pending
+// stream. The batcher sends the consumes that arrive together as one call
+// (a call of one is the unloaded case); each op's answer is its own, and
+// an op that fails (INCRBY past the int64 range) fails alone, before it
+// changed anything.
 //
-//	KEYS[1] counter           q:{S}:c:<meter>:<period start unix>
-//	KEYS[2] unflushed events  q:{S}:u:<meter>:<period start unix>
-//	KEYS[3] idempotency key   q:{S}:i:<key> (KEYS[1] again when there is none)
-//	KEYS[4] pending stream    q:pending
-//	ARGV[1] amount
-//	ARGV[2] "1" to enforce the limit, "0" to record
-//	ARGV[3] limit
-//	ARGV[4] expire-at of the unflushed count when this consume creates it, unix seconds
-//	ARGV[5] idempotency key, "" for none
-//	ARGV[6] request hash, stored with the key's first answer
-//	ARGV[7] the event, JSON, without the counter's new value
+//	KEYS[1]        pending stream  q:pending
+//	then per op i (0-based), at 2+3i, 3+3i, 4+3i:
+//	  counter           q:{S}:c:<meter>:<period start unix>
+//	  unflushed events  q:{S}:u:<meter>:<period start unix>
+//	  idempotency key   q:{S}:i:<key> (the counter key again when there is none)
+//	ARGV per op i, at 1+7i .. 7+7i:
+//	  amount; "1" to enforce the limit, "0" to record; limit;
+//	  expire-at of the unflushed count when this op creates it (unix s);
+//	  idempotency key ("" for none); request hash, stored with the key's
+//	  first answer; the event, JSON, without the counter's new value
 //
-// Answers {"dup", "<hash>|<applied>|<amount>|<used>"} for a known
-// idempotency key, {"load"} when the counter is not in Redis (the caller
-// loads it from Postgres and retries), else {"ok", applied, used}.
+// Answers one entry per op: {"dup", "<hash>|<applied>|<amount>|<used>"}
+// for a known idempotency key, {"load"} when the counter is not in Redis
+// (the caller loads it from Postgres and retries), {"err", message}, or
+// {"ok", applied, used}.
 var consumeScript = redis.NewScript(`
-local idem = ARGV[5] ~= ""
-if idem then
-  local prev = redis.call("GET", KEYS[3])
-  if prev then return {"dup", prev} end
+local out = {}
+for i = 0, (#KEYS - 1) / 3 - 1 do
+  local ck, uk, ik = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+  local a = 7 * i
+  local amount, enforce, limit = tonumber(ARGV[a + 1]), ARGV[a + 2] == "1", tonumber(ARGV[a + 3])
+  local idem = ARGV[a + 5] ~= ""
+  local prev = idem and redis.call("GET", ik)
+  local used = not prev and redis.call("GET", ck)
+  if prev then
+    out[i + 1] = {"dup", prev}
+  elseif not used then
+    out[i + 1] = {"load"}
+  else
+    used = tonumber(used)
+    local applied, failed = 1, nil
+    if enforce and used + amount > limit then
+      applied = 0
+    else
+      local r = redis.pcall("INCRBY", ck, amount) -- keeps the expiry the load or reset set
+      if type(r) == "table" and r.err then
+        failed = r.err
+      else
+        used = r
+        if redis.call("INCR", uk) == 1 then redis.call("EXPIREAT", uk, ARGV[a + 4]) end
+        redis.call("XADD", KEYS[1], "*", "e", ARGV[a + 7], "used", used)
+      end
+    end
+    if failed then
+      out[i + 1] = {"err", failed}
+    else
+      if idem then
+        redis.call("SET", ik, ARGV[a + 6] .. "|" .. applied .. "|" .. ARGV[a + 1] .. "|" .. used, "EX", 86400)
+      end
+      out[i + 1] = {"ok", applied, used}
+    end
+  end
 end
-local used = redis.call("GET", KEYS[1])
-if not used then return {"load"} end
-used = tonumber(used)
-local amount = tonumber(ARGV[1])
-local applied = 1
-if ARGV[2] == "1" and used + amount > tonumber(ARGV[3]) then
-  applied = 0
-else
-  used = redis.call("INCRBY", KEYS[1], amount) -- keeps the expiry the load or reset set
-  if redis.call("INCR", KEYS[2]) == 1 then redis.call("EXPIREAT", KEYS[2], ARGV[4]) end
-  redis.call("XADD", KEYS[4], "*", "e", ARGV[7], "used", used)
-end
-if idem then
-  redis.call("SET", KEYS[3], ARGV[6] .. "|" .. applied .. "|" .. ARGV[1] .. "|" .. used, "EX", 86400)
-end
-return {"ok", applied, used}
+return out
 `)
 
 // loadScript puts a counter read from Postgres into Redis, unless it is

@@ -178,7 +178,7 @@ func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quo
 	if err != nil {
 		return quota.Subject{}, err
 	}
-	ev, err := json.Marshal(quota.Event{ID: randomID(), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
+	ev, err := json.Marshal(quota.Event{ID: quota.NewEventID(sub.CycleAnchor), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
 	if err != nil {
 		return quota.Subject{}, err
 	}

@@ -157,7 +157,7 @@ func firstResult(ctx context.Context, tx pgx.Tx, op quota.ConsumeOp) (quota.Cons
 // Reset implements quota.Counter: the counter goes to 0 and the ledger gets
 // a reset row.
 func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
-	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, eventID(), at, nullTime(key.End))
+	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, quota.NewEventID(at), at, nullTime(key.End))
 	return translate(err)
 }
 

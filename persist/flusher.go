@@ -3,27 +3,34 @@ package persist
 // The write-behind flusher moves usage from the fast tier (the Redis
 // stream of pending events, behind the Pending interface) into Postgres.
 //
-// Data flow, per batch:
+// Data flow, per flush (every Interval, or at once while more than Max
+// events wait):
 //
-//	Claim (up to Batch events)  ──▶  one Postgres transaction:
-//	                                   1. ledger rows, INSERT ... ON CONFLICT (event_id) DO NOTHING
-//	                                      RETURNING event_id: only events Postgres did not have yet
-//	                                   2. counter upserts from those events only, one row per
-//	                                      (subject, meter, period) per batch
-//	                                   3. idempotency answers and provisioned subjects
-//	                               COMMIT
-//	                            ──▶  Ack (Redis: XACK + XDEL + unflushed count, once per event)
+//	Claim + Next (batches of Batch  ──▶  one Postgres transaction:
+//	events, up to Max in all)           1. ledger rows, INSERT ... ON CONFLICT (event_id) DO NOTHING
+//	                                       RETURNING event_id: only events Postgres did not have yet
+//	                                    2. counter upserts from those events only, one row per
+//	                                       (subject, meter, period) per flush
+//	                                    3. idempotency answers and provisioned subjects
+//	                                  COMMIT
+//	                               ──▶  Ack, in batches of Batch (Redis: XACK + XDEL + unflushed
+//	                                    counts, once per event)
+//
+// One transaction per flush, not per batch, is what keeps Postgres at one
+// counter row per (subject, meter) per interval however busy a counter is;
+// reading and acknowledging in batches keeps each Redis call short.
 //
 // Exactly once: the ledger's unique event_id makes step 1 the dedup, and
-// step 2 counts only what step 1 inserted, so a batch that committed but
-// was never acknowledged (crash between COMMIT and Ack) adds nothing when
-// it is flushed again, by this flusher or by another one that claimed it.
+// step 2 counts only what step 1 inserted, so events that were committed
+// but never acknowledged (crash between COMMIT and Ack) add nothing when
+// they are flushed again, by this flusher or by another one that claimed
+// them.
 //
-// What may block: Claim and Ack wait on Redis, the transaction on
-// Postgres. When Postgres is down the flusher keeps the batch in memory
-// and retries it with exponential backoff (up to MaxBackoff); meanwhile
-// the events stay safe, unacknowledged, in Redis. Nothing here is on the
-// request path.
+// What may block: Claim, Next and Ack wait on Redis, the transaction on
+// Postgres. When Postgres is down the flusher keeps the events in memory
+// and retries with exponential backoff (up to MaxBackoff); meanwhile they
+// stay safe, unacknowledged, in Redis. Nothing here is on the request
+// path.
 
 import (
 	"context"
@@ -41,8 +48,11 @@ import (
 // Pending is the queue of events the flusher drains; cache.Pending is the
 // Redis implementation.
 type Pending interface {
-	// Claim returns up to n events not yet acknowledged.
+	// Claim returns up to n events delivered before but not acknowledged:
+	// this flusher's own, or those a dead flusher abandoned.
 	Claim(ctx context.Context, n int) ([]quota.Event, error)
+	// Next returns up to n events never delivered before.
+	Next(ctx context.Context, n int) ([]quota.Event, error)
 	// Ack acknowledges events written to Postgres; acking twice is harmless.
 	Ack(ctx context.Context, events []quota.Event) error
 	// Stats returns the number of waiting events and the time the oldest
@@ -52,8 +62,9 @@ type Pending interface {
 
 // FlusherConfig tunes a Flusher.
 type FlusherConfig struct {
-	Interval   time.Duration // time between flushes when batches are not full; default 1s
-	Batch      int           // events per batch; default 5000
+	Interval   time.Duration // time between flushes; default 1s
+	Batch      int           // events per Redis read and ack; default 5000
+	Max        int           // events per flush (one transaction); more pending flushes again at once; default 20 × Batch
 	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
 	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
 	// use it to kill the process at the worst moment.
@@ -79,6 +90,7 @@ type flushMetrics struct {
 	pending prometheus.Gauge
 	lag     prometheus.Gauge
 	batch   prometheus.Histogram
+	took    prometheus.Histogram
 	rows    *prometheus.CounterVec
 	errors  prometheus.Counter
 }
@@ -91,6 +103,9 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	if cfg.Batch <= 0 {
 		cfg.Batch = 5000
 	}
+	if cfg.Max < cfg.Batch {
+		cfg.Max = 20 * cfg.Batch
+	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 10 * time.Second
 	}
@@ -100,34 +115,47 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	f := &Flusher{store: s, src: src, cfg: cfg, m: flushMetrics{
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_pending", Help: "Events in Redis not yet written to Postgres."}),
 		lag:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_lag_seconds", Help: "Age of the oldest event not yet written to Postgres."}),
-		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_batch_size", Help: "Events per flushed batch.",
-			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_batch_size", Help: "Events per flush (one Postgres transaction).",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
+		took: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_write_seconds", Help: "Time to write one flush to Postgres (the transaction).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		rows:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quotad_flush_rows_written_total", Help: "Postgres rows written by the flusher, by table."}, []string{"table"}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_flush_errors_total", Help: "Failed flush attempts."}),
 	}}
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(f.m.pending, f.m.lag, f.m.batch, f.m.rows, f.m.errors)
+		cfg.Registry.MustRegister(f.m.pending, f.m.lag, f.m.batch, f.m.took, f.m.rows, f.m.errors)
 	}
 	return f
 }
 
-// Run flushes every Interval, and at once again while batches come back
-// full, until ctx ends.
+// Run flushes every Interval, and at once again while a flush came back
+// full, until ctx ends. Between ticks it looks at the backlog every
+// Interval/10 and flushes early when Max events wait.
 func (f *Flusher) Run(ctx context.Context) {
-	t := time.NewTicker(f.cfg.Interval)
-	defer t.Stop()
+	tick := time.NewTicker(f.cfg.Interval)
+	defer tick.Stop()
+	poll := time.NewTicker(max(f.cfg.Interval/10, 10*time.Millisecond))
+	defer poll.Stop()
 	for {
 		for {
 			n, err := f.flushRetrying(ctx)
-			if err != nil || n < f.cfg.Batch {
+			if err != nil || n < f.cfg.Max {
 				break
 			}
 		}
 		f.refreshStats(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				break wait
+			case <-poll.C:
+				if n, _, err := f.src.Stats(ctx); err == nil && n >= int64(f.cfg.Max) {
+					break wait
+				}
+			}
 		}
 	}
 }
@@ -176,14 +204,38 @@ func (f *Flusher) setErr(err error) {
 	f.mu.Unlock()
 }
 
-// flushRetrying claims one batch and writes it, retrying the same batch
-// with backoff while Postgres fails. It answers the batch size.
-func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
+// collect gathers one flush: events left unacknowledged earlier first,
+// then new ones, in batches of Batch, up to Max.
+func (f *Flusher) collect(ctx context.Context) ([]quota.Event, error) {
 	events, err := f.src.Claim(ctx, f.cfg.Batch)
+	if err != nil {
+		return nil, err
+	}
+	for len(events) < f.cfg.Max {
+		next, err := f.src.Next(ctx, min(f.cfg.Batch, f.cfg.Max-len(events)))
+		if err != nil {
+			if len(events) > 0 {
+				break // flush what we have; the rest waits for the next flush
+			}
+			return nil, err
+		}
+		events = append(events, next...)
+		if len(next) < f.cfg.Batch {
+			break
+		}
+	}
+	return events, nil
+}
+
+// flushRetrying collects one flush and writes it, retrying the same events
+// with backoff while Postgres fails, then acknowledges them, retrying
+// while Redis fails. It answers the number of events.
+func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
+	events, err := f.collect(ctx)
 	if err != nil {
 		f.m.errors.Inc()
 		f.setErr(err)
-		f.cfg.Logger.Warn("flush: claim from redis failed", "err", err)
+		f.cfg.Logger.Warn("flush: reading pending events from redis failed", "err", err)
 		return 0, err
 	}
 	if len(events) == 0 {
@@ -192,8 +244,10 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 	}
 	backoff := 100 * time.Millisecond
 	for {
+		start := time.Now()
 		err := f.Write(ctx, events)
 		if err == nil {
+			f.m.took.Observe(time.Since(start).Seconds())
 			break
 		}
 		f.m.errors.Inc()
@@ -210,25 +264,28 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 	if f.cfg.AfterCommit != nil {
 		f.cfg.AfterCommit()
 	}
-	backoff = 100 * time.Millisecond
-	for {
-		err := f.src.Ack(ctx, events)
-		if err == nil {
-			break
+	for start := 0; start < len(events); start += f.cfg.Batch {
+		chunk := events[start:min(start+f.cfg.Batch, len(events))]
+		backoff = 100 * time.Millisecond
+		for {
+			err := f.src.Ack(ctx, chunk)
+			if err == nil {
+				break
+			}
+			// Written but not acknowledged. Until the ack lands, the counters'
+			// unflushed counts stay up and Redis cannot reload them, so keep
+			// trying; if this process dies first, another flusher claims the
+			// events and the ledger's dedup makes their second write a no-op.
+			f.m.errors.Inc()
+			f.setErr(err)
+			f.cfg.Logger.Warn("flush: ack to redis failed; retrying", "events", len(chunk), "backoff", backoff, "err", err)
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, f.cfg.MaxBackoff)
 		}
-		// Written but not acknowledged. Until the ack lands, the counters'
-		// unflushed counts stay up and Redis cannot reload them, so keep
-		// trying; if this process dies first, another flusher claims the
-		// events and the ledger's dedup makes their second write a no-op.
-		f.m.errors.Inc()
-		f.setErr(err)
-		f.cfg.Logger.Warn("flush: ack to redis failed; retrying", "events", len(events), "backoff", backoff, "err", err)
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, f.cfg.MaxBackoff)
 	}
 	f.setErr(nil)
 	f.m.batch.Observe(float64(len(events)))

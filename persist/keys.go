@@ -37,5 +37,3 @@ func (s *Store) KeyScope(ctx context.Context, sum [32]byte) (string, error) {
 	}
 	return scope, translate(err)
 }
-
-func eventID() string { return rand.Text() }

@@ -3,7 +3,6 @@ package quota
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -264,7 +263,7 @@ func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 		Enforce:        enforce && !lim.Overage,
 		Limit:          lim.Limit,
 		IdempotencyKey: req.IdempotencyKey,
-		EventID:        rand.Text(),
+		EventID:        NewEventID(now),
 		Usage:          req.Usage,
 		At:             now,
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/quotad/quotad/quota"
 )
@@ -125,5 +126,17 @@ func TestPlanValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want an error naming %q", err, tt.field)
 			}
 		})
+	}
+}
+
+func TestNewEventIDSortsByTime(t *testing.T) {
+	a := quota.NewEventID(time.Unix(1_700_000_000, 0))
+	b := quota.NewEventID(time.Unix(1_700_000_000, 1_000_000))
+	c := quota.NewEventID(time.Unix(4_000_000_000, 0))
+	if !(a < b && b < c) || len(a) != 27 || len(c) != 27 {
+		t.Fatalf("ids %q %q %q do not sort by time", a, b, c)
+	}
+	if quota.NewEventID(time.Unix(1, 0)) == quota.NewEventID(time.Unix(1, 0)) {
+		t.Fatal("two ids for the same millisecond are equal")
 	}
 }

@@ -147,7 +147,7 @@ pg_start() {
 		log "starting Postgres on 127.0.0.1:$PGPORT"
 		# -w waits until the server accepts connections.
 		if ! as_pg "$BIN/pg_ctl" start -w -t 60 -D "$PGDATA" -l "$PG_LOG" \
-			-o "-p $PGPORT -k '$PG_SOCK' -c listen_addresses=127.0.0.1" >/dev/null; then
+			-o "-p $PGPORT -k '$PG_SOCK' -c listen_addresses=127.0.0.1 -c shared_buffers=512MB -c max_wal_size=4GB" >/dev/null; then
 			tail -n 30 "$PG_LOG" >&2 || true
 			die "Postgres did not start (log: $PG_LOG)"
 		fi

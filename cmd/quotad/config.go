@@ -24,7 +24,8 @@ type Config struct {
 	ShutdownTimeout time.Duration // QUOTAD_SHUTDOWN_TIMEOUT, --shutdown-timeout; default 15s
 	Tiers           string        // QUOTAD_TIERS, --tiers; default "full" (L1+Redis+Postgres); "postgres" for the Postgres-only baseline
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
-	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 5000
+	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 5000: events per Redis read and ack
+	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
@@ -52,7 +53,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&c.Margin, "margin", env("QUOTAD_MARGIN", "0.2"), "cost book margin")
 	fs.StringVar(&conns, "postgres-conns", env("QUOTAD_POSTGRES_CONNS", "32"), "Postgres pool size")
 	fs.StringVar(&shutdown, "shutdown-timeout", env("QUOTAD_SHUTDOWN_TIMEOUT", "15s"), "time to finish in-flight work on SIGTERM")
-	var flushInterval, flushBatch, cacheTTL, nearLimit, claimIdle string
+	var flushInterval, flushBatch, flushMax, cacheTTL, nearLimit, claimIdle string
+	fs.StringVar(&flushMax, "flush-max", env("QUOTAD_FLUSH_MAX", "100000"), "events per flush transaction")
 	fs.StringVar(&claimIdle, "flush-claim-idle", env("QUOTAD_FLUSH_CLAIM_IDLE", "30s"), "take over events a dead flusher left unacknowledged this long")
 	fs.StringVar(&c.Tiers, "tiers", env("QUOTAD_TIERS", "full"), `"full" or "postgres"`)
 	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
@@ -79,6 +81,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	}
 	if c.FlushInterval, err = time.ParseDuration(flushInterval); err != nil || c.FlushInterval <= 0 {
 		return Config{}, fmt.Errorf("flush-interval: %q is not a positive duration", flushInterval)
+	}
+	if c.FlushMax, err = strconv.Atoi(flushMax); err != nil || c.FlushMax < 1 {
+		return Config{}, fmt.Errorf("flush-max: %q is not a positive integer", flushMax)
 	}
 	if c.FlushClaimIdle, err = time.ParseDuration(claimIdle); err != nil || c.FlushClaimIdle <= 0 {
 		return Config{}, fmt.Errorf("flush-claim-idle: %q is not a positive duration", claimIdle)
@@ -122,6 +127,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("tiers", c.Tiers),
 		slog.Duration("flush_interval", c.FlushInterval),
 		slog.Int("flush_batch", c.FlushBatch),
+		slog.Int("flush_max", c.FlushMax),
 		slog.Duration("flush_claim_idle", c.FlushClaimIdle),
 		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Float64("near_limit", c.NearLimit),

@@ -50,7 +50,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 
 	health := cache.NewHealth(rdb, log)
 	bus := cache.NewBus(rdb, log)
-	l2 := cache.NewCounter(rdb, store, health, log)
+	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	snaps, err := cache.NewSnapshots(l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
 	if err != nil {
 		return tiers{}, err
@@ -87,7 +87,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	})
 
 	host, _ := os.Hostname()
-	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Registry: reg, Logger: log}
+	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: max(cfg.FlushMax, cfg.FlushBatch), Registry: reg, Logger: log}
 	if cfg.TestHook == "crash-after-commit" {
 		fcfg.AfterCommit = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 	}

@@ -38,7 +38,7 @@ func inProcess(tb testing.TB, now func() time.Time) (*quota.Service, tiers, *per
 	if err := store.Seed(ctx, quota.DefaultPlans(), quota.DefaultPrices()); err != nil {
 		tb.Fatal(err)
 	}
-	cfg := Config{RedisURL: testenv.RedisURL(tb), FlushInterval: time.Hour, FlushBatch: 5000, CacheTTL: time.Second,
+	cfg := Config{RedisURL: testenv.RedisURL(tb), FlushInterval: time.Hour, FlushBatch: 5000, FlushMax: 100000, CacheTTL: time.Second,
 		NearLimit: 0.1, FlushClaimIdle: 30 * time.Second}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	t, err := fullTiers(ctx, cfg, store, prometheus.NewRegistry(), log)

@@ -31,10 +31,10 @@ CREATE TABLE counters (
 CREATE INDEX counters_l2_stale ON counters (subject) WHERE l2_stale;
 
 -- One row per consume (kind 'consume') or reset (kind 'reset'). event_id is
--- unique so that writing the same event twice (a replayed flush) is a no-op.
+-- the key so that writing the same event twice (a replayed flush) is a
+-- no-op; ids start with their time, so the index grows at its right edge.
 CREATE TABLE usage_ledger (
-    id                 bigserial PRIMARY KEY,
-    event_id           text NOT NULL UNIQUE,
+    event_id           text PRIMARY KEY,
     kind               text NOT NULL CHECK (kind IN ('consume', 'reset')),
     subject            text NOT NULL,
     meter              text NOT NULL,

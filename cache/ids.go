@@ -1,5 +1,0 @@
-package cache
-
-import "crypto/rand"
-
-func randomID() string { return rand.Text() }
