@@ -5,15 +5,18 @@ import (
 	"crypto/rand"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// InvalidateChannel carries admin changes to every instance's L1 at once.
-// Messages are "<kind> <args...>": "subject <id>", "plan <name>",
-// "prices", "counter <subject> <meter> <period start unix>".
+// InvalidateChannel carries admin changes to every instance's L1 at once;
+// Bus adds the Redis database number (pub/sub channels are server-wide,
+// databases are not). Messages are "<id> <kind> <args...>": kinds
+// "subject <id>", "plan <name>", "prices", "counter <subject> <meter>
+// <period start unix>".
 const InvalidateChannel = "quotad:invalidate"
 
 // Bus publishes and receives L1 invalidations over Redis pub/sub.
@@ -26,13 +29,14 @@ const InvalidateChannel = "quotad:invalidate"
 // entries also expire on their own.
 type Bus struct {
 	rdb     redis.UniversalClient
+	channel string
 	log     *slog.Logger
 	AckWait time.Duration
 }
 
-// NewBus returns a Bus on rdb.
-func NewBus(rdb redis.UniversalClient, log *slog.Logger) *Bus {
-	return &Bus{rdb: rdb, log: log, AckWait: time.Second}
+// NewBus returns a Bus on rdb, whose database number is db.
+func NewBus(rdb redis.UniversalClient, db int, log *slog.Logger) *Bus {
+	return &Bus{rdb: rdb, channel: InvalidateChannel + ":" + strconv.Itoa(db), log: log, AckWait: time.Second}
 }
 
 func ackKey(id string) string { return "q:inv:" + id }
@@ -41,7 +45,7 @@ func ackKey(id string) string { return "q:inv:" + id }
 // they have applied it.
 func (b *Bus) Publish(ctx context.Context, msg string) {
 	id := rand.Text()
-	n, err := b.rdb.Publish(ctx, InvalidateChannel, id+" "+msg).Result()
+	n, err := b.rdb.Publish(ctx, b.channel, id+" "+msg).Result()
 	if err != nil {
 		b.log.Warn("publish invalidation failed; other instances see the change when their L1 entries expire", "msg", msg, "err", err)
 		return
@@ -64,7 +68,7 @@ func (b *Bus) Publish(ctx context.Context, msg string) {
 // subscription is confirmed (or after a failed first try, while it keeps
 // reconnecting in the background).
 func (b *Bus) Run(ctx context.Context, handle func(msg string)) {
-	sub := b.rdb.Subscribe(ctx, InvalidateChannel)
+	sub := b.rdb.Subscribe(ctx, b.channel)
 	if _, err := sub.Receive(ctx); err != nil {
 		b.log.Warn("subscribe to invalidations failed; retrying in the background", "err", err)
 	}

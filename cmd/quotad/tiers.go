@@ -49,7 +49,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	cache.Instrument(rdb, reg)
 
 	health := cache.NewHealth(rdb, log)
-	bus := cache.NewBus(rdb, log)
+	bus := cache.NewBus(rdb, opt.DB, log)
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	snaps, err := cache.NewSnapshots(l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
 	if err != nil {
