@@ -32,6 +32,7 @@ test: ## install what is missing, then run every test with the race detector and
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDecimal$$' -fuzztime 10s ./quota
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./api
 	$(GO) test -run '^$$' -fuzz '^FuzzFastDecode$$' -fuzztime 10s ./api
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime 10s ./cache
 
 lint: ## go vet, gofmt, and staticcheck/govulncheck when installed
 	$(GO) vet ./...
@@ -41,3 +42,7 @@ lint: ## go vet, gofmt, and staticcheck/govulncheck when installed
 
 clean: ## remove bin/ (make stop first to keep .data/ consistent)
 	rm -rf bin
+
+.PHONY: bench
+bench: ## the benchmark suite: full vs postgres tiers, pinned; writes bench/results/<date>/
+	@scripts/bench.sh

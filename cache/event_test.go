@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -9,30 +8,36 @@ import (
 	"github.com/quotad/quotad/quota"
 )
 
-func TestAppendConsumeEventMatchesJSON(t *testing.T) {
+func TestEventRoundTrip(t *testing.T) {
 	at := time.Date(2026, 11, 27, 10, 0, 0, 123456789, time.UTC)
 	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	ops := []quota.ConsumeOp{
-		{Key: quota.CounterKey{Subject: "user:1", Meter: "credits", Start: start, End: start.AddDate(0, 1, 0)}, Amount: 5, EventID: "E1", At: at},
-		{Key: quota.CounterKey{Subject: "anon:x", Meter: "tokens.output", Start: time.Unix(0, 0).UTC()}, Amount: 1, Enforce: true,
-			IdempotencyKey: "k \"quoted\" \\ <tag> \x01 é \xff", RequestHash: "abc", EventID: "E2", At: at.In(time.FixedZone("x", 3600)),
+	events := []quota.Event{
+		{ID: "E1", Kind: quota.EventConsume, Subject: "user:1", Meter: "credits", Start: start, End: start.AddDate(0, 1, 0), Amount: 5, At: at},
+		{ID: "E2", Kind: quota.EventConsume, Subject: "anon:x", Meter: "tokens.output", Start: time.Unix(0, 0).UTC(), Amount: 1 << 40, Enforce: true,
+			IdempotencyKey: `k "quoted" \ <tag> é`, RequestHash: "abc", At: at,
 			Usage: &quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 1000, OutputTokens: 20, CacheReadTokens: 7}},
+		{ID: "E3", Kind: quota.EventReset, Subject: "user:2", Meter: "m", Start: start, End: start.Add(time.Hour), At: at},
+		{ID: "E4", Kind: quota.EventProvision, Subject: "user:3", At: at, Settings: &quota.Subject{ID: "user:3", Plan: "free", CycleAnchor: at}},
 	}
-	for _, op := range ops {
-		want := quota.Event{ID: op.EventID, Kind: quota.EventConsume, Subject: op.Key.Subject, Meter: op.Key.Meter,
-			Start: op.Key.Start, End: op.Key.End, Amount: op.Amount, Enforce: op.Enforce, Usage: op.Usage,
-			IdempotencyKey: op.IdempotencyKey, RequestHash: op.RequestHash, At: op.At}
-		wantJSON, _ := json.Marshal(want)
-		var fromStd, fromOurs quota.Event
-		if err := json.Unmarshal(wantJSON, &fromStd); err != nil {
+	for _, e := range events {
+		got, err := decodeEvent(string(appendEvent(nil, &e)))
+		if err != nil {
 			t.Fatal(err)
 		}
-		got := appendConsumeEvent(nil, &op)
-		if err := json.Unmarshal(got, &fromOurs); err != nil {
-			t.Fatalf("%s: %v", got, err)
-		}
-		if !reflect.DeepEqual(fromStd, fromOurs) {
-			t.Fatalf("decoded differently:\n ours %s\n std  %s", got, wantJSON)
+		if !reflect.DeepEqual(got, e) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got, e)
 		}
 	}
+	for _, bad := range []string{"", "2\x1fx", "1\x1fonly-two", string(appendEvent(nil, &events[0])) + "\x1fextra"} {
+		if _, err := decodeEvent(bad); err == nil {
+			t.Fatalf("decodeEvent(%q) accepted it", bad)
+		}
+	}
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add(string(appendEvent(nil, &quota.Event{ID: "E", Kind: quota.EventConsume, Subject: "user:1", Amount: 3, At: time.Unix(5, 0)})))
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = decodeEvent(s) // must not panic
+	})
 }

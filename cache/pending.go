@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -112,9 +111,9 @@ func (p *Pending) decode(msgs []redis.XMessage, err error) ([]quota.Event, error
 func isNoGroup(err error) bool { return err != nil && strings.Contains(err.Error(), "NOGROUP") }
 
 func decodeEntry(m redis.XMessage) (quota.Event, error) {
-	var ev quota.Event
 	raw, _ := m.Values["e"].(string)
-	if err := json.Unmarshal([]byte(raw), &ev); err != nil {
+	ev, err := decodeEvent(raw)
+	if err != nil {
 		return ev, fmt.Errorf("pending entry %s: %w", m.ID, err)
 	}
 	ev.Ref = m.ID

@@ -6,7 +6,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -230,11 +229,8 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 		return c.src.Reset(ctx, key, at)
 	}
 	ck, uk := counterKeys(key)
-	ev, err := json.Marshal(quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
-	if err != nil {
-		return err
-	}
-	err = resetScript.Run(ctx, c.rdb, []string{ck, uk, PendingStream}, expireAt(key, at), ev).Err()
+	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
+	err := resetScript.Run(ctx, c.rdb, []string{ck, uk, PendingStream}, expireAt(key, at), ev).Err()
 	if err != nil && c.health.Failed(err) {
 		return c.src.Reset(ctx, key, at)
 	}

@@ -178,10 +178,7 @@ func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quo
 	if err != nil {
 		return quota.Subject{}, err
 	}
-	ev, err := json.Marshal(quota.Event{ID: quota.NewEventID(sub.CycleAnchor), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
-	if err != nil {
-		return quota.Subject{}, err
-	}
+	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(sub.CycleAnchor), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
 	stored, err := provisionScript.Run(ctx, s.rdb, []string{subjectKey(sub.ID), PendingStream}, raw, ev, int64(subjectTTL/time.Second)).Text()
 	if err != nil {
 		if s.health.Failed(err) {

@@ -234,8 +234,8 @@ func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 	default:
 		return ConsumeResponse{}, errMode
 	}
-	if len(req.IdempotencyKey) > 255 {
-		return ConsumeResponse{}, errIdemKey
+	if err := validIdempotencyKey(req.IdempotencyKey); err != nil {
+		return ConsumeResponse{}, err
 	}
 	amount := req.Amount
 	switch {
@@ -532,6 +532,20 @@ func parseTarget(subject, meter string) (Kind, string, error) {
 	return kind, meter, ValidMeter(meter)
 }
 
+// validIdempotencyKey allows up to 255 bytes without control characters
+// (so that a key can travel inside the pending stream's events).
+func validIdempotencyKey(k string) error {
+	if len(k) > 255 {
+		return errIdemKey
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x20 || k[i] == 0x7f {
+			return errIdemKey
+		}
+	}
+	return nil
+}
+
 func remaining(limit, used int64) int64 { return max(0, limit-used) }
 
 // requestHash fingerprints what an idempotent consume asked for, so that a
@@ -557,5 +571,5 @@ func requestHash(meter string, amount int64, enforce bool, u *Usage) string {
 var (
 	errAmount  = Invalid("amount", "must be between 1 and %d", MaxAmount)
 	errMode    = Invalid("mode", `must be "record" or "enforce"`)
-	errIdemKey = Invalid("idempotency_key", "must be at most 255 characters")
+	errIdemKey = Invalid("idempotency_key", "must be at most 255 bytes without control characters")
 )
