@@ -1,0 +1,446 @@
+// Package bench is quotad's benchmark suite: load generation (closed and
+// open loop, HDR latency histograms), the scenarios, scraping quotad's
+// /metrics around each run, seeding, and the reports (table, markdown,
+// JSON, SVG chart). cmd/quotabench is its command line; `make bench` runs
+// the whole suite against a private stack.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Histogram bounds: microseconds, 1µs .. 60s, 3 significant digits.
+const (
+	HistMin    = 1
+	HistMax    = 60_000_000
+	HistDigits = 3
+)
+
+// NewHistogram returns an empty latency histogram in microseconds.
+func NewHistogram() *hdrhistogram.Histogram {
+	return hdrhistogram.New(HistMin, HistMax, HistDigits)
+}
+
+// LoadOptions describes one measured run.
+type LoadOptions struct {
+	URL         string // base URL of quotad, e.g. http://127.0.0.1:18080
+	Key         string // bearer key
+	Scenario    Scenario
+	Gen         GenConfig
+	Mode        string        // "closed" or "open"
+	Concurrency int           // closed: workers; open: most requests in flight
+	Rate        float64       // open: requests per second
+	Duration    time.Duration // how long requests are started
+	Seed        uint64        // worker i draws from seed+i
+	// Progress, when set, is called about every 250ms with the responses
+	// so far and the time since the start.
+	Progress func(done int64, elapsed time.Duration)
+}
+
+// Validate reports a bad configuration.
+func (o LoadOptions) Validate() error {
+	if _, err := url.Parse(o.URL); err != nil || o.URL == "" {
+		return fmt.Errorf("url: %q is not a URL", o.URL)
+	}
+	if o.Scenario.Next == nil {
+		return fmt.Errorf("scenario: none")
+	}
+	if o.Concurrency < 1 {
+		return fmt.Errorf("c: must be at least 1")
+	}
+	if o.Duration <= 0 {
+		return fmt.Errorf("d: must be positive")
+	}
+	switch o.Mode {
+	case "closed":
+	case "open":
+		if o.Rate <= 0 {
+			return fmt.Errorf("rate: open loop needs -rate > 0")
+		}
+	default:
+		return fmt.Errorf("mode: %q is not closed or open", o.Mode)
+	}
+	return o.Gen.Validate()
+}
+
+// LoadResult is what one run measured on the client side.
+type LoadResult struct {
+	Requests        int64            // responses received, whatever their status
+	OK              int64            // 2xx responses
+	Consumes        int64            // 2xx responses to consumes
+	Status          map[int]int64    // responses by status code
+	TransportErrors map[string]int64 // requests without a response, by kind
+	ErrorSamples    map[string]string
+	Scheduled       int64 // open loop: requests due before the end
+	Unsent          int64 // open loop: due before the end but not started by then
+	Elapsed         time.Duration
+	Hist            *hdrhistogram.Histogram // latency of every response, µs
+	MaxMicros       int64                   // exact maximum latency, µs
+}
+
+// RPS is responses per second.
+func (r *LoadResult) RPS() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Requests) / r.Elapsed.Seconds()
+}
+
+// Errors is the number of non-2xx responses plus transport errors.
+func (r *LoadResult) Errors() int64 {
+	n := r.Requests - r.OK
+	for _, c := range r.TransportErrors {
+		n += c
+	}
+	return n
+}
+
+// NewClient is the benchmark's HTTP client: keep-alive, at most
+// concurrency connections, no compression.
+func NewClient(concurrency int, timeout time.Duration) *http.Client {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        concurrency,
+		MaxIdleConnsPerHost: concurrency,
+		MaxConnsPerHost:     concurrency,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}
+}
+
+// worker is the per-goroutine state: nothing here is shared on the hot
+// path except done, which only the progress reader loads.
+type worker struct {
+	done     atomic.Int64 // responses so far, for the live rate
+	_        [56]byte     // keep done on its own cache line
+	hist     *hdrhistogram.Histogram
+	max      int64
+	status   [600]int64
+	other    map[int]int64 // status codes outside [0, 600)
+	terr     map[string]int64
+	tsample  map[string]string
+	consumes int64
+	sent     int64
+	gen      *Gen
+	urls     map[string]*url.URL
+}
+
+func (w *worker) record(lat time.Duration, status int, consume bool) {
+	us := lat.Microseconds()
+	if us < HistMin {
+		us = HistMin
+	}
+	if us > w.max {
+		w.max = us
+	}
+	if us > HistMax {
+		us = HistMax
+	}
+	_ = w.hist.RecordValue(us) // in range by construction
+	if status >= 0 && status < len(w.status) {
+		w.status[status]++
+	} else {
+		if w.other == nil {
+			w.other = map[int]int64{}
+		}
+		w.other[status]++
+	}
+	if consume && status/100 == 2 {
+		w.consumes++
+	}
+	w.done.Add(1)
+}
+
+func (w *worker) transportError(err error) {
+	kind := ErrorKind(err)
+	if w.terr == nil {
+		w.terr, w.tsample = map[string]int64{}, map[string]string{}
+	}
+	w.terr[kind]++
+	if _, ok := w.tsample[kind]; !ok {
+		w.tsample[kind] = err.Error()
+	}
+}
+
+// ErrorKind classifies a transport error for the report.
+func ErrorKind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "conn-refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "conn-reset"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "no-local-port"
+	}
+	return "other"
+}
+
+// requestFor builds the HTTP request by hand: the URL is parsed once per
+// path and the header map is shared (the transport only reads it).
+func (w *worker) requestFor(base string, r Request, hdr http.Header) (*http.Request, error) {
+	u := w.urls[r.Path]
+	if u == nil {
+		var err error
+		if u, err = url.Parse(base + r.Path); err != nil {
+			return nil, err
+		}
+		w.urls[r.Path] = u
+	}
+	return &http.Request{
+		Method:        http.MethodPost,
+		URL:           u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        hdr,
+		Body:          io.NopCloser(bytes.NewReader(r.Body)),
+		ContentLength: int64(len(r.Body)),
+		Host:          u.Host,
+	}, nil
+}
+
+// send does one request and reads the whole answer (so the connection is
+// reused). status is 0 on a transport error.
+func send(c *http.Client, req *http.Request) (int, error) {
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return 0, err
+	}
+	return resp.StatusCode, nil
+}
+
+// bodyCap is the initial capacity of a request body; bodies are built per
+// request (not reused) because the transport may still read a body after
+// Do returns.
+const bodyCap = 160
+
+// Run drives one measured run and returns what the client saw. Requests in
+// flight at the end finish and are counted; none is cancelled. A nil client
+// gets a new one sized for o.Concurrency.
+func Run(ctx context.Context, c *http.Client, o LoadOptions) (*LoadResult, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if c == nil {
+		c = NewClient(o.Concurrency, 30*time.Second)
+	}
+	hdr := http.Header{
+		"Content-Type":  {"application/json"},
+		"Authorization": {"Bearer " + o.Key},
+	}
+	base := trimSlash(o.URL)
+	workers := make([]*worker, o.Concurrency)
+	for i := range workers {
+		workers[i] = &worker{
+			hist: NewHistogram(),
+			gen:  NewGen(o.Gen, o.Seed+uint64(i)),
+			urls: map[string]*url.URL{},
+		}
+	}
+
+	start := time.Now()
+	end := start.Add(o.Duration)
+	var wg sync.WaitGroup
+	var next atomic.Int64 // open loop: the next request's index
+	interval := time.Duration(0)
+	var scheduled int64
+	if o.Mode == "open" {
+		interval = time.Duration(float64(time.Second) / o.Rate)
+		if interval <= 0 {
+			interval = 1
+		}
+		scheduled = int64((o.Duration + interval - 1) / interval)
+	}
+	for _, w := range workers {
+		wg.Go(func() {
+			if o.Mode == "open" {
+				w.open(ctx, c, base, hdr, o.Scenario, start, end, interval, scheduled, &next)
+			} else {
+				w.closed(ctx, c, base, hdr, o.Scenario, end)
+			}
+		})
+	}
+
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		if o.Progress == nil {
+			return
+		}
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				var n int64
+				for _, w := range workers {
+					n += w.done.Load()
+				}
+				o.Progress(n, time.Since(start))
+			}
+		}
+	}()
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(stopProgress)
+	<-progressDone
+	if o.Progress != nil {
+		var n int64
+		for _, w := range workers {
+			n += w.done.Load()
+		}
+		o.Progress(n, elapsed)
+	}
+
+	res := &LoadResult{
+		Status:          map[int]int64{},
+		TransportErrors: map[string]int64{},
+		ErrorSamples:    map[string]string{},
+		Elapsed:         elapsed,
+		Hist:            NewHistogram(),
+		Scheduled:       scheduled,
+	}
+	var sent int64
+	for _, w := range workers {
+		res.Hist.Merge(w.hist)
+		res.MaxMicros = max(res.MaxMicros, w.max)
+		for code, n := range w.status {
+			if n > 0 {
+				res.Status[code] += n
+			}
+		}
+		for code, n := range w.other {
+			res.Status[code] += n
+		}
+		for k, n := range w.terr {
+			res.TransportErrors[k] += n
+			if _, ok := res.ErrorSamples[k]; !ok {
+				res.ErrorSamples[k] = w.tsample[k]
+			}
+		}
+		res.Consumes += w.consumes
+		sent += w.sent
+	}
+	for code, n := range res.Status {
+		res.Requests += n
+		if code/100 == 2 {
+			res.OK += n
+		}
+	}
+	if o.Mode == "open" {
+		res.Unsent = max(0, scheduled-sent)
+	}
+	if res.Requests == 0 && len(res.TransportErrors) > 0 {
+		for k, s := range res.ErrorSamples {
+			return res, fmt.Errorf("no response from %s (%s: %s)", o.URL, k, s)
+		}
+	}
+	return res, ctx.Err()
+}
+
+// closed: send, wait for the answer, repeat, until end.
+func (w *worker) closed(ctx context.Context, c *http.Client, base string, hdr http.Header, sc Scenario, end time.Time) {
+	for ctx.Err() == nil {
+		now := time.Now()
+		if !now.Before(end) {
+			return
+		}
+		r := sc.Next(w.gen, make([]byte, 0, bodyCap))
+		req, err := w.requestFor(base, r, hdr)
+		if err != nil {
+			w.transportError(err)
+			return
+		}
+		w.sent++
+		t0 := time.Now()
+		status, err := send(c, req)
+		if err != nil {
+			w.transportError(err)
+			// A dead server answers at once: do not spin.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		w.record(time.Since(t0), status, r.Consume)
+	}
+}
+
+// open: request i is due at start + i×interval. A free worker takes the
+// next due request, waits for its time if it is early, and measures from
+// the due time: a request that found every worker busy counts its wait
+// (no coordinated omission). Requests still unsent at the end are Unsent.
+func (w *worker) open(ctx context.Context, c *http.Client, base string, hdr http.Header, sc Scenario,
+	start, end time.Time, interval time.Duration, scheduled int64, next *atomic.Int64) {
+	for ctx.Err() == nil {
+		if !time.Now().Before(end) {
+			return
+		}
+		i := next.Add(1) - 1
+		if i >= scheduled {
+			return
+		}
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			sleepCtx(ctx, d)
+		}
+		r := sc.Next(w.gen, make([]byte, 0, bodyCap))
+		req, err := w.requestFor(base, r, hdr)
+		if err != nil {
+			w.transportError(err)
+			return
+		}
+		w.sent++
+		status, err := send(c, req)
+		if err != nil {
+			w.transportError(err)
+			continue
+		}
+		w.record(time.Since(due), status, r.Consume)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func trimSlash(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '/' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
