@@ -172,59 +172,43 @@ type keyAnswer struct {
 }
 
 func (s *Server) check(c echo.Context) error {
-	var req quota.CheckRequest
-	body, put, err := readBody(c)
-	if err != nil {
-		return err
-	}
-	if body == nil || !fastCheck(body, &req) {
-		req = quota.CheckRequest{}
-		if err := decodeFrom(c, body, &req); err != nil {
-			putBody(put)
-			return err
-		}
-	}
-	putBody(put)
-	res, err := s.svc.Check(c.Request().Context(), req)
-	if err != nil {
-		return err
-	}
-	bp := bodyPool.Get().(*[]byte)
-	*bp = appendCheck((*bp)[:0], &res)
-	err = writeJSON(c, http.StatusOK, *bp)
-	bodyPool.Put(bp)
-	return err
+	return hot(c, fastCheck, s.svc.Check, appendCheck)
 }
 
 func (s *Server) consume(c echo.Context) error {
-	var req quota.ConsumeRequest
+	return hot(c, fastConsume, s.svc.Consume, appendConsume)
+}
+
+// hot serves a hot-path operation: the body is scanned by fast (falling
+// back to strict decoding when it gives up), run answers, and the answer
+// is appended by hand into a pooled buffer.
+func hot[Req, Res any](c echo.Context, fast func([]byte, *Req) bool,
+	run func(context.Context, Req) (Res, error), appendRes func([]byte, *Res) []byte) error {
+	var req Req
 	body, put, err := readBody(c)
 	if err != nil {
 		return err
 	}
-	if body == nil || !fastConsume(body, &req) {
-		req = quota.ConsumeRequest{}
-		if err := decodeFrom(c, body, &req); err != nil {
-			putBody(put)
-			return err
-		}
+	if body == nil || !fast(body, &req) {
+		var zero Req
+		req = zero
+		err = decodeFrom(c, body, &req)
 	}
-	putBody(put)
-	res, err := s.svc.Consume(c.Request().Context(), req)
+	if put != nil {
+		put()
+	}
+	if err != nil {
+		return err
+	}
+	res, err := run(c.Request().Context(), req)
 	if err != nil {
 		return err
 	}
 	bp := bodyPool.Get().(*[]byte)
-	*bp = appendConsume((*bp)[:0], &res)
+	*bp = appendRes((*bp)[:0], &res)
 	err = writeJSON(c, http.StatusOK, *bp)
 	bodyPool.Put(bp)
 	return err
-}
-
-func putBody(put func()) {
-	if put != nil {
-		put()
-	}
 }
 
 func (s *Server) getSubject(c echo.Context) error {

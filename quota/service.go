@@ -289,25 +289,27 @@ func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 // Subject returns a subject's settings and the usage of every meter its plan
 // or overrides define. An unseen subject is provisioned.
 func (s *Service) Subject(ctx context.Context, id string) (SubjectView, error) {
-	kind, err := ParseSubject(id)
-	if err != nil {
-		return SubjectView{}, err
-	}
-	sub, err := s.subject(ctx, id, kind)
+	sub, err := s.parseAndLoad(ctx, id)
 	if err != nil {
 		return SubjectView{}, err
 	}
 	return s.view(ctx, &sub)
 }
 
+// parseAndLoad validates a subject id from a path and loads the subject,
+// provisioning it when new.
+func (s *Service) parseAndLoad(ctx context.Context, id string) (Subject, error) {
+	kind, err := ParseSubject(id)
+	if err != nil {
+		return Subject{}, err
+	}
+	return s.subject(ctx, id, kind)
+}
+
 // PutSubject changes a subject's plan, overrides or cycle anchor. Errors:
 // ErrInvalid for a bad subject, an unknown plan or bad limits.
 func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (SubjectView, error) {
-	kind, err := ParseSubject(id)
-	if err != nil {
-		return SubjectView{}, err
-	}
-	sub, err := s.subject(ctx, id, kind)
+	sub, err := s.parseAndLoad(ctx, id)
 	if err != nil {
 		return SubjectView{}, err
 	}
@@ -340,11 +342,7 @@ func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (S
 // Reset sets the current period's usage of meter (every meter when empty)
 // to 0. Errors: ErrInvalid for a bad subject or a meter without a limit.
 func (s *Service) Reset(ctx context.Context, id, meter string) (SubjectView, error) {
-	kind, err := ParseSubject(id)
-	if err != nil {
-		return SubjectView{}, err
-	}
-	sub, err := s.subject(ctx, id, kind)
+	sub, err := s.parseAndLoad(ctx, id)
 	if err != nil {
 		return SubjectView{}, err
 	}
