@@ -29,6 +29,10 @@ type Source interface {
 	StaleCounters(ctx context.Context) ([]quota.CounterKey, error)
 	// ClearStale marks the counters as matching Postgres again.
 	ClearStale(ctx context.Context, keys []quota.CounterKey) error
+	// StaleIdempotency lists idempotency keys taken in Postgres directly
+	// in the last 24 hours; ClearStaleIdempotency marks them copied.
+	StaleIdempotency(ctx context.Context) ([]quota.IdempotencyRecord, error)
+	ClearStaleIdempotency(ctx context.Context, recs []quota.IdempotencyRecord) error
 }
 
 // Stream and consumer group of pending usage.
@@ -241,6 +245,9 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 // directly (while Redis was unreachable), so they reload from Postgres.
 // It runs before Redis is used again.
 func (c *Counter) DropStale(ctx context.Context) error {
+	if err := c.restoreIdempotency(ctx); err != nil {
+		return err
+	}
 	keys, err := c.src.StaleCounters(ctx)
 	if err != nil || len(keys) == 0 {
 		return err
@@ -255,6 +262,35 @@ func (c *Counter) DropStale(ctx context.Context) error {
 	}
 	c.log.Info("dropped counters changed while redis was unreachable", "counters", len(keys))
 	return c.src.ClearStale(ctx, keys)
+}
+
+// restoreIdempotency copies the idempotency keys Postgres took while Redis
+// was unreachable into Redis (unless Redis has them), so that a retry
+// arriving through Redis now returns the first answer instead of counting
+// again.
+func (c *Counter) restoreIdempotency(ctx context.Context) error {
+	recs, err := c.src.StaleIdempotency(ctx)
+	if err != nil || len(recs) == 0 {
+		return err
+	}
+	pipe := c.rdb.Pipeline()
+	for _, r := range recs {
+		ttl := 24*time.Hour - time.Since(r.At)
+		if ttl <= time.Second {
+			continue
+		}
+		applied := "0"
+		if r.Applied {
+			applied = "1"
+		}
+		val := r.RequestHash + "|" + applied + "|" + strconv.FormatInt(r.Amount, 10) + "|" + strconv.FormatInt(r.Used, 10)
+		pipe.SetNX(ctx, "q:{"+r.Subject+"}:i:"+r.Key, val, ttl)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("restore idempotency keys: %w", err)
+	}
+	c.log.Info("copied idempotency keys taken while redis was unreachable", "keys", len(recs))
+	return c.src.ClearStaleIdempotency(ctx, recs)
 }
 
 // translate maps Redis server errors to domain errors; other errors pass.

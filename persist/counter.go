@@ -39,10 +39,10 @@ const (
 	// retakes one older than 24 hours. No row back means the key is held by
 	// an earlier request; a concurrent holder makes this wait until it
 	// commits, so the SELECT that follows sees its result.
-	claimIdempotencySQL = `INSERT INTO idempotency AS i (subject, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+	claimIdempotencySQL = `INSERT INTO idempotency AS i (subject, key, request_hash, created_at, l2_stale) VALUES ($1, $2, $3, $4, true)
 		ON CONFLICT (subject, key) DO UPDATE
 			SET request_hash = EXCLUDED.request_hash, created_at = EXCLUDED.created_at,
-				applied = NULL, amount = NULL, used = NULL
+				applied = NULL, amount = NULL, used = NULL, l2_stale = true
 			WHERE i.created_at < EXCLUDED.created_at - interval '24 hours'
 		RETURNING true`
 	selectIdempotencySQL = `SELECT request_hash, applied, amount, used FROM idempotency WHERE subject = $1 AND key = $2`
@@ -195,5 +195,38 @@ func (s *Store) ClearStale(ctx context.Context, keys []quota.CounterKey) error {
 		subjects[i], meters[i], starts[i] = k.Subject, k.Meter, k.Start
 	}
 	_, err := s.pool.Exec(ctx, clearStaleSQL, subjects, meters, starts)
+	return translate(err)
+}
+
+const (
+	selectStaleIdempotencySQL = `SELECT subject, key, request_hash, applied, amount, used, created_at FROM idempotency
+		WHERE l2_stale AND applied IS NOT NULL AND created_at > now() - interval '24 hours' LIMIT 100000`
+	clearStaleIdempotencySQL = `UPDATE idempotency SET l2_stale = false
+		FROM unnest($1::text[], $2::text[]) AS k(subject, key)
+		WHERE idempotency.subject = k.subject AND idempotency.key = k.key`
+)
+
+// StaleIdempotency lists the idempotency keys taken here directly (while
+// Redis was unreachable) in the last 24 hours, which Redis does not know.
+func (s *Store) StaleIdempotency(ctx context.Context) ([]quota.IdempotencyRecord, error) {
+	rows, err := s.pool.Query(ctx, selectStaleIdempotencySQL)
+	if err != nil {
+		return nil, translate(err)
+	}
+	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.IdempotencyRecord, error) {
+		var rec quota.IdempotencyRecord
+		err := r.Scan(&rec.Subject, &rec.Key, &rec.RequestHash, &rec.Applied, &rec.Amount, &rec.Used, &rec.At)
+		return rec, err
+	})
+	return recs, translate(err)
+}
+
+// ClearStaleIdempotency marks keys as known to Redis.
+func (s *Store) ClearStaleIdempotency(ctx context.Context, recs []quota.IdempotencyRecord) error {
+	subjects, keys := make([]string, len(recs)), make([]string, len(recs))
+	for i, r := range recs {
+		subjects[i], keys[i] = r.Subject, r.Key
+	}
+	_, err := s.pool.Exec(ctx, clearStaleIdempotencySQL, subjects, keys)
 	return translate(err)
 }

@@ -128,3 +128,11 @@ type Event struct {
 func (e *Event) Key() CounterKey {
 	return CounterKey{Subject: e.Subject, Meter: e.Meter, Start: e.Start, End: e.End}
 }
+
+// IdempotencyRecord is the first answer to an idempotency key.
+type IdempotencyRecord struct {
+	Subject, Key, RequestHash string
+	Applied                   bool
+	Amount, Used              int64
+	At                        time.Time // when the key was first used
+}

@@ -98,10 +98,20 @@ func TestRedisOutage(t *testing.T) {
 	if r := readyz(t, q); !strings.Contains(r, `"redis":"down"`) || !strings.Contains(r, `"status":"degraded"`) {
 		t.Errorf("readyz during the outage: %s", r)
 	}
+	// An idempotent consume taken by Postgres during the outage...
+	during := `{"subject":"user:rd-1","amount":5,"idempotency_key":"outage-1"}`
+	if r, _, ok := q.consume(during); !ok || !r.Applied || r.Duplicate {
+		t.Fatalf("idempotent consume during the outage: %+v", r)
+	}
 	rs.Start(t)
 	time.Sleep(2 * time.Second) // the probe finds Redis, drops stale counters, switches back
 	close(stop)
+	// ...is still known once Redis serves again: the retry counts nothing.
+	if r, _, ok := q.consume(during); !ok || !r.Duplicate || r.Amount != 5 {
+		t.Fatalf("retry after the outage: %+v, want the first answer as a duplicate", r)
+	}
 	sums, n := settle(t, lr, false)
+	sums["user:rd-1"] += 5
 	t.Logf("%d requests, all answered 200, across a 3 s Redis outage", n)
 	for _, s := range subjects {
 		waitFlushed(t, pg, s, sums[s])

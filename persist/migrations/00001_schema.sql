@@ -59,9 +59,13 @@ CREATE TABLE idempotency (
     applied      boolean,                  -- NULL while the first request is in flight
     amount       bigint,
     used         bigint,
+    -- l2_stale: taken here directly (Redis was unreachable), so Redis does
+    -- not know the key yet; it is copied there when Redis answers again.
+    l2_stale     boolean NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (subject, key)
 );
+CREATE INDEX idempotency_l2_stale ON idempotency (subject) WHERE l2_stale;
 
 -- USD per million tokens.
 CREATE TABLE prices (
