@@ -241,3 +241,49 @@ func TestPropagation(t *testing.T) {
 		t.Fatalf("B after a price change on A: %v, want 720 credits", v)
 	}
 }
+
+// TestBothStoresDown: with Redis and Postgres both gone, QUOTAD_FAIL_MODE
+// decides: closed answers 503 problem+json, open answers allowed/applied,
+// counts it in quotad_fail_open_total and counts no usage.
+func TestBothStoresDown(t *testing.T) {
+	for _, mode := range []string{"closed", "open"} {
+		t.Run(mode, func(t *testing.T) {
+			pgs := testenv.StartPostgres(t)
+			rs := testenv.StartRedis(t, testenv.RedisOptions{})
+			// No L1 snapshots: a fresh one would answer a check without any store.
+			q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pgs.URL(), "QUOTAD_REDIS_URL="+rs.URL(), "QUOTAD_FAIL_MODE="+mode, "QUOTAD_CACHE_TTL=1ns")
+			consumeN(t, q, "user:down", 1, 3)
+			waitFlushed(t, pgs.URL(), "user:down", 3) // this Redis keeps nothing across a restart
+			rs.Stop(t)
+			pgs.Stop(t)
+			for _, s := range []string{"user:down", "user:never-seen"} {
+				status, ct, b := q.do(t, "POST", "/v1/consume", adminKey, "application/json", strings.NewReader(`{"subject":"`+s+`","amount":2,"mode":"enforce"}`))
+				chk, _, cb := q.do(t, "POST", "/v1/check", adminKey, "application/json", strings.NewReader(`{"subject":"`+s+`"}`))
+				switch mode {
+				case "closed":
+					if status != 503 || ct != "application/problem+json" || chk != 503 {
+						t.Fatalf("%s: consume %d %s %s, check %d %s; want 503 problems", s, status, ct, b, chk, cb)
+					}
+				case "open":
+					if status != 200 || !strings.Contains(string(b), `"applied":true`) || chk != 200 || !strings.Contains(string(cb), `"allowed":true`) {
+						t.Fatalf("%s: consume %d %s, check %d %s; want allowed\n%s", s, status, b, chk, cb, q.out)
+					}
+				}
+			}
+			if r := readyz(t, q); !strings.Contains(r, `"status":"unavailable"`) {
+				t.Errorf("readyz with both stores down: %s", r)
+			}
+			_, _, metrics := q.do(t, "GET", "/metrics", "", "", nil)
+			if got := strings.Contains(string(metrics), `quotad_fail_open_total{op="consume"} 2`); got != (mode == "open") {
+				t.Errorf("fail-open metric present=%v in mode %s", got, mode)
+			}
+			// Nothing of the outage was counted.
+			pgs.Start(t)
+			rs.Start(t)
+			time.Sleep(time.Second)
+			if got := q.used(t, "user:down"); got != 3 {
+				t.Fatalf("used %d after the outage, want the 3 from before", got)
+			}
+		})
+	}
+}
