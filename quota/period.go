@@ -74,15 +74,17 @@ func (p Period) Window(anchor, now time.Time) (start, end time.Time) {
 // monthWindow returns the anchored month period containing now. Both times
 // are in UTC.
 func monthWindow(anchor, now time.Time) (start, end time.Time) {
+	// Plain integer calendar arithmetic instead of time.Date: this runs on
+	// every check, and time.Date's normalisation was most of its cost.
 	_, _, day := anchor.Date()
-	hour, minute, sec := anchor.Clock()
-	nsec := anchor.Nanosecond()
+	_, tod := floorDiv(anchor.Unix(), 86400) // the anchor's time of day, in seconds
+	nsec := int64(anchor.Nanosecond())
 	at := func(y int, m time.Month) time.Time {
 		d := day
 		if n := daysInMonth(y, m); d > n {
 			d = n
 		}
-		return time.Date(y, m, d, hour, minute, sec, nsec, time.UTC)
+		return time.Unix(daysFromCivil(y, m, d)*86400+tod, nsec).UTC()
 	}
 
 	// The period containing now starts either in now's month or, when now
@@ -104,6 +106,33 @@ func monthWindow(anchor, now time.Time) (start, end time.Time) {
 		m++
 	}
 	return start, at(y, m)
+}
+
+// floorDiv returns a/b rounded down and the non-negative remainder.
+func floorDiv(a, b int64) (int64, int64) {
+	q, r := a/b, a%b
+	if r < 0 {
+		q, r = q-1, r+b
+	}
+	return q, r
+}
+
+// daysFromCivil returns the number of days from 1970-01-01 to y-m-d in the
+// proleptic Gregorian calendar (Howard Hinnant's days_from_civil).
+func daysFromCivil(y int, m time.Month, d int) int64 {
+	yy := int64(y)
+	if m <= time.February {
+		yy--
+	}
+	era := yy / 400
+	if yy < 0 && yy%400 != 0 {
+		era--
+	}
+	yoe := yy - era*400                    // [0, 399]
+	mp := (int64(m) + 9) % 12              // March = 0
+	doy := (153*mp+2)/5 + int64(d) - 1     // [0, 365]
+	doe := yoe*365 + yoe/4 - yoe/100 + doy // [0, 146096]
+	return era*146097 + doe - 719468
 }
 
 // daysInMonth returns the number of days in month m of year y (proleptic
