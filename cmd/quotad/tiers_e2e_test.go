@@ -216,7 +216,8 @@ func TestIdempotencyExactlyOnce(t *testing.T) {
 		t.Fatalf("after restart: %+v, want the first answer as a duplicate", r)
 	}
 	if got := a.used(t, "user:idem"); got != 42 {
-		t.Fatalf("redis says %d, want 42", got)
+		_, view := a.call(t, "GET", "/v1/subjects/user:idem", "")
+		t.Fatalf("redis says %d, want 42; subject now: %v\n%s", got, view, a.out)
 	}
 	time.Sleep(1500 * time.Millisecond) // a flush interval and more
 	if c, l, rows := pgTotals(t, pg, "user:idem"); c != 42 || l != 42 || rows != 1 {
