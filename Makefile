@@ -34,10 +34,10 @@ test: ## install what is missing, then run every test with the race detector and
 	$(GO) test -run '^$$' -fuzz '^FuzzFastDecode$$' -fuzztime 10s ./api
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime 10s ./cache
 
-lint: ## go vet, gofmt, and staticcheck/govulncheck when installed
+lint: ## go vet, gofmt, staticcheck (pinned, fetched by go run), govulncheck when installed
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
-	@if command -v staticcheck >/dev/null; then staticcheck ./...; fi
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 	@if command -v govulncheck >/dev/null; then govulncheck ./...; fi
 
 clean: ## remove bin/ (make stop first to keep .data/ consistent)

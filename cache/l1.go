@@ -20,16 +20,15 @@ import (
 // instance refresh the snapshot from L2's answer; resets reach every
 // instance through the Bus.
 type Snapshots struct {
-	next  quota.Counter
-	c     *ristretto.Cache[uint64, snapshot]
-	seed  maphash.Seed
-	ttl   int64 // nanoseconds
-	near  int64 // per mille of the limit
-	now   func() time.Time
-	bus   *Bus
-	hits  prometheus.Counter
-	miss  prometheus.Counter
-	reads prometheus.Counter
+	next quota.Counter
+	c    *ristretto.Cache[uint64, snapshot]
+	seed maphash.Seed
+	ttl  int64 // nanoseconds
+	near int64 // per mille of the limit
+	now  func() time.Time
+	bus  *Bus
+	hits prometheus.Counter
+	miss prometheus.Counter
 }
 
 var _ quota.Counter = (*Snapshots)(nil)
@@ -73,12 +72,11 @@ func NewSnapshots(next quota.Counter, bus *Bus, cfg SnapshotConfig) (*Snapshots,
 	}
 	s := &Snapshots{
 		next: next, c: c, seed: maphash.MakeSeed(), ttl: int64(cfg.TTL), near: int64(cfg.NearLimit * 1000), now: cfg.Now, bus: bus,
-		hits:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_hits_total", Help: "Usage reads answered from the in-process snapshot."}),
-		miss:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_misses_total", Help: "Usage reads the snapshot could not answer."}),
-		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads sent to L2 (Redis, or Postgres when Redis is down)."}),
+		hits: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_hits_total", Help: "Usage reads answered from the in-process snapshot."}),
+		miss: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_misses_total", Help: "Usage reads the snapshot could not answer (they go to L2)."}),
 	}
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(s.hits, s.miss, s.reads)
+		cfg.Registry.MustRegister(s.hits, s.miss)
 	}
 	return s, nil
 }
@@ -112,7 +110,6 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 		return snap.used, nil
 	}
 	s.miss.Inc()
-	s.reads.Inc()
 	used, err := s.next.Used(ctx, r)
 	if err != nil {
 		return 0, err

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/quotad/quotad/quota"
 )
@@ -64,7 +65,28 @@ func (s *Store) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 }
 
 // Consume implements quota.Counter in one transaction.
+//
+// An op whose event id the ledger already holds was counted before: Redis
+// applied it, its reply was lost, the caller retried here, and the flusher
+// wrote the Redis copy first. The statement that found the duplicate
+// changed nothing, so the op answers as applied with the current usage.
 func (s *Store) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	res, err := s.consumeOnce(ctx, op)
+	if isDuplicateEvent(err) {
+		used, err := usedIn(ctx, s.pool, op.Key)
+		return quota.ConsumeResult{Applied: true, Amount: op.Amount, Used: used}, err
+	}
+	return res, err
+}
+
+// isDuplicateEvent reports whether err is the ledger refusing an event id
+// it already has.
+func isDuplicateEvent(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "usage_ledger_pkey"
+}
+
+func (s *Store) consumeOnce(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	if op.IdempotencyKey == "" {
 		return consume(ctx, s.pool, op)
 	}

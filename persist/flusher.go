@@ -174,12 +174,12 @@ func (f *Flusher) Drain(ctx context.Context) error {
 	}
 }
 
-// Status reports the last flush error (nil when the last flush worked),
-// the flush lag and the pending count, for /readyz.
-func (f *Flusher) Status() (lastErr error, lag time.Duration, pending int64) {
+// Status reports the flush lag, the pending count and the last flush
+// error (nil when the last flush worked), for /readyz.
+func (f *Flusher) Status() (lag time.Duration, pending int64, lastErr error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.lastErr, f.lag, f.pending
+	return f.lag, f.pending, f.lastErr
 }
 
 func (f *Flusher) refreshStats(ctx context.Context) {

@@ -216,3 +216,27 @@ func TestResetWritesLedger(t *testing.T) {
 		t.Fatalf("%d reset rows (%v), want 1", n, err)
 	}
 }
+
+// TestConsumeOfAnEventAlreadyCounted: a fallback consume carrying an event
+// id the flusher already wrote (Redis applied it, its reply was lost)
+// answers applied and counts nothing again, instead of failing.
+func TestConsumeOfAnEventAlreadyCounted(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	first := quota.ConsumeOp{Key: monthKey, Amount: 5, EventID: "ev-1", At: time.Now()}
+	if _, err := st.Consume(ctx, first); err != nil { // stands for the flusher's write of the Redis copy
+		t.Fatal(err)
+	}
+	for _, idem := range []string{"", "k-1"} {
+		again := first
+		again.IdempotencyKey, again.RequestHash = idem, "h"
+		res, err := st.Consume(ctx, again)
+		if err != nil || !res.Applied || res.Used != 5 {
+			t.Fatalf("replayed event (idempotency key %q): %+v, %v; want applied with used 5", idem, res, err)
+		}
+	}
+	var rows int
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger`).Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("%d ledger rows (%v), want 1", rows, err)
+	}
+}

@@ -136,7 +136,8 @@ func TestNewEventIDSortsByTime(t *testing.T) {
 	if !(a < b && b < c) || len(a) != 27 || len(c) != 27 {
 		t.Fatalf("ids %q %q %q do not sort by time", a, b, c)
 	}
-	if quota.NewEventID(time.Unix(1, 0)) == quota.NewEventID(time.Unix(1, 0)) {
+	x, y := quota.NewEventID(time.Unix(1, 0)), quota.NewEventID(time.Unix(1, 0))
+	if x == y {
 		t.Fatal("two ids for the same millisecond are equal")
 	}
 }

@@ -131,8 +131,11 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	log.Info("starting quotad", "config", cfg)
 
 	margin, err := quota.ParseDecimal(cfg.Margin)
-	if err != nil || margin.Sign() < 0 {
-		return fmt.Errorf("margin: %q is not a non-negative decimal", cfg.Margin)
+	if err == nil {
+		err = quota.ValidateMargin(margin)
+	}
+	if err != nil {
+		return fmt.Errorf("margin %q: %w", cfg.Margin, err)
 	}
 	store, err := persist.Open(ctx, cfg.PostgresURL, int32(cfg.PostgresConns))
 	if err != nil {

@@ -51,6 +51,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	health := cache.NewHealth(rdb, log)
 	bus := cache.NewBus(rdb, opt.DB, log)
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
+	l2.Register(reg)
 	snaps, err := cache.NewSnapshots(l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
 	if err != nil {
 		return tiers{}, err
@@ -135,7 +136,7 @@ func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
 	if !redisUp {
 		r.Stores["redis"] = "down"
 	}
-	flushErr, lag, pending := t.flusher.Status()
+	lag, pending, flushErr := t.flusher.Status()
 	r.Detail = map[string]any{"flush_lag_seconds": lag.Seconds(), "pending": pending}
 	if flushErr != nil {
 		r.Detail["flush_error"] = "the last flush failed; retrying"
