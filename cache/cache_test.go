@@ -98,10 +98,10 @@ func TestAckOnce(t *testing.T) {
 		}
 	}
 	p := cache.NewPending(e.rdb, "test")
-	if evs, err := p.Claim(ctx, 100); err != nil || len(evs) != 0 {
+	if evs, _, err := p.Claim(ctx, 100); err != nil || len(evs) != 0 {
 		t.Fatalf("claim before any delivery: %d (%v), want none", len(evs), err)
 	}
-	evs, err := p.Next(ctx, 100)
+	evs, _, err := p.Next(ctx, 100)
 	if err != nil || len(evs) != 5 {
 		t.Fatalf("claimed %d (%v), want 5", len(evs), err)
 	}
@@ -224,5 +224,86 @@ func TestOverflowFailsAlone(t *testing.T) {
 	}
 	if used, _ := c.Used(ctx, quota.UsageRead{Key: other}); used != 1+10*100 {
 		t.Fatalf("other counter %d, want 1001", used)
+	}
+	// The stream holds the events of every consume that counted, and none
+	// of those that failed, though they shared script calls.
+	evs, _, err := cache.NewPending(e.rdb, "test").Next(ctx, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySubject := map[string]int{}
+	for _, ev := range evs {
+		bySubject[ev.Subject]++
+	}
+	if len(evs) != 12 || bySubject[other.Subject] != 11 || bySubject[key.Subject] != 1 {
+		t.Fatalf("pending events by subject %v (%d in all), want %s: 11, %s: 1 (the first consume)", bySubject, len(evs), other.Subject, key.Subject)
+	}
+}
+
+// TestBatchedEntriesFlushOnce: consumes counted by one script call share a
+// stream entry. Flushed and acknowledged twice (a replay), every consume
+// is in Postgres once, the stream is empty and no unflushed count is left,
+// also past one ack call's worth of entries.
+func TestBatchedEntriesFlushOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	keys := make([]quota.CounterKey, 5)
+	for i := range keys {
+		keys[i] = key
+		keys[i].Subject = fmt.Sprint("user:batch-", i)
+	}
+	for i := range 600 { // one at a time: an entry each
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: keys[i%5], Amount: 1, EventID: fmt.Sprint("s", i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for g := range 100 { // together: entries of many
+		wg.Go(func() {
+			for i := range 4 {
+				if _, err := c.Consume(ctx, quota.ConsumeOp{Key: keys[g%5], Amount: 2, EventID: fmt.Sprint("b", g, "-", i), At: time.Now()}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	p := cache.NewPending(e.rdb, "test")
+	var evs []quota.Event
+	entries := 0
+	for {
+		next, n, err := p.Next(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, entries = append(evs, next...), entries+n
+		if n < 100 {
+			break
+		}
+	}
+	if len(evs) != 1000 || entries < 600 || entries > 1000 {
+		t.Fatalf("%d events in %d entries, want 1000 in 600..1000", len(evs), entries)
+	}
+	t.Logf("1000 events in %d stream entries", entries)
+	f := persist.NewFlusher(e.store, p, persist.FlusherConfig{})
+	for range 2 {
+		if err := f.Write(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Ack(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _, err := p.Stats(ctx); err != nil || n != 0 {
+		t.Fatalf("%d entries left (%v)", n, err)
+	}
+	if left, _ := e.rdb.Keys(ctx, "q:{user:batch-*}:u:*").Result(); len(left) != 0 {
+		t.Fatalf("unflushed counts left: %v", left)
+	}
+	for _, k := range keys {
+		if used, _ := e.store.Used(ctx, quota.UsageRead{Key: k}); used != 120+2*80 {
+			t.Fatalf("%s: postgres has %d, want 280", k.Subject, used)
+		}
 	}
 }

@@ -22,6 +22,37 @@ const (
 	eventFields  = 19
 )
 
+// A pending stream entry holds one or more records, separated by the ASCII
+// record separator (0x1e): the events of the consumes one script call
+// counted, in the order it counted them, or the one event of a reset or a
+// provision. A record is an encoded event, the unit separator and the
+// counter's value right after the event (0 for resets and provisions).
+// Entries written before records existed have the event in field "e" and
+// the value in field "used"; decodeEntry still reads them.
+const recordSep = '\x1e'
+
+// decodeRecords reads the records of one entry's "e" field.
+func decodeRecords(s string) ([]quota.Event, error) {
+	events := make([]quota.Event, 0, strings.Count(s, string(recordSep))+1)
+	for rec := range strings.SplitSeq(s, string(recordSep)) {
+		i := strings.LastIndexByte(rec, sep)
+		if i < 0 {
+			return nil, fmt.Errorf("record %q: no counter value", rec)
+		}
+		used, err := strconv.ParseInt(rec[i+1:], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("record %q: counter value: %w", rec, err)
+		}
+		ev, err := decodeEvent(rec[:i])
+		if err != nil {
+			return nil, err
+		}
+		ev.Used = used
+		events = append(events, ev)
+	}
+	return events, nil
+}
+
 // appendEvent appends e, encoded.
 func appendEvent(b []byte, e *quota.Event) []byte {
 	b = append(b, eventVersion...)

@@ -35,9 +35,30 @@ func TestEventRoundTrip(t *testing.T) {
 	}
 }
 
+func TestRecords(t *testing.T) {
+	at := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	a := quota.Event{ID: "A", Kind: quota.EventConsume, Subject: "user:1", Meter: "credits", Amount: 5, At: at}
+	b := quota.Event{ID: "B", Kind: quota.EventReset, Subject: "user:2", Meter: "credits", At: at}
+	raw := string(appendEvent(nil, &a)) + "\x1f42\x1e" + string(appendEvent(nil, &b)) + "\x1f0"
+	got, err := decodeRecords(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Used = 42
+	if !reflect.DeepEqual(got, []quota.Event{a, b}) {
+		t.Fatalf("records:\n got %+v\nwant %+v", got, []quota.Event{a, b})
+	}
+	for _, bad := range []string{"", string(appendEvent(nil, &a)), raw + "\x1e", string(appendEvent(nil, &a)) + "\x1fx"} {
+		if _, err := decodeRecords(bad); err == nil {
+			t.Fatalf("decodeRecords(%q) accepted it", bad)
+		}
+	}
+}
+
 func FuzzDecodeEvent(f *testing.F) {
 	f.Add(string(appendEvent(nil, &quota.Event{ID: "E", Kind: quota.EventConsume, Subject: "user:1", Amount: 3, At: time.Unix(5, 0)})))
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = decodeEvent(s) // must not panic
+		_, _ = decodeRecords(s)
 	})
 }

@@ -22,6 +22,7 @@ type Pending struct {
 	rdb       redis.UniversalClient
 	consumer  string
 	ClaimIdle time.Duration
+	lastClaim time.Time // of abandoned entries; the flusher calls Claim from one goroutine
 }
 
 // NewPending returns the stream reader for consumer, a name unique to this
@@ -38,35 +39,46 @@ func (p *Pending) ensureGroup(ctx context.Context) error {
 	return nil
 }
 
-// Claim returns up to n events delivered before and never acknowledged:
-// first this consumer's own (a flush gave up on them), else those
-// abandoned by a dead flusher (idle longer than ClaimIdle).
-func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, error) {
+// Claim returns the events of up to n entries delivered before and never
+// acknowledged: first this consumer's own (a flush gave up on them), else,
+// at most every ClaimIdle/2, those abandoned by a dead flusher (idle longer
+// than ClaimIdle). It also answers the number of entries read.
+func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, int, error) {
 	own, err := p.read(ctx, "0", n)
 	if isNoGroup(err) { // first start, or Redis lost its data
 		if err := p.ensureGroup(ctx); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		return p.Claim(ctx, n)
 	}
 	if err != nil || len(own) > 0 {
 		return p.decode(own, err)
 	}
+	// XAUTOCLAIM walks the group's pending list inside Redis, which holds
+	// every other request meanwhile; an entry is not claimable before it
+	// sat ClaimIdle, so looking more often than every ClaimIdle/2 finds
+	// nothing new.
+	now := time.Now()
+	if now.Sub(p.lastClaim) < p.ClaimIdle/2 {
+		return nil, 0, nil
+	}
+	p.lastClaim = now
 	msgs, _, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
 		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: "0-0", Count: int64(n),
 	}).Result()
 	if err != nil {
-		return nil, fmt.Errorf("claim abandoned entries: %w", err)
+		return nil, 0, fmt.Errorf("claim abandoned entries: %w", err)
 	}
 	return p.decode(msgs, nil)
 }
 
-// Next returns up to n events never delivered to any flusher.
-func (p *Pending) Next(ctx context.Context, n int) ([]quota.Event, error) {
+// Next returns the events of up to n entries never delivered to any
+// flusher, and the number of entries read.
+func (p *Pending) Next(ctx context.Context, n int) ([]quota.Event, int, error) {
 	msgs, err := p.read(ctx, ">", n)
 	if isNoGroup(err) {
 		if err := p.ensureGroup(ctx); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		msgs, err = p.read(ctx, ">", n)
 	}
@@ -93,60 +105,94 @@ func (p *Pending) read(ctx context.Context, id string, n int) ([]redis.XMessage,
 	return msgs, nil
 }
 
-func (p *Pending) decode(msgs []redis.XMessage, err error) ([]quota.Event, error) {
+func (p *Pending) decode(msgs []redis.XMessage, err error) ([]quota.Event, int, error) {
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	events := make([]quota.Event, 0, len(msgs))
 	for _, m := range msgs {
-		ev, err := decodeEntry(m)
+		evs, err := decodeEntry(m)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		events = append(events, ev)
+		events = append(events, evs...)
 	}
-	return events, nil
+	return events, len(msgs), nil
 }
 
 func isNoGroup(err error) bool { return err != nil && strings.Contains(err.Error(), "NOGROUP") }
 
-func decodeEntry(m redis.XMessage) (quota.Event, error) {
+// decodeEntry returns the events of one stream entry, each with the
+// entry's id as its Ref.
+func decodeEntry(m redis.XMessage) ([]quota.Event, error) {
 	raw, _ := m.Values["e"].(string)
-	ev, err := decodeEvent(raw)
+	var events []quota.Event
+	var err error
+	if u, old := m.Values["used"].(string); old { // one event, written before records
+		var ev quota.Event
+		if ev, err = decodeEvent(raw); err == nil {
+			ev.Used, err = strconv.ParseInt(u, 10, 64)
+			events = []quota.Event{ev}
+		}
+	} else {
+		events, err = decodeRecords(raw)
+	}
 	if err != nil {
-		return ev, fmt.Errorf("pending entry %s: %w", m.ID, err)
+		return nil, fmt.Errorf("pending entry %s: %w", m.ID, err)
 	}
-	ev.Ref = m.ID
-	if u, ok := m.Values["used"].(string); ok {
-		ev.Used, _ = strconv.ParseInt(u, 10, 64)
+	for i := range events {
+		events[i].Ref = m.ID
 	}
-	return ev, nil
+	return events, nil
 }
 
-// Ack acknowledges events written to Postgres and lowers their counters'
-// unflushed counts, once per event however often it is called.
+// ackEntries bounds the entries one ack script call acknowledges, so that
+// no call holds Redis for long.
+const ackEntries = 500
+
+// Ack acknowledges the entries of events written to Postgres and lowers
+// their counters' unflushed counts, once per event however often it is
+// called. Every event of an entry must be in the same call: the entry is
+// acknowledged as a whole.
 func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
-	if len(events) == 0 {
-		return nil
+	type entry struct {
+		id   string
+		keys []int // indexes into the call's keys, one per event with an unflushed count
 	}
-	keys := []string{PendingStream}
-	index := map[string]int{}
-	args := make([]any, 1, 2*len(events)+1)
-	args[0] = FlushGroup
+	var entries []*entry
+	byRef := map[string]*entry{}
 	for i := range events {
-		n := 0
+		e := byRef[events[i].Ref]
+		if e == nil {
+			e = &entry{id: events[i].Ref}
+			byRef[e.id] = e
+			entries = append(entries, e)
+		}
 		if events[i].Kind != quota.EventProvision {
-			_, uk := counterKeys(events[i].Key())
-			if n = index[uk]; n == 0 {
-				keys = append(keys, uk)
-				n = len(keys) - 1
-				index[uk] = n
+			e.keys = append(e.keys, i) // an event index for now; a key index below
+		}
+	}
+	for start := 0; start < len(entries); start += ackEntries {
+		chunk := entries[start:min(start+ackEntries, len(entries))]
+		keys := []string{PendingStream}
+		index := map[string]int{}
+		args := []any{FlushGroup}
+		for _, e := range chunk {
+			args = append(args, e.id, len(e.keys))
+			for _, i := range e.keys {
+				_, uk := counterKeys(events[i].Key())
+				n := index[uk]
+				if n == 0 {
+					keys = append(keys, uk)
+					n = len(keys) - 1
+					index[uk] = n
+				}
+				args = append(args, n)
 			}
 		}
-		args = append(args, events[i].Ref, n)
-	}
-	if err := ackScript.Run(ctx, p.rdb, keys, args...).Err(); err != nil {
-		return fmt.Errorf("ack %d events: %w", len(events), err)
+		if err := ackScript.Run(ctx, p.rdb, keys, args...).Err(); err != nil {
+			return fmt.Errorf("ack %d entries: %w", len(chunk), err)
+		}
 	}
 	return nil
 }

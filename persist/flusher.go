@@ -6,19 +6,21 @@ package persist
 // Data flow, per flush (every Interval, or at once while more than Max
 // events wait):
 //
-//	Claim + Next (batches of Batch  ──▶  one Postgres transaction:
-//	events, up to Max in all)           1. ledger rows, INSERT ... ON CONFLICT (event_id) DO NOTHING
+//	Claim + Next (reads of Batch    ──▶  one Postgres transaction:
+//	entries, until Max events)          1. ledger rows, INSERT ... ON CONFLICT (event_id) DO NOTHING
 //	                                       RETURNING event_id: only events Postgres did not have yet
 //	                                    2. counter upserts from those events only, one row per
 //	                                       (subject, meter, period) per flush
 //	                                    3. idempotency answers and provisioned subjects
 //	                                  COMMIT
-//	                               ──▶  Ack, in batches of Batch (Redis: XACK + XDEL + unflushed
-//	                                    counts, once per event)
+//	                               ──▶  Ack (Redis: XACK + XDEL per entry, unflushed counts
+//	                                    once per event, in short script calls)
 //
-// One transaction per flush, not per batch, is what keeps Postgres at one
-// counter row per (subject, meter) per interval however busy a counter is;
-// reading and acknowledging in batches keeps each Redis call short.
+// An entry of the queue holds the events of one or more consumes (those
+// one Redis script call counted together); events are acknowledged by
+// whole entries. One transaction per flush, not per read, is what keeps
+// Postgres at one counter row per (subject, meter) per interval however
+// busy a counter is; reading in batches keeps each Redis call short.
 //
 // Exactly once: the ledger's unique event_id makes step 1 the dedup, and
 // step 2 counts only what step 1 inserted, so events that were committed
@@ -48,14 +50,17 @@ import (
 // Pending is the queue of events the flusher drains; cache.Pending is the
 // Redis implementation.
 type Pending interface {
-	// Claim returns up to n events delivered before but not acknowledged:
-	// this flusher's own, or those a dead flusher abandoned.
-	Claim(ctx context.Context, n int) ([]quota.Event, error)
-	// Next returns up to n events never delivered before.
-	Next(ctx context.Context, n int) ([]quota.Event, error)
-	// Ack acknowledges events written to Postgres; acking twice is harmless.
+	// Claim returns the events of up to n entries delivered before but not
+	// acknowledged: this flusher's own, or those a dead flusher abandoned;
+	// and the number of entries.
+	Claim(ctx context.Context, n int) ([]quota.Event, int, error)
+	// Next returns the events of up to n entries never delivered before,
+	// and the number of entries.
+	Next(ctx context.Context, n int) ([]quota.Event, int, error)
+	// Ack acknowledges the entries of events written to Postgres (every
+	// event of an entry in one call); acking twice is harmless.
 	Ack(ctx context.Context, events []quota.Event) error
-	// Stats returns the number of waiting events and the time the oldest
+	// Stats returns the number of waiting entries and the time the oldest
 	// was queued.
 	Stats(ctx context.Context) (int64, time.Time, error)
 }
@@ -63,8 +68,8 @@ type Pending interface {
 // FlusherConfig tunes a Flusher.
 type FlusherConfig struct {
 	Interval   time.Duration // time between flushes; default 1s
-	Batch      int           // events per Redis read and ack; default 5000
-	Max        int           // events per flush (one transaction); more pending flushes again at once; default 20 × Batch
+	Batch      int           // queue entries per Redis read; default 1000
+	Max        int           // events per flush (one transaction; the last read may go past it); a full flush flushes again at once; default 100,000
 	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
 	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
 	// use it to kill the process at the worst moment.
@@ -101,10 +106,10 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 		cfg.Interval = time.Second
 	}
 	if cfg.Batch <= 0 {
-		cfg.Batch = 5000
+		cfg.Batch = 1000
 	}
-	if cfg.Max < cfg.Batch {
-		cfg.Max = 20 * cfg.Batch
+	if cfg.Max <= 0 {
+		cfg.Max = 100_000
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 10 * time.Second
@@ -113,7 +118,7 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	f := &Flusher{store: s, src: src, cfg: cfg, m: flushMetrics{
-		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_pending", Help: "Events in Redis not yet written to Postgres."}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_pending", Help: "Entries of the Redis pending stream not yet written to Postgres (an entry holds one or more events)."}),
 		lag:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_lag_seconds", Help: "Age of the oldest event not yet written to Postgres."}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_batch_size", Help: "Events per flush (one Postgres transaction).",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
@@ -152,6 +157,7 @@ func (f *Flusher) Run(ctx context.Context) {
 			case <-tick.C:
 				break wait
 			case <-poll.C:
+				// n counts entries, so at least Max events wait.
 				if n, _, err := f.src.Stats(ctx); err == nil && n >= int64(f.cfg.Max) {
 					break wait
 				}
@@ -205,14 +211,14 @@ func (f *Flusher) setErr(err error) {
 }
 
 // collect gathers one flush: events left unacknowledged earlier first,
-// then new ones, in batches of Batch, up to Max.
+// then new ones, reading Batch entries at a time, until Max events.
 func (f *Flusher) collect(ctx context.Context) ([]quota.Event, error) {
-	events, err := f.src.Claim(ctx, f.cfg.Batch)
+	events, _, err := f.src.Claim(ctx, f.cfg.Batch)
 	if err != nil {
 		return nil, err
 	}
 	for len(events) < f.cfg.Max {
-		next, err := f.src.Next(ctx, min(f.cfg.Batch, f.cfg.Max-len(events)))
+		next, entries, err := f.src.Next(ctx, f.cfg.Batch)
 		if err != nil {
 			if len(events) > 0 {
 				break // flush what we have; the rest waits for the next flush
@@ -220,7 +226,7 @@ func (f *Flusher) collect(ctx context.Context) ([]quota.Event, error) {
 			return nil, err
 		}
 		events = append(events, next...)
-		if len(next) < f.cfg.Batch {
+		if entries < f.cfg.Batch {
 			break
 		}
 	}
@@ -264,28 +270,25 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 	if f.cfg.AfterCommit != nil {
 		f.cfg.AfterCommit()
 	}
-	for start := 0; start < len(events); start += f.cfg.Batch {
-		chunk := events[start:min(start+f.cfg.Batch, len(events))]
-		backoff = 100 * time.Millisecond
-		for {
-			err := f.src.Ack(ctx, chunk)
-			if err == nil {
-				break
-			}
-			// Written but not acknowledged. Until the ack lands, the counters'
-			// unflushed counts stay up and Redis cannot reload them, so keep
-			// trying; if this process dies first, another flusher claims the
-			// events and the ledger's dedup makes their second write a no-op.
-			f.m.errors.Inc()
-			f.setErr(err)
-			f.cfg.Logger.Warn("flush: ack to redis failed; retrying", "events", len(chunk), "backoff", backoff, "err", err)
-			select {
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, f.cfg.MaxBackoff)
+	backoff = 100 * time.Millisecond
+	for {
+		err := f.src.Ack(ctx, events)
+		if err == nil {
+			break
 		}
+		// Written but not acknowledged. Until the ack lands, the counters'
+		// unflushed counts stay up and Redis cannot reload them, so keep
+		// trying; if this process dies first, another flusher claims the
+		// events and the ledger's dedup makes their second write a no-op.
+		f.m.errors.Inc()
+		f.setErr(err)
+		f.cfg.Logger.Warn("flush: ack to redis failed; retrying", "events", len(events), "backoff", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, f.cfg.MaxBackoff)
 	}
 	f.setErr(nil)
 	f.m.batch.Observe(float64(len(events)))

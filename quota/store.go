@@ -107,7 +107,7 @@ const (
 // Event is one change made in a fast tier (Redis) that the write-behind
 // flusher still has to apply to Postgres.
 type Event struct {
-	Ref            string    `json:"-"`  // the queue's handle for acknowledging it
+	Ref            string    `json:"-"`  // the queue's handle for acknowledging it; several events may share one
 	ID             string    `json:"id"` // unique; the ledger's dedup key
 	Kind           EventKind `json:"k"`
 	Subject        string    `json:"s"`

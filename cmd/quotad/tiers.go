@@ -88,7 +88,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	})
 
 	host, _ := os.Hostname()
-	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: max(cfg.FlushMax, cfg.FlushBatch), Registry: reg, Logger: log}
+	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: cfg.FlushMax, Registry: reg, Logger: log}
 	if cfg.TestHook == "crash-after-commit" {
 		fcfg.AfterCommit = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 	}
