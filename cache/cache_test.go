@@ -307,3 +307,27 @@ func TestBatchedEntriesFlushOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestPeek: one MGET answers the counters Redis holds and marks the
+// missing ones, loading nothing from Postgres.
+func TestPeek(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	missing := key
+	missing.Subject = "user:never-loaded"
+	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 7)`,
+		missing.Subject, missing.Meter, missing.Start, missing.End); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 5, EventID: "p1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	used, ok, err := c.Peek(ctx, []quota.CounterKey{key, missing})
+	if err != nil || !ok[0] || used[0] != 5 || ok[1] {
+		t.Fatalf("peek: used %v ok %v (%v), want [5 _] [true false]", used, ok, err)
+	}
+	if n, _ := e.rdb.Exists(ctx, "q:{"+missing.Subject+"}:c:"+missing.Meter+":"+fmt.Sprint(missing.Start.Unix())).Result(); n != 0 {
+		t.Fatal("peek loaded the missing counter")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -19,16 +20,46 @@ import (
 // after the asked amount; otherwise it reads L2. Consumes through this
 // instance refresh the snapshot from L2's answer; resets reach every
 // instance through the Bus.
+//
+// Refresh ahead: a check answered from a snapshot older than TTL/2 also
+// queues a read of L2 in the background, so a subject checked more often
+// than every TTL/2 keeps a fresh snapshot and its checks never wait for
+// Redis. The answer itself never uses a snapshot older than TTL.
+//
+// Invalidation races: a read of L2 that started before a reset or a Clear
+// must not store what it read after them. Every invalidation bumps epoch;
+// a read stores its snapshot, then looks at epoch again and drops the
+// snapshot when it moved (ristretto applies Set and Del in call order, and
+// the invalidation's Del comes after its bump).
 type Snapshots struct {
-	next quota.Counter
-	c    *ristretto.Cache[uint64, snapshot]
-	seed maphash.Seed
-	ttl  int64 // nanoseconds
-	near int64 // per mille of the limit
-	now  func() time.Time
-	bus  *Bus
-	hits prometheus.Counter
-	miss prometheus.Counter
+	next    L2
+	c       *ristretto.Cache[uint64, snapshot]
+	seed    maphash.Seed
+	ttl     int64 // nanoseconds
+	near    int64 // per mille of the limit
+	now     func() time.Time
+	bus     *Bus
+	epoch   atomic.Uint64
+	refresh chan refreshRead
+	// inflight marks snapshots being refreshed (slot hash%len holds the
+	// hash), so a hot subject queues one refresh, not one per check.
+	inflight  []atomic.Uint64
+	hits      prometheus.Counter
+	miss      prometheus.Counter
+	refreshes prometheus.Counter
+}
+
+type refreshRead struct {
+	h   uint64
+	key quota.CounterKey
+}
+
+// L2 is the counter behind the snapshots: Counter in production.
+type L2 interface {
+	quota.Counter
+	// Peek reads many counters in one round trip, without loading those
+	// that are missing (ok[i] false); refresh-ahead uses it.
+	Peek(ctx context.Context, keys []quota.CounterKey) (used []int64, ok []bool, err error)
 }
 
 var _ quota.Counter = (*Snapshots)(nil)
@@ -49,9 +80,21 @@ type SnapshotConfig struct {
 	Registry  *prometheus.Registry
 }
 
+// Refresh ahead: one worker gathers the queued refreshes for up to
+// refreshLinger (the snapshots stay good for another TTL/2, so waiting a
+// little costs nothing) and reads them with one Peek, one Redis round trip
+// for up to refreshBatch snapshots. A full queue drops the refresh (the
+// snapshot then expires and the next check reads L2).
+const (
+	refreshQueue  = 4096
+	refreshBatch  = 512
+	refreshLinger = 5 * time.Millisecond
+	inflightSlots = 4096
+)
+
 // NewSnapshots returns the L1 counter over next; bus may be nil (single
-// instance, tests).
-func NewSnapshots(next quota.Counter, bus *Bus, cfg SnapshotConfig) (*Snapshots, error) {
+// instance, tests). Its refresh workers run until ctx ends.
+func NewSnapshots(ctx context.Context, next L2, bus *Bus, cfg SnapshotConfig) (*Snapshots, error) {
 	if cfg.TTL <= 0 {
 		cfg.TTL = time.Second
 	}
@@ -74,10 +117,15 @@ func NewSnapshots(next quota.Counter, bus *Bus, cfg SnapshotConfig) (*Snapshots,
 		next: next, c: c, seed: maphash.MakeSeed(), ttl: int64(cfg.TTL), near: int64(cfg.NearLimit * 1000), now: cfg.Now, bus: bus,
 		hits: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_hits_total", Help: "Usage reads answered from the in-process snapshot."}),
 		miss: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_misses_total", Help: "Usage reads the snapshot could not answer (they go to L2)."}),
+		refreshes: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l1_refreshes_total",
+			Help: "Snapshots read again from L2 in the background because a check found them older than half the cache TTL."}),
+		refresh:  make(chan refreshRead, refreshQueue),
+		inflight: make([]atomic.Uint64, inflightSlots),
 	}
 	if cfg.Registry != nil {
-		cfg.Registry.MustRegister(s.hits, s.miss)
+		cfg.Registry.MustRegister(s.hits, s.miss, s.refreshes)
 	}
+	go s.refreshLoop(ctx, min(refreshLinger, cfg.TTL/10))
 	return s, nil
 }
 
@@ -107,22 +155,94 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 		snap.subject == r.Key.Subject && snap.meter == r.Key.Meter &&
 		r.Limit-snap.used-r.Amount > r.Limit*s.near/1000 {
 		s.hits.Inc()
+		if now-snap.at >= s.ttl/2 {
+			s.refreshAhead(h, r.Key)
+		}
 		return snap.used, nil
 	}
 	s.miss.Inc()
+	epoch := s.epoch.Load()
 	used, err := s.next.Used(ctx, r)
 	if err != nil {
 		return 0, err
 	}
-	s.c.Set(h, snapshot{subject: r.Key.Subject, meter: r.Key.Meter, start: r.Key.Start.UnixNano(), used: used, at: now}, 1)
+	s.store(h, r.Key, used, now, epoch)
 	return used, nil
+}
+
+// store keeps a snapshot of key read at the given time, unless an
+// invalidation came after the read began (see Snapshots).
+func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) {
+	if s.epoch.Load() != epoch {
+		return
+	}
+	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
+	if s.epoch.Load() != epoch {
+		s.c.Del(h)
+	}
+}
+
+// refreshAhead queues a background read of the snapshot h, unless one is
+// queued or running, or the queue is full.
+func (s *Snapshots) refreshAhead(h uint64, key quota.CounterKey) {
+	slot := &s.inflight[h%inflightSlots]
+	if !slot.CompareAndSwap(0, h) {
+		return // this snapshot is being refreshed, or another one shares the slot
+	}
+	select {
+	case s.refresh <- refreshRead{h: h, key: key}:
+	default:
+		slot.Store(0)
+	}
+}
+
+func (s *Snapshots) refreshLoop(ctx context.Context, linger time.Duration) {
+	batch := make([]refreshRead, 0, refreshBatch)
+	keys := make([]quota.CounterKey, 0, refreshBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case q := <-s.refresh:
+			batch = append(batch[:0], q)
+		}
+		timer := time.NewTimer(linger)
+	fill:
+		for len(batch) < refreshBatch {
+			select {
+			case q := <-s.refresh:
+				batch = append(batch, q)
+			case <-timer.C:
+				break fill
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			}
+		}
+		timer.Stop()
+		keys = keys[:0]
+		for _, q := range batch {
+			keys = append(keys, q.key)
+		}
+		epoch := s.epoch.Load()
+		at := s.now().UnixNano() // the snapshots' age counts from before the read
+		used, ok, err := s.next.Peek(ctx, keys)
+		for i, q := range batch {
+			if err == nil && ok[i] {
+				s.refreshes.Inc()
+				s.store(q.h, q.key, used[i], at, epoch)
+			}
+			s.inflight[q.h%inflightSlots].Store(0)
+		}
+	}
 }
 
 // Consume implements quota.Counter and refreshes the snapshot.
 func (s *Snapshots) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	epoch := s.epoch.Load()
 	res, err := s.next.Consume(ctx, op)
 	if err == nil && !res.Duplicate {
-		s.c.Set(s.hash(op.Key), snapshot{subject: op.Key.Subject, meter: op.Key.Meter, start: op.Key.Start.UnixNano(), used: res.Used, at: op.At.UnixNano()}, 1)
+		s.store(s.hash(op.Key), op.Key, res.Used, op.At.UnixNano(), epoch)
 	}
 	return res, err
 }
@@ -132,6 +252,7 @@ func (s *Snapshots) Reset(ctx context.Context, key quota.CounterKey, at time.Tim
 	if err := s.next.Reset(ctx, key, at); err != nil {
 		return err
 	}
+	s.epoch.Add(1)
 	s.c.Del(s.hash(key))
 	if s.bus != nil {
 		s.bus.Publish(ctx, "counter "+key.Subject+" "+key.Meter+" "+strconv.FormatInt(key.Start.Unix(), 10))
@@ -145,10 +266,14 @@ func (s *Snapshots) Invalidate(msg string) {
 	if len(f) == 4 && f[0] == "counter" {
 		start, err := strconv.ParseInt(f[3], 10, 64)
 		if err == nil {
+			s.epoch.Add(1)
 			s.c.Del(s.hash(quota.CounterKey{Subject: f[1], Meter: f[2], Start: time.Unix(start, 0)}))
 		}
 	}
 }
 
 // Clear drops every snapshot (Redis came back: messages may have been missed).
-func (s *Snapshots) Clear() { s.c.Clear() }
+func (s *Snapshots) Clear() {
+	s.epoch.Add(1)
+	s.c.Clear()
+}

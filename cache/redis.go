@@ -125,6 +125,37 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 	return c.src.Used(ctx, r)
 }
 
+// Peek reads counters with one MGET and loads none: ok[i] is false for a
+// counter Redis does not hold. It answers an error while Redis is down
+// (Postgres is not asked: refresh-ahead, its caller, then just lets the
+// snapshots expire).
+func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, []bool, error) {
+	if !c.health.Up() {
+		return nil, nil, fmt.Errorf("peek: redis is down: %w", quota.ErrUnavailable)
+	}
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i], _ = counterKeys(k)
+	}
+	vals, err := c.rdb.MGet(ctx, names...).Result()
+	if err != nil {
+		c.health.Failed(err)
+		return nil, nil, translate(err)
+	}
+	used, ok := make([]int64, len(keys)), make([]bool, len(keys))
+	n := 0
+	for i, v := range vals {
+		if s, isString := v.(string); isString {
+			if u, err := strconv.ParseInt(s, 10, 64); err == nil {
+				used[i], ok[i] = u, true
+				n++
+			}
+		}
+	}
+	c.reads.Add(float64(n))
+	return used, ok, nil
+}
+
 // Consume implements quota.Counter with one script call (two more when the
 // counter has to be loaded first).
 func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {

@@ -52,7 +52,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	bus := cache.NewBus(rdb, opt.DB, log)
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	l2.Register(reg)
-	snaps, err := cache.NewSnapshots(l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
+	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
 	if err != nil {
 		return tiers{}, err
 	}

@@ -1,0 +1,131 @@
+package cache
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/quotad/quotad/quota"
+)
+
+// fakeL2 stands in for the Redis counter in the L1 tests: these are about
+// the snapshot logic alone (when it answers, when it reads, what it
+// keeps), which no store takes part in.
+type fakeL2 struct {
+	quota.Counter
+	used  atomic.Int64
+	reads atomic.Int64
+	gate  chan struct{} // when set, each read waits for a value from it
+}
+
+func (f *fakeL2) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
+	v := f.used.Load()
+	f.reads.Add(1)
+	if f.gate != nil {
+		<-f.gate
+	}
+	return v, nil
+}
+
+func (f *fakeL2) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, []bool, error) {
+	f.reads.Add(1)
+	used, ok := make([]int64, len(keys)), make([]bool, len(keys))
+	for i := range keys {
+		used[i], ok[i] = f.used.Load(), true
+	}
+	return used, ok, nil
+}
+
+func newTestSnapshots(t *testing.T, l2 *fakeL2, now *atomic.Int64) *Snapshots {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := NewSnapshots(ctx, l2, nil, SnapshotConfig{TTL: time.Second, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.c.Close)
+	return s
+}
+
+var l1Key = quota.CounterKey{Subject: "user:l1", Meter: "credits", Start: time.Unix(1_700_000_000, 0), End: time.Unix(1_700_086_400, 0)}
+
+func check(t *testing.T, s *Snapshots, now *atomic.Int64) int64 {
+	t.Helper()
+	v, err := s.Used(context.Background(), quota.UsageRead{Key: l1Key, Limit: 1000, Amount: 1, At: time.Unix(0, now.Load())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.c.Wait() // ristretto applies sets asynchronously
+	return v
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRefreshAhead: a check that finds its snapshot older than TTL/2 is
+// answered from it and queues a background read; checks after that are
+// answered from the fresh snapshot without ever waiting for L2.
+func TestRefreshAhead(t *testing.T) {
+	l2 := &fakeL2{}
+	var now atomic.Int64
+	t0 := time.Unix(1_700_000_100, 0).UnixNano()
+	now.Store(t0)
+	s := newTestSnapshots(t, l2, &now)
+
+	l2.used.Store(10)
+	if v := check(t, s, &now); v != 10 || l2.reads.Load() != 1 {
+		t.Fatalf("first check: %d after %d reads, want 10 after 1", v, l2.reads.Load())
+	}
+	l2.used.Store(20) // another instance consumed
+	now.Store(t0 + int64(400*time.Millisecond))
+	if v := check(t, s, &now); v != 10 || l2.reads.Load() != 1 {
+		t.Fatalf("young snapshot: %d after %d reads, want 10 from L1", v, l2.reads.Load())
+	}
+	now.Store(t0 + int64(600*time.Millisecond))
+	if v := check(t, s, &now); v != 10 {
+		t.Fatalf("snapshot past TTL/2: %d, want 10 (answered from L1, refreshed behind)", v)
+	}
+	waitFor(t, "the background refresh", func() bool { return testutil.ToFloat64(s.refreshes) == 1 })
+	s.c.Wait()
+	now.Store(t0 + int64(1050*time.Millisecond)) // the first snapshot would be too old now
+	if v := check(t, s, &now); v != 20 {
+		t.Fatalf("after the refresh: %d, want 20", v)
+	}
+	if hits, misses := testutil.ToFloat64(s.hits), testutil.ToFloat64(s.miss); hits != 3 || misses != 1 || l2.reads.Load() != 2 {
+		t.Fatalf("hits %v, misses %v, L2 reads %d; want 3, 1, 2", hits, misses, l2.reads.Load())
+	}
+}
+
+// TestInvalidationBeatsAnInFlightRead: a read of L2 that began before a
+// reset reached this instance does not leave its (pre-reset) value behind.
+func TestInvalidationBeatsAnInFlightRead(t *testing.T) {
+	l2 := &fakeL2{gate: make(chan struct{})}
+	var now atomic.Int64
+	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
+	s := newTestSnapshots(t, l2, &now)
+	l2.used.Store(500)
+	done := make(chan int64)
+	go func() { done <- check(t, s, &now) }()
+	waitFor(t, "the read to start", func() bool { return l2.reads.Load() == 1 })
+	s.Invalidate("counter " + l1Key.Subject + " " + l1Key.Meter + " 1700000000") // the reset, from the bus
+	l2.used.Store(0)
+	l2.gate <- struct{}{}
+	if v := <-done; v != 500 {
+		t.Fatalf("in-flight read answered %d, want 500 (what it read)", v)
+	}
+	go func() { l2.gate <- struct{}{} }()
+	if v := check(t, s, &now); v != 0 || l2.reads.Load() != 2 {
+		t.Fatalf("check after the reset: %d after %d reads, want 0 read from L2", v, l2.reads.Load())
+	}
+}
