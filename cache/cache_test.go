@@ -106,7 +106,7 @@ func TestAckOnce(t *testing.T) {
 		t.Fatalf("claimed %d (%v), want 5", len(evs), err)
 	}
 	f := persist.NewFlusher(e.store, p, persist.FlusherConfig{})
-	for range 2 { // a replayed batch: written twice, acked twice
+	for range 3 { // a replayed batch: written three times, acked three times
 		if err := f.Write(ctx, evs); err != nil {
 			t.Fatal(err)
 		}

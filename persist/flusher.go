@@ -68,7 +68,7 @@ type Pending interface {
 // FlusherConfig tunes a Flusher.
 type FlusherConfig struct {
 	Interval   time.Duration // time between flushes; default 1s
-	Batch      int           // queue entries per Redis read; default 1000
+	Batch      int           // queue entries per Redis read; default 200 (under load an entry holds ~30 events: one read of 200 is ~1 MB and holds Redis ~2 ms)
 	Max        int           // events per flush (one transaction; the last read may go past it); a full flush flushes again at once; default 100,000
 	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
 	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
@@ -106,7 +106,7 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 		cfg.Interval = time.Second
 	}
 	if cfg.Batch <= 0 {
-		cfg.Batch = 1000
+		cfg.Batch = 200
 	}
 	if cfg.Max <= 0 {
 		cfg.Max = 100_000
@@ -295,13 +295,17 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 	return len(events), nil
 }
 
+// ledgerColumns are the usage_ledger columns the flusher writes, in the
+// order of ledgerRow.
+var ledgerColumns = []string{"event_id", "kind", "subject", "meter", "period_start", "amount", "mode",
+	"model", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "idempotency_key", "created_at"}
+
 const (
-	insertLedgerSQL = `INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, mode,
-			model, input_tokens, output_tokens, cache_write_tokens, cache_read_tokens, idempotency_key, created_at)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::text[],
-			$8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[])
-		ON CONFLICT (event_id) DO NOTHING
-		RETURNING event_id`
+	// A flush that may hold events Postgres has already is copied into a
+	// temporary table first, and only the events the ledger did not have
+	// are counted (RETURNING).
+	createLedgerInSQL = `CREATE TEMP TABLE ledger_in (LIKE usage_ledger) ON COMMIT DROP`
+	insertLedgerInSQL = `INSERT INTO usage_ledger SELECT * FROM ledger_in ON CONFLICT (event_id) DO NOTHING RETURNING event_id`
 	// addCountersSQL adds each row's sum; resetCountersSQL sets each row to
 	// the sum of what came after its reset.
 	addCountersSQL = `INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
@@ -320,9 +324,31 @@ const (
 
 // Write applies events to Postgres in one transaction, skipping events it
 // already has. Events must be in queue order (a reset cuts the sum).
+//
+// The ledger rows go in with COPY, the cheapest way into Postgres, and the
+// ledger's primary key on event_id refuses the whole flush if any event is
+// there already. That happens only to a flush written before and never
+// acknowledged (a crash between commit and ack), or holding an event the
+// Postgres fallback path took; then the flush is written again the careful
+// way, counting only the events the ledger did not have. Either way each
+// event counts once.
 func (f *Flusher) Write(ctx context.Context, events []quota.Event) error {
+	err := f.write(ctx, events, false)
+	if isDuplicateEvent(err) {
+		err = f.write(ctx, events, true)
+	}
+	return translate(err)
+}
+
+func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) error {
 	return pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
-		fresh, err := f.insertLedger(ctx, tx, events)
+		var fresh map[string]bool // nil: every event is new
+		var err error
+		if dedup {
+			fresh, err = f.insertLedgerDedup(ctx, tx, events)
+		} else {
+			err = f.copyLedger(ctx, tx, "usage_ledger", events)
+		}
 		if err != nil {
 			return err
 		}
@@ -333,50 +359,70 @@ func (f *Flusher) Write(ctx context.Context, events []quota.Event) error {
 	})
 }
 
-func (f *Flusher) insertLedger(ctx context.Context, tx pgx.Tx, events []quota.Event) (map[string]bool, error) {
-	n := len(events)
-	ids, kinds, subjects, meters := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
-	starts, ats := make([]time.Time, 0, n), make([]time.Time, 0, n)
-	amounts := make([]int64, 0, n)
-	modes, models, idems := make([]*string, 0, n), make([]*string, 0, n), make([]*string, 0, n)
-	in, out, cw, cr := make([]*int64, 0, n), make([]*int64, 0, n), make([]*int64, 0, n), make([]*int64, 0, n)
+// isNew reports whether the event is one the ledger did not have.
+func isNew(fresh map[string]bool, e *quota.Event) bool { return fresh == nil || fresh[e.ID] }
+
+// copyLedger copies the ledger rows of events into table.
+func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, events []quota.Event) error {
+	rows := make([]*quota.Event, 0, len(events))
 	for i := range events {
-		e := &events[i]
-		if e.Kind == quota.EventProvision {
-			continue
+		if events[i].Kind != quota.EventProvision {
+			rows = append(rows, &events[i])
 		}
-		ids, kinds, subjects, meters = append(ids, e.ID), append(kinds, string(e.Kind)), append(subjects, e.Subject), append(meters, e.Meter)
-		starts, ats, amounts = append(starts, e.Start), append(ats, e.At), append(amounts, e.Amount)
-		var mode, model, idem *string
-		var ti, to, tcw, tcr *int64
-		if e.Kind == quota.EventConsume {
-			m := quota.ModeRecord
-			if e.Enforce {
-				m = quota.ModeEnforce
-			}
-			mode = &m
-		}
-		if e.Usage != nil {
-			model, ti, to, tcw, tcr = &e.Usage.Model, &e.Usage.InputTokens, &e.Usage.OutputTokens, &e.Usage.CacheWriteTokens, &e.Usage.CacheReadTokens
-		}
-		if e.IdempotencyKey != "" {
-			idem = &e.IdempotencyKey
-		}
-		modes, models, idems = append(modes, mode), append(models, model), append(idems, idem)
-		in, out, cw, cr = append(in, ti), append(out, to), append(cw, tcw), append(cr, tcr)
 	}
-	fresh := make(map[string]bool, len(ids))
-	if len(ids) == 0 {
-		return fresh, nil
-	}
-	rows, err := tx.Query(ctx, insertLedgerSQL, ids, kinds, subjects, meters, starts, amounts, modes, models, in, out, cw, cr, idems, ats)
+	row := make([]any, len(ledgerColumns))
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{table}, ledgerColumns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		return ledgerRow(rows[i], row), nil // pgx encodes a row before it asks for the next
+	}))
 	if err != nil {
-		return nil, fmt.Errorf("insert ledger: %w", translate(err))
+		return fmt.Errorf("copy ledger rows: %w", err)
+	}
+	if table == "usage_ledger" {
+		f.m.rows.WithLabelValues("usage_ledger").Add(float64(n))
+	}
+	return nil
+}
+
+// ledgerRow fills row with e's ledger columns (ledgerColumns).
+func ledgerRow(e *quota.Event, row []any) []any {
+	var mode, model, idem *string
+	var in, out, cw, cr *int64
+	if e.Kind == quota.EventConsume {
+		m := quota.ModeRecord
+		if e.Enforce {
+			m = quota.ModeEnforce
+		}
+		mode = &m
+	}
+	if u := e.Usage; u != nil {
+		model, in, out, cw, cr = &u.Model, &u.InputTokens, &u.OutputTokens, &u.CacheWriteTokens, &u.CacheReadTokens
+	}
+	if e.IdempotencyKey != "" {
+		idem = &e.IdempotencyKey
+	}
+	row[0], row[1], row[2], row[3], row[4], row[5], row[6] = e.ID, string(e.Kind), e.Subject, e.Meter, e.Start, e.Amount, mode
+	row[7], row[8], row[9], row[10], row[11], row[12], row[13] = model, in, out, cw, cr, idem, e.At
+	return row
+}
+
+// insertLedgerDedup writes the ledger rows Postgres does not have yet and
+// answers their event ids.
+func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quota.Event) (map[string]bool, error) {
+	if _, err := tx.Exec(ctx, createLedgerInSQL); err != nil {
+		return nil, fmt.Errorf("create ledger_in: %w", err)
+	}
+	if err := f.copyLedger(ctx, tx, "ledger_in", events); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, insertLedgerInSQL)
+	if err != nil {
+		return nil, fmt.Errorf("insert ledger: %w", err)
 	}
 	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, fmt.Errorf("insert ledger: %w", translate(err))
+		return nil, fmt.Errorf("insert ledger: %w", err)
 	}
+	fresh := make(map[string]bool, len(got))
 	for _, id := range got {
 		fresh[id] = true
 	}
@@ -400,7 +446,7 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 	var order []*counterDelta
 	for i := range events {
 		e := &events[i]
-		if e.Kind == quota.EventProvision || !fresh[e.ID] {
+		if e.Kind == quota.EventProvision || !isNew(fresh, e) {
 			continue
 		}
 		k := id{e.Subject, e.Meter, e.Start.UnixNano()}
@@ -439,7 +485,7 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 			sql = resetCountersSQL
 		}
 		if _, err := tx.Exec(ctx, sql, subjects, meters, starts, ends, sums); err != nil {
-			return fmt.Errorf("upsert counters: %w", translate(err))
+			return fmt.Errorf("upsert counters: %w", err)
 		}
 		f.m.rows.WithLabelValues("counters").Add(float64(len(subjects)))
 	}
@@ -458,21 +504,21 @@ func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Ev
 		switch {
 		case e.Kind == quota.EventProvision && e.Settings != nil:
 			psub, pplan, panchor = append(psub, e.Settings.ID), append(pplan, e.Settings.Plan), append(panchor, e.Settings.CycleAnchor)
-		case e.Kind == quota.EventConsume && e.IdempotencyKey != "" && fresh[e.ID]:
+		case e.Kind == quota.EventConsume && e.IdempotencyKey != "" && isNew(fresh, e):
 			isub, ikey, ihash = append(isub, e.Subject), append(ikey, e.IdempotencyKey), append(ihash, e.RequestHash)
 			iapplied, iamount, iused, iat = append(iapplied, true), append(iamount, e.Amount), append(iused, e.Used), append(iat, e.At)
 		}
 	}
 	if len(psub) > 0 {
 		if _, err := tx.Exec(ctx, insertSubjectsSQL, psub, pplan, panchor); err != nil {
-			return fmt.Errorf("insert subjects: %w", translate(err))
+			return fmt.Errorf("insert subjects: %w", err)
 		}
 		f.m.rows.WithLabelValues("subjects").Add(float64(len(psub)))
 	}
 	if len(isub) > 0 {
 		// So that the Postgres fallback path knows keys first seen in Redis.
 		if _, err := tx.Exec(ctx, insertIdempotencySQL, isub, ikey, ihash, iapplied, iamount, iused, iat); err != nil {
-			return fmt.Errorf("insert idempotency keys: %w", translate(err))
+			return fmt.Errorf("insert idempotency keys: %w", err)
 		}
 		f.m.rows.WithLabelValues("idempotency").Add(float64(len(isub)))
 	}

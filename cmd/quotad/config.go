@@ -24,7 +24,7 @@ type Config struct {
 	ShutdownTimeout time.Duration // QUOTAD_SHUTDOWN_TIMEOUT, --shutdown-timeout; default 15s
 	Tiers           string        // QUOTAD_TIERS, --tiers; default "full" (L1+Redis+Postgres); "postgres" for the Postgres-only baseline
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
-	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 1000: pending-stream entries per Redis read
+	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
 	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
@@ -58,7 +58,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&claimIdle, "flush-claim-idle", env("QUOTAD_FLUSH_CLAIM_IDLE", "30s"), "take over events a dead flusher left unacknowledged this long")
 	fs.StringVar(&c.Tiers, "tiers", env("QUOTAD_TIERS", "full"), `"full" or "postgres"`)
 	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
-	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "1000"), "pending-stream entries per Redis read")
+	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "200"), "pending-stream entries per Redis read")
 	fs.StringVar(&cacheTTL, "cache-ttl", env("QUOTAD_CACHE_TTL", "1s"), "age limit of L1 usage snapshots")
 	fs.StringVar(&nearLimit, "near-limit", env("QUOTAD_NEAR_LIMIT", "0.1"), "fraction of the limit under which checks read Redis")
 	fs.StringVar(&c.FailMode, "fail-mode", env("QUOTAD_FAIL_MODE", "closed"), `"closed" or "open" when no store answers`)
