@@ -84,7 +84,10 @@ func RunSuite(ctx context.Context, o SuiteOptions) (*Report, error) {
 				return rep, err
 			}
 		}
-		client := NewClient(o.Load.Concurrency, 30*time.Second)
+		client, err := NewLoadClient(t.URL, o.Load.Concurrency, 30*time.Second)
+		if err != nil {
+			return rep, err
+		}
 		if o.Warmup > 0 && len(t.Scenarios) > 0 {
 			lo := o.Load
 			lo.URL, lo.Scenario, lo.Duration = t.URL, RoundRobin(t.Scenarios), o.Warmup
@@ -125,7 +128,7 @@ func RunSuite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	return rep, nil
 }
 
-func runOne(ctx context.Context, client, mc *http.Client, o SuiteOptions, t SuiteTarget, tiers string, sc Scenario) (RunReport, error) {
+func runOne(ctx context.Context, client *LoadClient, mc *http.Client, o SuiteOptions, t SuiteTarget, tiers string, sc Scenario) (RunReport, error) {
 	before, err := Scrape(ctx, mc, t.URL)
 	if err != nil {
 		return RunReport{}, err
