@@ -517,7 +517,7 @@ func (rep *Report) Markdown() string {
 	if m.KernelRelease != "" {
 		fmt.Fprintf(&b, ", kernel %s", m.KernelRelease)
 	}
-	fmt.Fprintf(&b, "\n- client: %s, GOMAXPROCS %d, on CPUs %s (runtime.NumCPU %d)\n", m.GoVersion, m.GOMAXPROCS, m.ClientCPUs, m.ClientNumCPU)
+	fmt.Fprintf(&b, "\n- client: quotabench (fasthttp HostClient, keep-alive), %s, GOMAXPROCS %d, on CPUs %s (runtime.NumCPU %d)\n", m.GoVersion, m.GOMAXPROCS, m.ClientCPUs, m.ClientNumCPU)
 	if m.PinningSummary != "" {
 		fmt.Fprintf(&b, "- pinning: %s\n", m.PinningSummary)
 	}
