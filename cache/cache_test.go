@@ -331,3 +331,40 @@ func TestPeek(t *testing.T) {
 		t.Fatal("peek loaded the missing counter")
 	}
 }
+
+// TestIdleConsumersDropped: consumers of processes long gone, with nothing
+// pending, leave the group; one with pending entries stays (they are
+// claimed later), and so does the live one.
+func TestIdleConsumersDropped(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	gone := cache.NewPending(e.rdb, "gone")
+	if _, _, err := gone.Next(ctx, 10); err != nil { // creates the group and the consumer
+		t.Fatal(err)
+	}
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "idle-1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	crashed := cache.NewPending(e.rdb, "crashed")
+	if evs, _, err := crashed.Next(ctx, 10); err != nil || len(evs) != 1 { // delivered, never acked
+		t.Fatalf("crashed consumer read %d (%v), want 1", len(evs), err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	live := cache.NewPending(e.rdb, "live")
+	live.ConsumerTTL, live.ClaimIdle = 20*time.Millisecond, time.Hour
+	if _, _, err := live.Claim(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	consumers, err := e.rdb.XInfoConsumers(ctx, cache.PendingStream, cache.FlushGroup).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range consumers {
+		names = append(names, c.Name)
+	}
+	if len(names) != 2 || names[0] != "crashed" || names[1] != "live" {
+		t.Fatalf("consumers %v, want [crashed live]", names)
+	}
+}

@@ -22,13 +22,17 @@ type Pending struct {
 	rdb       redis.UniversalClient
 	consumer  string
 	ClaimIdle time.Duration
-	lastClaim time.Time // of abandoned entries; the flusher calls Claim from one goroutine
+	// ConsumerTTL: a consumer of the group (one per quotad process ever
+	// started) with nothing pending and idle this long is deleted, so the
+	// group's consumer list does not grow with every restart.
+	ConsumerTTL time.Duration
+	lastClaim   time.Time // of abandoned entries; the flusher calls Claim from one goroutine
 }
 
 // NewPending returns the stream reader for consumer, a name unique to this
 // process.
 func NewPending(rdb redis.UniversalClient, consumer string) *Pending {
-	return &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second}
+	return &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second, ConsumerTTL: 24 * time.Hour}
 }
 
 func (p *Pending) ensureGroup(ctx context.Context) error {
@@ -69,7 +73,24 @@ func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, int, error) 
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim abandoned entries: %w", err)
 	}
+	p.dropIdleConsumers(ctx)
 	return p.decode(msgs, nil)
+}
+
+// dropIdleConsumers deletes the group's consumers that have nothing
+// pending and were idle longer than ConsumerTTL: processes gone for good.
+// A consumer with pending entries stays until they are claimed. Best
+// effort: a failure here only leaves the list as it was.
+func (p *Pending) dropIdleConsumers(ctx context.Context) {
+	consumers, err := p.rdb.XInfoConsumers(ctx, PendingStream, FlushGroup).Result()
+	if err != nil {
+		return
+	}
+	for _, c := range consumers {
+		if c.Name != p.consumer && c.Pending == 0 && c.Idle > p.ConsumerTTL {
+			p.rdb.XGroupDelConsumer(ctx, PendingStream, FlushGroup, c.Name)
+		}
+	}
 }
 
 // Next returns the events of up to n entries never delivered to any
