@@ -169,7 +169,8 @@ type worker struct {
 	consumes int64
 	sent     int64
 	gen      *Gen
-	body     []byte // the generator's buffer, reused: SetBody copies it
+	body     []byte            // the generator's buffer, reused: SetBody copies it
+	uris     map[string]string // request URI by path
 	req      *fasthttp.Request
 	resp     *fasthttp.Response
 }
@@ -216,7 +217,7 @@ func ErrorKind(err error) string {
 	var ne net.Error
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
-		errors.Is(err, fasthttp.ErrTimeout), errors.As(err, &ne) && ne.Timeout():
+		errors.Is(err, fasthttp.ErrTimeout), errors.Is(err, fasthttp.ErrDialTimeout), errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.Is(err, fasthttp.ErrConnectionClosed):
 		return "conn-reset"
@@ -235,7 +236,12 @@ func ErrorKind(err error) string {
 // send does one request of the scenario and reads the whole answer.
 // status is 0 on a transport error.
 func (w *worker) send(c *LoadClient, r Request) (int, error) {
-	w.req.SetRequestURI(c.base + r.Path)
+	uri, ok := w.uris[r.Path]
+	if !ok {
+		uri = c.base + r.Path
+		w.uris[r.Path] = uri
+	}
+	w.req.SetRequestURI(uri)
 	w.req.SetBody(r.Body)
 	if err := c.hc.Do(w.req, w.resp); err != nil {
 		return 0, err
@@ -268,6 +274,7 @@ func Run(ctx context.Context, c *LoadClient, o LoadOptions) (*LoadResult, error)
 			hist: NewHistogram(),
 			gen:  NewGen(o.Gen, o.Seed+uint64(i)),
 			body: make([]byte, 0, bodyCap),
+			uris: map[string]string{},
 			req:  fasthttp.AcquireRequest(),
 			resp: fasthttp.AcquireResponse(),
 		}

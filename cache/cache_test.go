@@ -368,3 +368,38 @@ func TestIdleConsumersDropped(t *testing.T) {
 		t.Fatalf("consumers %v, want [crashed live]", names)
 	}
 }
+
+// TestClaimDrainsADeadFlushersBacklog: entries a dead flusher left
+// unacknowledged are claimed n at a time, call after call, not one batch
+// per ClaimIdle/2.
+func TestClaimDrainsADeadFlushersBacklog(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	for i := range 5 { // one at a time: an entry each
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: fmt.Sprint("d", i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dead := cache.NewPending(e.rdb, "dead")
+	if evs, _, err := dead.Next(ctx, 10); err != nil || len(evs) != 5 {
+		t.Fatalf("dead flusher read %d (%v), want 5", len(evs), err)
+	}
+	live := cache.NewPending(e.rdb, "live")
+	live.ClaimIdle = 200 * time.Millisecond
+	time.Sleep(250 * time.Millisecond)
+	claimed := 0
+	for range 3 { // well within ClaimIdle/2 of each other
+		evs, n, err := live.Claim(ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := live.Ack(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+		claimed += n
+	}
+	if claimed != 5 {
+		t.Fatalf("claimed %d entries in three calls, want all 5", claimed)
+	}
+}

@@ -171,15 +171,24 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 }
 
 // store keeps a snapshot of key read at the given time, unless an
-// invalidation came after the read began (see Snapshots).
-func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) {
+// invalidation came after the read began (see Snapshots) or the snapshot
+// there is newer (a consume through this instance answered while a
+// refresh was on its way: keep what this instance's client saw). It
+// reports whether it stored.
+func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
 	if s.epoch.Load() != epoch {
-		return
+		return false
 	}
-	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
+	start := key.Start.UnixNano()
+	if old, ok := s.c.Get(h); ok && old.at > at && old.start == start && old.subject == key.Subject && old.meter == key.Meter {
+		return false
+	}
+	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: start, used: used, at: at}, 1)
 	if s.epoch.Load() != epoch {
 		s.c.Del(h)
+		return false
 	}
+	return true
 }
 
 // refreshAhead queues a background read of the snapshot h, unless one is
@@ -228,9 +237,8 @@ func (s *Snapshots) refreshLoop(ctx context.Context, linger time.Duration) {
 		at := s.now().UnixNano() // the snapshots' age counts from before the read
 		used, ok, err := s.next.Peek(ctx, keys)
 		for i, q := range batch {
-			if err == nil && ok[i] {
+			if err == nil && ok[i] && s.store(q.h, q.key, used[i], at, epoch) {
 				s.refreshes.Inc()
-				s.store(q.h, q.key, used[i], at, epoch)
 			}
 			s.inflight[q.h%inflightSlots].Store(0)
 		}

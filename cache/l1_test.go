@@ -129,3 +129,23 @@ func TestInvalidationBeatsAnInFlightRead(t *testing.T) {
 		t.Fatalf("check after the reset: %d after %d reads, want 0 read from L2", v, l2.reads.Load())
 	}
 }
+
+// TestStoreKeepsTheNewerSnapshot: a refresh read before this instance's
+// own consume answered does not replace the consume's snapshot.
+func TestStoreKeepsTheNewerSnapshot(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
+	s := newTestSnapshots(t, &fakeL2{}, &now)
+	h := s.hash(l1Key)
+	if !s.store(h, l1Key, 10, now.Load(), s.epoch.Load()) { // the consume's answer
+		t.Fatal("first snapshot not stored")
+	}
+	s.c.Wait()
+	if s.store(h, l1Key, 5, now.Load()-int64(time.Millisecond), s.epoch.Load()) { // a refresh read just before it
+		t.Fatal("an older read replaced a newer snapshot")
+	}
+	s.c.Wait()
+	if snap, ok := s.c.Get(h); !ok || snap.used != 10 {
+		t.Fatalf("snapshot %+v (%v), want used 10", snap, ok)
+	}
+}

@@ -26,7 +26,11 @@ type Pending struct {
 	// started) with nothing pending and idle this long is deleted, so the
 	// group's consumer list does not grow with every restart.
 	ConsumerTTL time.Duration
-	lastClaim   time.Time // of abandoned entries; the flusher calls Claim from one goroutine
+	// The scan for abandoned entries (the flusher calls Claim from one
+	// goroutine): when it started, and where the next call goes on while
+	// the last one stopped at its count with more of the list to walk.
+	lastClaim time.Time
+	claimFrom string
 }
 
 // NewPending returns the stream reader for consumer, a name unique to this
@@ -60,20 +64,29 @@ func (p *Pending) Claim(ctx context.Context, n int) ([]quota.Event, int, error) 
 	}
 	// XAUTOCLAIM walks the group's pending list inside Redis, which holds
 	// every other request meanwhile; an entry is not claimable before it
-	// sat ClaimIdle, so looking more often than every ClaimIdle/2 finds
-	// nothing new.
-	now := time.Now()
-	if now.Sub(p.lastClaim) < p.ClaimIdle/2 {
-		return nil, 0, nil
+	// sat ClaimIdle, so starting a walk more often than every ClaimIdle/2
+	// finds nothing new. A walk that stopped at n entries goes on at the
+	// next call, though, so a dead flusher's backlog drains at flush speed.
+	start := p.claimFrom
+	if start == "" {
+		now := time.Now()
+		if now.Sub(p.lastClaim) < p.ClaimIdle/2 {
+			return nil, 0, nil
+		}
+		p.lastClaim, start = now, "0-0"
+		p.dropIdleConsumers(ctx)
 	}
-	p.lastClaim = now
-	msgs, _, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: "0-0", Count: int64(n),
+	msgs, next, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: start, Count: int64(n),
 	}).Result()
 	if err != nil {
+		p.claimFrom = ""
 		return nil, 0, fmt.Errorf("claim abandoned entries: %w", err)
 	}
-	p.dropIdleConsumers(ctx)
+	p.claimFrom = ""
+	if next != "0-0" {
+		p.claimFrom = next
+	}
 	return p.decode(msgs, nil)
 }
 
@@ -152,7 +165,9 @@ func decodeEntry(m redis.XMessage) ([]quota.Event, error) {
 	if u, old := m.Values["used"].(string); old { // one event, written before records
 		var ev quota.Event
 		if ev, err = decodeEvent(raw); err == nil {
-			ev.Used, err = strconv.ParseInt(u, 10, 64)
+			// Lua formatted this number itself, as 1e+17 from 10^14 up;
+			// it only goes into idempotency answers, so 0 as before.
+			ev.Used, _ = strconv.ParseInt(u, 10, 64)
 			events = []quota.Event{ev}
 		}
 	} else {

@@ -7,8 +7,11 @@ package persist
 // events wait):
 //
 //	Claim + Next (reads of Batch    ──▶  one Postgres transaction:
-//	entries, until Max events)          1. ledger rows, INSERT ... ON CONFLICT (event_id) DO NOTHING
-//	                                       RETURNING event_id: only events Postgres did not have yet
+//	entries, until Max events)          1. ledger rows by COPY; if the ledger has one of the event
+//	                                       ids already (a replay), the flush is written again:
+//	                                       COPY into a temp table, INSERT ... ON CONFLICT (event_id)
+//	                                       DO NOTHING RETURNING event_id: only events Postgres did
+//	                                       not have yet
 //	                                    2. counter upserts from those events only, one row per
 //	                                       (subject, meter, period) per flush
 //	                                    3. idempotency answers and provisioned subjects
@@ -38,6 +41,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -300,12 +304,15 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 var ledgerColumns = []string{"event_id", "kind", "subject", "meter", "period_start", "amount", "mode",
 	"model", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "idempotency_key", "created_at"}
 
+var insertLedgerInSQL = `INSERT INTO usage_ledger (` + strings.Join(ledgerColumns, ", ") + `)
+		SELECT ` + strings.Join(ledgerColumns, ", ") + ` FROM ledger_in
+		ON CONFLICT (event_id) DO NOTHING RETURNING event_id`
+
 const (
 	// A flush that may hold events Postgres has already is copied into a
 	// temporary table first, and only the events the ledger did not have
 	// are counted (RETURNING).
-	createLedgerInSQL = `CREATE TEMP TABLE ledger_in (LIKE usage_ledger) ON COMMIT DROP`
-	insertLedgerInSQL = `INSERT INTO usage_ledger SELECT * FROM ledger_in ON CONFLICT (event_id) DO NOTHING RETURNING event_id`
+	createLedgerInSQL = `CREATE TEMP TABLE ledger_in (LIKE usage_ledger INCLUDING DEFAULTS) ON COMMIT DROP`
 	// addCountersSQL adds each row's sum; resetCountersSQL sets each row to
 	// the sum of what came after its reset.
 	addCountersSQL = `INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
