@@ -1,7 +1,8 @@
 package api
 
 // The hot path's JSON. Check and consume bodies are flat objects of a few
-// strings and integers; a small scanner reads them without reflection,
+// strings and integers (a consume's usage is one more such object inside);
+// a small scanner reads them without reflection,
 // and the answers are appended by hand. Anything the scanner is not sure
 // about (escapes, nested objects, nulls, floats, unknown fields) makes it
 // give up, and the request goes through decode (encoding/json, strict),
@@ -56,7 +57,8 @@ func readBody(c echo.Context) (body []byte, put func(), err error) {
 	return b, func() { *bp = b[:0]; bodyPool.Put(bp) }, nil
 }
 
-// flatScanner walks a flat JSON object.
+// flatScanner walks a JSON object of strings, integers and (where the
+// caller takes them) objects of the same.
 type flatScanner struct {
 	b []byte
 	i int
@@ -115,10 +117,21 @@ func (s *flatScanner) int() (int64, bool) {
 	return n, true
 }
 
-// fields scans {"k": v, ...}, calling set for each; set answers false for
-// a key or value kind it does not take. The whole body must be the object.
-func (s *flatScanner) fields(set func(key []byte, str []byte, num int64, isStr bool) bool) bool {
+// fields scans a body that is one object {"k": v, ...} (see object).
+func (s *flatScanner) fields(set func(key []byte, str []byte, num int64, isStr bool) bool, obj func(key []byte) bool) bool {
 	s.ws()
+	if !s.object(set, obj) {
+		return false
+	}
+	s.ws()
+	return s.i == len(s.b)
+}
+
+// object scans {"k": v, ...} from s.i, calling set for each string or
+// integer value; set answers false for a key or value kind it does not
+// take. A value that is an object goes to obj (nil: none is taken), which
+// must scan it with s.object and answer whether it took it.
+func (s *flatScanner) object(set func(key []byte, str []byte, num int64, isStr bool) bool, obj func(key []byte) bool) bool {
 	if s.i >= len(s.b) || s.b[s.i] != '{' {
 		return false
 	}
@@ -126,44 +139,47 @@ func (s *flatScanner) fields(set func(key []byte, str []byte, num int64, isStr b
 	s.ws()
 	if s.i < len(s.b) && s.b[s.i] == '}' {
 		s.i++
-	} else {
-		for {
-			s.ws()
-			key, ok := s.str()
-			if !ok {
-				return false
-			}
-			s.ws()
-			if s.i >= len(s.b) || s.b[s.i] != ':' {
-				return false
-			}
-			s.i++
-			s.ws()
-			if s.i < len(s.b) && s.b[s.i] == '"' {
-				v, ok := s.str()
-				if !ok || !set(key, v, 0, true) {
-					return false
-				}
-			} else {
-				n, ok := s.int()
-				if !ok || !set(key, nil, n, false) {
-					return false
-				}
-			}
-			s.ws()
-			if s.i < len(s.b) && s.b[s.i] == ',' {
-				s.i++
-				continue
-			}
-			if s.i < len(s.b) && s.b[s.i] == '}' {
-				s.i++
-				break
-			}
+		return true
+	}
+	for {
+		s.ws()
+		key, ok := s.str()
+		if !ok {
 			return false
 		}
+		s.ws()
+		if s.i >= len(s.b) || s.b[s.i] != ':' {
+			return false
+		}
+		s.i++
+		s.ws()
+		switch {
+		case s.i < len(s.b) && s.b[s.i] == '"':
+			v, ok := s.str()
+			if !ok || !set(key, v, 0, true) {
+				return false
+			}
+		case s.i < len(s.b) && s.b[s.i] == '{':
+			if obj == nil || !obj(key) {
+				return false
+			}
+		default:
+			n, ok := s.int()
+			if !ok || !set(key, nil, n, false) {
+				return false
+			}
+		}
+		s.ws()
+		if s.i < len(s.b) && s.b[s.i] == ',' {
+			s.i++
+			continue
+		}
+		if s.i < len(s.b) && s.b[s.i] == '}' {
+			s.i++
+			return true
+		}
+		return false
 	}
-	s.ws()
-	return s.i == len(s.b)
 }
 
 // fastCheck reads a CheckRequest; ok is false when the slow path must.
@@ -182,13 +198,39 @@ func fastCheck(b []byte, req *quota.CheckRequest) bool {
 			return !isStr
 		}
 		return false
-	})
+	}, nil)
 }
 
-// fastConsume reads a ConsumeRequest without usage; ok is false when the
-// slow path must.
+// fastConsume reads a ConsumeRequest, usage included (the priced consume
+// of an LLM message is the common one); ok is false when the slow path
+// must.
 func fastConsume(b []byte, req *quota.ConsumeRequest) bool {
 	s := flatScanner{b: b}
+	usage := func(key []byte) bool {
+		if string(key) != "usage" || req.Usage != nil {
+			return false // a second "usage" merges into the first in encoding/json: leave that to it
+		}
+		u := &quota.Usage{}
+		req.Usage = u
+		return s.object(func(key, str []byte, num int64, isStr bool) bool {
+			switch string(key) {
+			case "model":
+				u.Model = string(str)
+				return isStr
+			case "input_tokens":
+				u.InputTokens = num
+			case "output_tokens":
+				u.OutputTokens = num
+			case "cache_write_tokens":
+				u.CacheWriteTokens = num
+			case "cache_read_tokens":
+				u.CacheReadTokens = num
+			default:
+				return false
+			}
+			return !isStr
+		}, nil)
+	}
 	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
@@ -208,7 +250,7 @@ func fastConsume(b []byte, req *quota.ConsumeRequest) bool {
 			return !isStr
 		}
 		return false
-	})
+	}, usage)
 }
 
 var jsonContentType = []string{"application/json"}
