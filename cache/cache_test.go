@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/quotad/quotad/cache"
@@ -105,7 +106,8 @@ func TestAckOnce(t *testing.T) {
 	if err != nil || len(evs) != 5 {
 		t.Fatalf("claimed %d (%v), want 5", len(evs), err)
 	}
-	f := persist.NewFlusher(e.store, p, persist.FlusherConfig{})
+	reg := prometheus.NewRegistry()
+	f := persist.NewFlusher(e.store, p, persist.FlusherConfig{Registry: reg})
 	for range 3 { // a replayed batch: written three times, acked three times
 		if err := f.Write(ctx, evs); err != nil {
 			t.Fatal(err)
@@ -123,6 +125,9 @@ func TestAckOnce(t *testing.T) {
 	}
 	if used, _ := e.store.Used(ctx, quota.UsageRead{Key: key}); used != 10 {
 		t.Fatalf("postgres has %d, want 10 once", used)
+	}
+	if n := rowsWritten(t, reg, "usage_ledger"); n != 5 {
+		t.Fatalf("metric says %v ledger rows written, want 5 (the replays wrote none)", n)
 	}
 	// With nothing unflushed the counter reloads from Postgres after loss.
 	e.rdb.FlushDB(ctx)
@@ -402,4 +407,26 @@ func TestClaimDrainsADeadFlushersBacklog(t *testing.T) {
 	if claimed != 5 {
 		t.Fatalf("claimed %d entries in three calls, want all 5", claimed)
 	}
+}
+
+// rowsWritten reads quotad_flush_rows_written_total for table.
+func rowsWritten(t *testing.T, reg *prometheus.Registry, table string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "quotad_flush_rows_written_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "table" && l.GetValue() == table {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -348,44 +348,51 @@ func (f *Flusher) Write(ctx context.Context, events []quota.Event) error {
 }
 
 func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) error {
-	return pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
+	rows := map[string]int{} // by table, for the metric once committed
+	err := pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
 		var fresh map[string]bool // nil: every event is new
 		var err error
 		if dedup {
-			fresh, err = f.insertLedgerDedup(ctx, tx, events)
+			fresh, err = f.insertLedgerDedup(ctx, tx, events, rows)
 		} else {
-			err = f.copyLedger(ctx, tx, "usage_ledger", events)
+			err = f.copyLedger(ctx, tx, "usage_ledger", events, rows)
 		}
 		if err != nil {
 			return err
 		}
-		if err := f.upsertCounters(ctx, tx, events, fresh); err != nil {
+		if err := f.upsertCounters(ctx, tx, events, fresh, rows); err != nil {
 			return err
 		}
-		return f.insertExtras(ctx, tx, events, fresh)
+		return f.insertExtras(ctx, tx, events, fresh, rows)
 	})
+	if err == nil {
+		for table, n := range rows {
+			f.m.rows.WithLabelValues(table).Add(float64(n))
+		}
+	}
+	return err
 }
 
 // isNew reports whether the event is one the ledger did not have.
 func isNew(fresh map[string]bool, e *quota.Event) bool { return fresh == nil || fresh[e.ID] }
 
 // copyLedger copies the ledger rows of events into table.
-func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, events []quota.Event) error {
-	rows := make([]*quota.Event, 0, len(events))
+func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, events []quota.Event, rows map[string]int) error {
+	ledger := make([]*quota.Event, 0, len(events))
 	for i := range events {
 		if events[i].Kind != quota.EventProvision {
-			rows = append(rows, &events[i])
+			ledger = append(ledger, &events[i])
 		}
 	}
 	row := make([]any, len(ledgerColumns))
-	n, err := tx.CopyFrom(ctx, pgx.Identifier{table}, ledgerColumns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-		return ledgerRow(rows[i], row), nil // pgx encodes a row before it asks for the next
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{table}, ledgerColumns, pgx.CopyFromSlice(len(ledger), func(i int) ([]any, error) {
+		return ledgerRow(ledger[i], row), nil // pgx encodes a row before it asks for the next
 	}))
 	if err != nil {
 		return fmt.Errorf("copy ledger rows: %w", err)
 	}
 	if table == "usage_ledger" {
-		f.m.rows.WithLabelValues("usage_ledger").Add(float64(n))
+		rows["usage_ledger"] += int(n)
 	}
 	return nil
 }
@@ -414,18 +421,18 @@ func ledgerRow(e *quota.Event, row []any) []any {
 
 // insertLedgerDedup writes the ledger rows Postgres does not have yet and
 // answers their event ids.
-func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quota.Event) (map[string]bool, error) {
+func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quota.Event, rows map[string]int) (map[string]bool, error) {
 	if _, err := tx.Exec(ctx, createLedgerInSQL); err != nil {
 		return nil, fmt.Errorf("create ledger_in: %w", err)
 	}
-	if err := f.copyLedger(ctx, tx, "ledger_in", events); err != nil {
+	if err := f.copyLedger(ctx, tx, "ledger_in", events, rows); err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, insertLedgerInSQL)
+	inserted, err := tx.Query(ctx, insertLedgerInSQL)
 	if err != nil {
 		return nil, fmt.Errorf("insert ledger: %w", err)
 	}
-	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	got, err := pgx.CollectRows(inserted, pgx.RowTo[string])
 	if err != nil {
 		return nil, fmt.Errorf("insert ledger: %w", err)
 	}
@@ -433,7 +440,7 @@ func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quo
 	for _, id := range got {
 		fresh[id] = true
 	}
-	f.m.rows.WithLabelValues("usage_ledger").Add(float64(len(got)))
+	rows["usage_ledger"] += len(got)
 	return fresh, nil
 }
 
@@ -444,7 +451,7 @@ type counterDelta struct {
 	reset bool // the counter was reset in this batch; sum counts from the reset
 }
 
-func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool) error {
+func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool, rows map[string]int) error {
 	type id struct {
 		subject, meter string
 		start          int64
@@ -494,12 +501,12 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 		if _, err := tx.Exec(ctx, sql, subjects, meters, starts, ends, sums); err != nil {
 			return fmt.Errorf("upsert counters: %w", err)
 		}
-		f.m.rows.WithLabelValues("counters").Add(float64(len(subjects)))
+		rows["counters"] += len(subjects)
 	}
 	return nil
 }
 
-func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool) error {
+func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool, rows map[string]int) error {
 	var isub, ikey, ihash []string
 	var iapplied []bool
 	var iamount, iused []int64
@@ -520,14 +527,14 @@ func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Ev
 		if _, err := tx.Exec(ctx, insertSubjectsSQL, psub, pplan, panchor); err != nil {
 			return fmt.Errorf("insert subjects: %w", err)
 		}
-		f.m.rows.WithLabelValues("subjects").Add(float64(len(psub)))
+		rows["subjects"] += len(psub)
 	}
 	if len(isub) > 0 {
 		// So that the Postgres fallback path knows keys first seen in Redis.
 		if _, err := tx.Exec(ctx, insertIdempotencySQL, isub, ikey, ihash, iapplied, iamount, iused, iat); err != nil {
 			return fmt.Errorf("insert idempotency keys: %w", err)
 		}
-		f.m.rows.WithLabelValues("idempotency").Add(float64(len(isub)))
+		rows["idempotency"] += len(isub)
 	}
 	return nil
 }
