@@ -2,6 +2,7 @@ package quota
 
 import (
 	"math/big"
+	"math/bits"
 	"slices"
 	"strings"
 )
@@ -45,6 +46,12 @@ type CostBook struct {
 	prices map[string]Price
 	sorted []Price  // prices sorted by model
 	factor *big.Rat // credits per token-USD-per-million: 100 × (1 + margin) / 1e6; read only
+	// The integer form of the same book, for Credits: each price and
+	// 1 + margin times 10^9 where that is exact (nano-USD per million
+	// tokens); scaled[model] is missing, or marginOK false, when not.
+	scaled   map[string][4]uint64
+	margin9  uint64
+	marginOK bool
 }
 
 // NewCostBook returns a CostBook that charges margin on top of the provider
@@ -66,9 +73,38 @@ func newCostBook(margin Decimal, prices map[string]Price) *CostBook {
 	}
 	slices.SortFunc(sorted, func(a, b Price) int { return strings.Compare(a.Model, b.Model) })
 	factor := new(big.Rat).Add(costOne, margin.rat())
+	onePlus := new(big.Rat).Set(factor)
 	factor.Mul(factor, costCentsUSD)
 	factor.Mul(factor, costPerToken)
-	return &CostBook{margin: margin, prices: prices, sorted: sorted, factor: factor}
+	b := &CostBook{margin: margin, prices: prices, sorted: sorted, factor: factor, scaled: make(map[string][4]uint64, len(prices))}
+	b.margin9, b.marginOK = nano(onePlus)
+	for model, p := range prices {
+		var sc [4]uint64
+		ok := true
+		for i, d := range [4]Decimal{p.Input, p.Output, p.CacheWrite, p.CacheRead} {
+			var exact bool
+			if sc[i], exact = nano(d.rat()); !exact {
+				ok = false
+			}
+		}
+		if ok {
+			b.scaled[model] = sc
+		}
+	}
+	return b
+}
+
+// nano answers r × 10^9 when that is a whole number in [0, 2^63).
+func nano(r *big.Rat) (uint64, bool) {
+	if r.Sign() < 0 {
+		return 0, false
+	}
+	n := new(big.Int).Mul(r.Num(), big.NewInt(1_000_000_000))
+	q, m := new(big.Int).QuoRem(n, r.Denom(), new(big.Int))
+	if m.Sign() != 0 || !q.IsInt64() {
+		return 0, false
+	}
+	return uint64(q.Int64()), true
 }
 
 // Margin returns the margin charged on top of the provider cost.
@@ -103,36 +139,19 @@ func (b *CostBook) With(p Price) *CostBook {
 // "usage.cache_read_tokens"), and credits that overflow int64 (field
 // "usage").
 func (b *CostBook) Cost(u Usage) (credits int64, usd Decimal, err error) {
-	if u.Model == "" {
-		return 0, Decimal{}, Invalid("usage.model", "is required")
-	}
-	p, ok := b.prices[u.Model]
-	if !ok {
-		name := u.Model
-		if len(name) > costMaxModelLen {
-			name = name[:costMaxModelLen] + "..."
-		}
-		return 0, Decimal{}, Invalid("usage.model", "unknown model %q", name)
+	p, err := b.check(u)
+	if err != nil {
+		return 0, Decimal{}, err
 	}
 	terms := [...]struct {
-		field  string
 		tokens int64
 		price  Decimal
 	}{
-		{"usage.input_tokens", u.InputTokens, p.Input},
-		{"usage.output_tokens", u.OutputTokens, p.Output},
-		{"usage.cache_write_tokens", u.CacheWriteTokens, p.CacheWrite},
-		{"usage.cache_read_tokens", u.CacheReadTokens, p.CacheRead},
+		{u.InputTokens, p.Input},
+		{u.OutputTokens, p.Output},
+		{u.CacheWriteTokens, p.CacheWrite},
+		{u.CacheReadTokens, p.CacheRead},
 	}
-	for _, t := range terms {
-		if t.tokens < 0 {
-			return 0, Decimal{}, Invalid(t.field, "must not be negative, got %d", t.tokens)
-		}
-		if t.tokens > costMaxTokens {
-			return 0, Decimal{}, Invalid(t.field, "must be at most %d, got %d", int64(costMaxTokens), t.tokens)
-		}
-	}
-
 	// sum is Σ tokens × USD per million tokens.
 	sum := new(big.Rat)
 	var term big.Rat
@@ -147,12 +166,99 @@ func (b *CostBook) Cost(u Usage) (credits int64, usd Decimal, err error) {
 	if sum.Sign() == 0 {
 		return 0, Decimal{}, nil
 	}
-	credits, ok = Decimal{r: new(big.Rat).Mul(sum, b.factor)}.Ceil()
+	credits, ok := Decimal{r: new(big.Rat).Mul(sum, b.factor)}.Ceil()
 	usd = Decimal{r: sum.Mul(sum, costPerToken)}
 	if !ok {
 		return 0, Decimal{}, Invalid("usage", "cost of %s USD overflows the credit counter", usd)
 	}
 	return credits, usd, nil
+}
+
+// check validates u and answers its model's price.
+func (b *CostBook) check(u Usage) (Price, error) {
+	if u.Model == "" {
+		return Price{}, Invalid("usage.model", "is required")
+	}
+	p, ok := b.prices[u.Model]
+	if !ok {
+		name := u.Model
+		if len(name) > costMaxModelLen {
+			name = name[:costMaxModelLen] + "..."
+		}
+		return Price{}, Invalid("usage.model", "unknown model %q", name)
+	}
+	for _, t := range [...]struct {
+		field  string
+		tokens int64
+	}{
+		{"usage.input_tokens", u.InputTokens},
+		{"usage.output_tokens", u.OutputTokens},
+		{"usage.cache_write_tokens", u.CacheWriteTokens},
+		{"usage.cache_read_tokens", u.CacheReadTokens},
+	} {
+		if t.tokens < 0 {
+			return Price{}, Invalid(t.field, "must not be negative, got %d", t.tokens)
+		}
+		if t.tokens > costMaxTokens {
+			return Price{}, Invalid(t.field, "must be at most %d, got %d", int64(costMaxTokens), t.tokens)
+		}
+	}
+	return p, nil
+}
+
+// Credits is Cost's credits alone, what a priced consume needs: the same
+// number and the same errors, in integer arithmetic without allocating when
+// the model's prices and the margin have at most nine decimals (whole
+// nano-USD), through Cost otherwise.
+//
+//	credits = ceil(Σ tokens × price × 100 × (1 + margin) / 10^6)
+//	        = ceil(Σ tokens × P × 100 × M / 10^24)
+//
+// with P and M the prices and 1 + margin times 10^9. tokens ≤ 10^12 < 2^40
+// and P ≤ 10^15 < 2^50, so the sum of four products fits 128 bits; times
+// 100 × M it fits 192, and two divisions by 10^12 bring it back.
+func (b *CostBook) Credits(u Usage) (int64, error) {
+	if _, err := b.check(u); err != nil {
+		return 0, err
+	}
+	sc, ok := b.scaled[u.Model]
+	if !ok || !b.marginOK || b.margin9 > (1<<64-1)/100 {
+		credits, _, err := b.Cost(u)
+		return credits, err
+	}
+	var hi, lo uint64
+	for i, tokens := range [4]int64{u.InputTokens, u.OutputTokens, u.CacheWriteTokens, u.CacheReadTokens} {
+		h, l := bits.Mul64(uint64(tokens), sc[i])
+		var c uint64
+		lo, c = bits.Add64(lo, l, 0)
+		hi += h + c
+	}
+	k := 100 * b.margin9
+	w1, w0 := bits.Mul64(lo, k)
+	h1, h0 := bits.Mul64(hi, k)
+	w1, c := bits.Add64(w1, h0, 0)
+	w2 := h1 + c
+	const d = 1_000_000_000_000
+	w2, w1, w0, rem1 := div192(w2, w1, w0, d)
+	w2, w1, w0, rem2 := div192(w2, w1, w0, d)
+	if rem1 != 0 || rem2 != 0 {
+		var carry uint64
+		w0, carry = bits.Add64(w0, 1, 0)
+		w1 += carry
+	}
+	if w2 != 0 || w1 != 0 || w0 >= 1<<63 {
+		credits, _, err := b.Cost(u) // past the counter's range: Cost words the error
+		return credits, err
+	}
+	return int64(w0), nil
+}
+
+// div192 divides the 192-bit number (w2, w1, w0) by d.
+func div192(w2, w1, w0, d uint64) (q2, q1, q0, rem uint64) {
+	q2, rem = bits.Div64(0, w2, d)
+	q1, rem = bits.Div64(rem, w1, d)
+	q0, rem = bits.Div64(rem, w0, d)
+	return q2, q1, q0, rem
 }
 
 // ValidatePrice checks that p.Model is 1 to 64 characters from

@@ -3,7 +3,9 @@ package quota_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -357,6 +359,72 @@ func BenchmarkCostBookCost(b *testing.B) {
 	u := quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 12345, OutputTokens: 678, CacheReadTokens: 9000}
 	for b.Loop() {
 		if _, _, err := book.Cost(u); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestCreditsMatchesCost: the integer path of Credits gives Cost's credits
+// and Cost's errors, for prices and margins with and without more than
+// nine decimals, token counts from 0 to the limit, and results past the
+// counter's range.
+func TestCreditsMatchesCost(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	decimal := func(maxInt int64, maxDecimals int) string {
+		whole := rng.Int64N(maxInt + 1)
+		d := rng.IntN(maxDecimals + 1)
+		if d == 0 || whole == maxInt {
+			return fmt.Sprint(whole)
+		}
+		frac := fmt.Sprintf("%0*d", d, rng.Int64N(int64(math.Pow10(min(d, 18)))))
+		return fmt.Sprintf("%d.%s", whole, frac)
+	}
+	tokens := func() int64 {
+		switch rng.IntN(6) {
+		case 0:
+			return 0
+		case 1:
+			return rng.Int64N(1_000_000_000_001) // up to the limit
+		case 2:
+			return -rng.Int64N(3) // 0 or an error
+		default:
+			return rng.Int64N(200_000)
+		}
+	}
+	cases, integerPath := 0, 0
+	for range 2000 {
+		var prices []quota.Price
+		for m := range 3 {
+			prices = append(prices, quota.Price{Model: fmt.Sprint("m", m),
+				Input: quota.MustDecimal(decimal(1000, 12)), Output: quota.MustDecimal(decimal(100_000, 10)),
+				CacheWrite: quota.MustDecimal(decimal(50, 9)), CacheRead: quota.MustDecimal(decimal(1_000_000, 3))})
+		}
+		book := quota.NewCostBook(quota.MustDecimal(decimal(1000, 11)), prices)
+		for range 100 {
+			u := quota.Usage{Model: fmt.Sprint("m", rng.IntN(4)), InputTokens: tokens(), OutputTokens: tokens(),
+				CacheWriteTokens: tokens(), CacheReadTokens: tokens()}
+			want, _, wantErr := book.Cost(u)
+			got, gotErr := book.Credits(u)
+			if got != want || (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Error() != wantErr.Error()) {
+				t.Fatalf("%+v with %+v margin %s: Credits %d (%v), Cost %d (%v)", u, prices, book.Margin(), got, gotErr, want, wantErr)
+			}
+			cases++
+			if wantErr == nil && book.IntegerPath(u.Model) {
+				integerPath++
+			}
+		}
+	}
+	if integerPath < cases/10 {
+		t.Fatalf("only %d of %d cases took the integer path", integerPath, cases)
+	}
+	t.Logf("%d cases, %d on the integer path", cases, integerPath)
+}
+
+func BenchmarkCostBookCredits(b *testing.B) {
+	book := defaultBook()
+	u := quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 12345, OutputTokens: 678, CacheReadTokens: 9000}
+	for b.Loop() {
+		if _, err := book.Credits(u); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -242,7 +242,7 @@ func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 	case req.Usage != nil && amount != 0:
 		return ConsumeResponse{}, Invalid("amount", "give either amount or usage, not both")
 	case req.Usage != nil:
-		amount, _, err = s.book.Load().Cost(*req.Usage)
+		amount, err = s.book.Load().Credits(*req.Usage)
 		if err != nil {
 			return ConsumeResponse{}, err
 		}
