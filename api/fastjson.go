@@ -264,6 +264,18 @@ func writeJSON(c echo.Context, status int, b []byte) error {
 	return err
 }
 
+// appendUsage appends the usage fields check and consume answers share.
+func appendUsage(b []byte, used, reserved, limit, remaining int64) []byte {
+	b = append(b, `,"used":`...)
+	b = strconv.AppendInt(b, used, 10)
+	b = append(b, `,"reserved":`...)
+	b = strconv.AppendInt(b, reserved, 10)
+	b = append(b, `,"limit":`...)
+	b = strconv.AppendInt(b, limit, 10)
+	b = append(b, `,"remaining":`...)
+	return strconv.AppendInt(b, remaining, 10)
+}
+
 func appendCheck(b []byte, r *quota.CheckResult) []byte {
 	b = append(b, `{"subject":`...)
 	b = jsonw.String(b, r.Subject)
@@ -271,14 +283,7 @@ func appendCheck(b []byte, r *quota.CheckResult) []byte {
 	b = jsonw.String(b, r.Meter)
 	b = append(b, `,"allowed":`...)
 	b = strconv.AppendBool(b, r.Allowed)
-	b = append(b, `,"used":`...)
-	b = strconv.AppendInt(b, r.Used, 10)
-	b = append(b, `,"reserved":`...)
-	b = strconv.AppendInt(b, r.Reserved, 10)
-	b = append(b, `,"limit":`...)
-	b = strconv.AppendInt(b, r.Limit, 10)
-	b = append(b, `,"remaining":`...)
-	b = strconv.AppendInt(b, r.Remaining, 10)
+	b = appendUsage(b, r.Used, r.Reserved, r.Limit, r.Remaining)
 	b = append(b, `,"resets_at":`...)
 	b = jsonw.TimeOrNull(b, r.ResetsAt.Time)
 	b = append(b, `,"plan":`...)
@@ -293,14 +298,7 @@ func appendConsume(b []byte, r *quota.ConsumeResponse) []byte {
 	b = strconv.AppendBool(b, r.Duplicate)
 	b = append(b, `,"amount":`...)
 	b = strconv.AppendInt(b, r.Amount, 10)
-	b = append(b, `,"used":`...)
-	b = strconv.AppendInt(b, r.Used, 10)
-	b = append(b, `,"reserved":`...)
-	b = strconv.AppendInt(b, r.Reserved, 10)
-	b = append(b, `,"limit":`...)
-	b = strconv.AppendInt(b, r.Limit, 10)
-	b = append(b, `,"remaining":`...)
-	b = strconv.AppendInt(b, r.Remaining, 10)
+	b = appendUsage(b, r.Used, r.Reserved, r.Limit, r.Remaining)
 	b = append(b, `,"exceeded":`...)
 	b = strconv.AppendBool(b, r.Exceeded)
 	b = append(b, `,"resets_at":`...)

@@ -93,7 +93,7 @@ const (
 )
 
 // NewSnapshots returns the L1 counter over next; bus may be nil (single
-// instance, tests). Its refresh workers run until ctx ends.
+// instance, tests). Its refresh worker runs until ctx ends.
 func NewSnapshots(ctx context.Context, next L2, bus *Bus, cfg SnapshotConfig) (*Snapshots, error) {
 	if cfg.TTL <= 0 {
 		cfg.TTL = time.Second
@@ -171,19 +171,13 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 }
 
 // store keeps a snapshot of key read at the given time, unless an
-// invalidation came after the read began (see Snapshots) or the snapshot
-// there is newer (a consume through this instance answered while a
-// refresh was on its way: keep what this instance's client saw). It
-// reports whether it stored.
+// invalidation came after the read began (see Snapshots). It reports
+// whether it stored.
 func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
 	if s.epoch.Load() != epoch {
 		return false
 	}
-	start := key.Start.UnixNano()
-	if old, ok := s.c.Get(h); ok && old.at > at && old.start == start && old.subject == key.Subject && old.meter == key.Meter {
-		return false
-	}
-	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: start, used: used, at: at}, 1)
+	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
 	if s.epoch.Load() != epoch {
 		s.c.Del(h)
 		return false
@@ -237,12 +231,24 @@ func (s *Snapshots) refreshLoop(ctx context.Context, linger time.Duration) {
 		at := s.now().UnixNano() // the snapshots' age counts from before the read
 		used, ok, err := s.next.Peek(ctx, keys)
 		for i, q := range batch {
-			if err == nil && ok[i] && s.store(q.h, q.key, used[i], at, epoch) {
+			if err == nil && ok[i] && s.storeRefreshed(q.h, q.key, used[i], at, epoch) {
 				s.refreshes.Inc()
 			}
 			s.inflight[q.h%inflightSlots].Store(0)
 		}
 	}
+}
+
+// storeRefreshed is store for a background refresh, which may have read
+// before a consume through this instance answered: the snapshot that
+// consume left is newer, and it is what this instance's client saw, so it
+// stays. (Only here: a miss or a consume has nothing newer to meet, and
+// the hot path saves the lookup.)
+func (s *Snapshots) storeRefreshed(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
+	if old, ok := s.c.Get(h); ok && old.at > at && old.start == key.Start.UnixNano() && old.subject == key.Subject && old.meter == key.Meter {
+		return false
+	}
+	return s.store(h, key, used, at, epoch)
 }
 
 // Consume implements quota.Counter and refreshes the snapshot.

@@ -141,7 +141,7 @@ func TestStoreKeepsTheNewerSnapshot(t *testing.T) {
 		t.Fatal("first snapshot not stored")
 	}
 	s.c.Wait()
-	if s.store(h, l1Key, 5, now.Load()-int64(time.Millisecond), s.epoch.Load()) { // a refresh read just before it
+	if s.storeRefreshed(h, l1Key, 5, now.Load()-int64(time.Millisecond), s.epoch.Load()) { // a refresh read just before it
 		t.Fatal("an older read replaced a newer snapshot")
 	}
 	s.c.Wait()
