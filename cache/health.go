@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -25,7 +26,14 @@ type Health struct {
 	interval time.Duration
 	up       atomic.Bool
 	probing  atomic.Bool
-	ctx      context.Context
+	// direct is held shared by each write that goes to Postgres directly
+	// while Redis is down, and exclusively by the switch back to up: the
+	// recovery lists what Postgres changed directly, so a direct write
+	// still running then would be missed, and Redis's copy of its counter
+	// (reloaded from Postgres just before that write commits) would stay
+	// short of Postgres by the write.
+	direct sync.RWMutex
+	ctx    context.Context
 	// OnChange, if set, is called with the new state on every change.
 	OnChange func(up bool)
 }
@@ -47,6 +55,23 @@ func (h *Health) Start(ctx context.Context, recover func(ctx context.Context) er
 
 // Up reports whether Redis is believed reachable.
 func (h *Health) Up() bool { return h.up.Load() }
+
+// BeginDirect starts a write to Postgres directly, for a caller that found
+// Redis down. It answers true, and holds nothing, if Redis is up again by
+// now: the caller uses Redis instead. Otherwise the caller must call
+// EndDirect once the write has committed or failed; until then Redis is
+// not switched back to up.
+func (h *Health) BeginDirect() (redisUp bool) {
+	h.direct.RLock()
+	if h.up.Load() {
+		h.direct.RUnlock()
+		return true
+	}
+	return false
+}
+
+// EndDirect ends a write started with BeginDirect.
+func (h *Health) EndDirect() { h.direct.RUnlock() }
 
 // Failed reports whether err means Redis is unreachable; if so it marks
 // Redis down and starts probing. Errors Redis itself answered (a script
@@ -107,6 +132,9 @@ func (h *Health) try() bool {
 	if err := h.rdb.Ping(ctx).Err(); err != nil {
 		return false
 	}
+	// Wait for direct writes in flight, and hold new ones back, until up.
+	h.direct.Lock()
+	defer h.direct.Unlock()
 	if h.recover != nil {
 		if err := h.recover(ctx); err != nil {
 			h.log.Warn("redis is back but recovery failed; retrying", "err", err)

@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,7 @@ type Snapshots struct {
 	// inflight marks snapshots being refreshed (slot hash%len holds the
 	// hash), so a hot subject queues one refresh, not one per check.
 	inflight  []atomic.Uint64
+	storing   [storeStripes]sync.Mutex // see store
 	hits      prometheus.Counter
 	miss      prometheus.Counter
 	refreshes prometheus.Counter
@@ -90,6 +92,7 @@ const (
 	refreshBatch  = 512
 	refreshLinger = 5 * time.Millisecond
 	inflightSlots = 4096
+	storeStripes  = 256
 )
 
 // NewSnapshots returns the L1 counter over next; bus may be nil (single
@@ -171,10 +174,26 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 }
 
 // store keeps a snapshot of key read at the given time, unless an
-// invalidation came after the read began (see Snapshots). It reports
-// whether it stored.
+// invalidation came after the read began (see Snapshots) or the snapshot
+// it holds is larger. It reports whether it stored.
+//
+// Answers about one counter reach store in any order: the consumes one
+// Redis script call answered wake their handlers together, and a miss or
+// a refresh may have read before a consume answered. Within an epoch a
+// counter only grows (a reset or a reload moves the epoch), so the larger
+// count is the later one; keeping it means a client's next check on this
+// instance sees its own consume. (After Redis lost data and reloaded a
+// counter lower, the larger snapshot stays until it is TTL old.) The
+// compare and the set hold the counter's stripe lock: ristretto has no
+// compare-and-swap.
 func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
 	if s.epoch.Load() != epoch {
+		return false
+	}
+	mu := &s.storing[h%storeStripes]
+	mu.Lock()
+	defer mu.Unlock()
+	if old, ok := s.c.Get(h); ok && old.used > used && old.start == key.Start.UnixNano() && old.subject == key.Subject && old.meter == key.Meter {
 		return false
 	}
 	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
@@ -231,24 +250,12 @@ func (s *Snapshots) refreshLoop(ctx context.Context, linger time.Duration) {
 		at := s.now().UnixNano() // the snapshots' age counts from before the read
 		used, ok, err := s.next.Peek(ctx, keys)
 		for i, q := range batch {
-			if err == nil && ok[i] && s.storeRefreshed(q.h, q.key, used[i], at, epoch) {
+			if err == nil && ok[i] && s.store(q.h, q.key, used[i], at, epoch) {
 				s.refreshes.Inc()
 			}
 			s.inflight[q.h%inflightSlots].Store(0)
 		}
 	}
-}
-
-// storeRefreshed is store for a background refresh, which may have read
-// before a consume through this instance answered: the snapshot that
-// consume left is newer, and it is what this instance's client saw, so it
-// stays. (Only here: a miss or a consume has nothing newer to meet, and
-// the hot path saves the lookup.)
-func (s *Snapshots) storeRefreshed(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
-	if old, ok := s.c.Get(h); ok && old.at > at && old.start == key.Start.UnixNano() && old.subject == key.Subject && old.meter == key.Meter {
-		return false
-	}
-	return s.store(h, key, used, at, epoch)
 }
 
 // Consume implements quota.Counter and refreshes the snapshot.

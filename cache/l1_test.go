@@ -130,22 +130,42 @@ func TestInvalidationBeatsAnInFlightRead(t *testing.T) {
 	}
 }
 
-// TestStoreKeepsTheNewerSnapshot: a refresh read before this instance's
-// own consume answered does not replace the consume's snapshot.
+// TestStoreKeepsTheNewerSnapshot: answers about one counter arrive in any
+// order (consumes answered by one batch, a refresh read before a consume);
+// the snapshot keeps the largest count, so a client's next check sees its
+// own consume, until an invalidation starts a new epoch.
 func TestStoreKeepsTheNewerSnapshot(t *testing.T) {
 	var now atomic.Int64
 	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
 	s := newTestSnapshots(t, &fakeL2{}, &now)
 	h := s.hash(l1Key)
-	if !s.store(h, l1Key, 10, now.Load(), s.epoch.Load()) { // the consume's answer
+	stored := func(want int64) {
+		t.Helper()
+		s.c.Wait()
+		if snap, ok := s.c.Get(h); !ok || snap.used != want {
+			t.Fatalf("snapshot %+v (%v), want used %d", snap, ok, want)
+		}
+	}
+	if !s.store(h, l1Key, 11, now.Load(), s.epoch.Load()) { // the later of two consumes answered together
 		t.Fatal("first snapshot not stored")
 	}
-	s.c.Wait()
-	if s.storeRefreshed(h, l1Key, 5, now.Load()-int64(time.Millisecond), s.epoch.Load()) { // a refresh read just before it
+	stored(11)
+	if s.store(h, l1Key, 10, now.Load()+1, s.epoch.Load()) { // the earlier one, whose handler ran second
+		t.Fatal("an earlier consume's answer replaced a later one")
+	}
+	if s.store(h, l1Key, 5, now.Load()-int64(time.Millisecond), s.epoch.Load()) { // a refresh read before both
 		t.Fatal("an older read replaced a newer snapshot")
 	}
-	s.c.Wait()
-	if snap, ok := s.c.Get(h); !ok || snap.used != 10 {
-		t.Fatalf("snapshot %+v (%v), want used 10", snap, ok)
+	stored(11)
+	if !s.store(h, l1Key, 11, now.Load()+int64(time.Second/2), s.epoch.Load()) { // a refresh that found no change
+		t.Fatal("a read of the same count did not renew the snapshot")
 	}
+	if snap, _ := s.c.Get(h); snap.at != now.Load()+int64(time.Second/2) {
+		t.Fatalf("snapshot read at %d, want the refresh's time", snap.at)
+	}
+	s.Invalidate("counter " + l1Key.Subject + " " + l1Key.Meter + " 1700000000") // a reset
+	if !s.store(h, l1Key, 0, now.Load()+int64(time.Second), s.epoch.Load()) {
+		t.Fatal("the count after a reset was not stored")
+	}
+	stored(0)
 }

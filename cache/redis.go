@@ -159,15 +159,20 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, [
 // Consume implements quota.Counter with one script call (two more when the
 // counter has to be loaded first).
 func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
-	if !c.health.Up() {
-		return c.src.Consume(ctx, op)
+	for {
+		if c.health.Up() {
+			res, err := c.consume(ctx, op)
+			if err == nil || !c.health.Failed(err) {
+				return res, err
+			}
+			c.log.Warn("redis unreachable: consuming through postgres", "err", err)
+		}
+		if !c.health.BeginDirect() {
+			break
+		}
 	}
-	res, err := c.consume(ctx, op)
-	if err != nil && c.health.Failed(err) {
-		c.log.Warn("redis unreachable: consuming through postgres", "err", err)
-		return c.src.Consume(ctx, op)
-	}
-	return res, err
+	defer c.health.EndDirect()
+	return c.src.Consume(ctx, op)
 }
 
 func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
@@ -272,16 +277,21 @@ func firstAnswer(stored string, op quota.ConsumeOp) (quota.ConsumeResult, error)
 
 // Reset implements quota.Counter.
 func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
-	if !c.health.Up() {
-		return c.src.Reset(ctx, key, at)
-	}
 	ck, uk := counterKeys(key)
 	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
-	err := resetScript.Run(ctx, c.rdb, []string{ck, uk, PendingStream}, expireAt(key, at), ev).Err()
-	if err != nil && c.health.Failed(err) {
-		return c.src.Reset(ctx, key, at)
+	for {
+		if c.health.Up() {
+			err := resetScript.Run(ctx, c.rdb, []string{ck, uk, PendingStream}, expireAt(key, at), ev).Err()
+			if err == nil || !c.health.Failed(err) {
+				return translate(err)
+			}
+		}
+		if !c.health.BeginDirect() {
+			break
+		}
 	}
-	return translate(err)
+	defer c.health.EndDirect()
+	return c.src.Reset(ctx, key, at)
 }
 
 // DropStale drops Redis's copies of counters that Postgres changed
