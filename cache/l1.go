@@ -5,7 +5,6 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,7 +44,6 @@ type Snapshots struct {
 	// inflight marks snapshots being refreshed (slot hash%len holds the
 	// hash), so a hot subject queues one refresh, not one per check.
 	inflight  []atomic.Uint64
-	storing   [storeStripes]sync.Mutex // see store
 	hits      prometheus.Counter
 	miss      prometheus.Counter
 	refreshes prometheus.Counter
@@ -92,7 +90,6 @@ const (
 	refreshBatch  = 512
 	refreshLinger = 5 * time.Millisecond
 	inflightSlots = 4096
-	storeStripes  = 256
 )
 
 // NewSnapshots returns the L1 counter over next; bus may be nil (single
@@ -111,7 +108,7 @@ func NewSnapshots(ctx context.Context, next L2, bus *Bus, cfg SnapshotConfig) (*
 		cfg.Now = time.Now
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[uint64, snapshot]{
-		NumCounters: cfg.MaxItems * 10, MaxCost: cfg.MaxItems, BufferItems: 64,
+		NumCounters: cfg.MaxItems * 10, MaxCost: cfg.MaxItems, BufferItems: 64, ShouldUpdate: newer,
 	})
 	if err != nil {
 		return nil, err
@@ -174,26 +171,11 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 }
 
 // store keeps a snapshot of key read at the given time, unless an
-// invalidation came after the read began (see Snapshots) or the snapshot
-// it holds is larger. It reports whether it stored.
-//
-// Answers about one counter reach store in any order: the consumes one
-// Redis script call answered wake their handlers together, and a miss or
-// a refresh may have read before a consume answered. Within an epoch a
-// counter only grows (a reset or a reload moves the epoch), so the larger
-// count is the later one; keeping it means a client's next check on this
-// instance sees its own consume. (After Redis lost data and reloaded a
-// counter lower, the larger snapshot stays until it is TTL old.) The
-// compare and the set hold the counter's stripe lock: ristretto has no
-// compare-and-swap.
+// invalidation came after the read began (see Snapshots); it reports
+// whether none did. Of two snapshots of one counter the cache keeps the
+// larger count (see newer).
 func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
 	if s.epoch.Load() != epoch {
-		return false
-	}
-	mu := &s.storing[h%storeStripes]
-	mu.Lock()
-	defer mu.Unlock()
-	if old, ok := s.c.Get(h); ok && old.used > used && old.start == key.Start.UnixNano() && old.subject == key.Subject && old.meter == key.Meter {
 		return false
 	}
 	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
@@ -202,6 +184,20 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 		return false
 	}
 	return true
+}
+
+// newer is the cache's ShouldUpdate: whether snapshot cur may replace
+// prev. Answers about one counter reach store in any order: the consumes
+// one Redis script call answered wake their handlers together, and a miss
+// or a refresh may have read before a consume answered. Within an epoch a
+// counter only grows (a reset or a reload moves the epoch), so the larger
+// count is the later one; keeping it means a client's next check on this
+// instance sees its own consume. (After Redis lost data and reloaded a
+// counter lower, the larger snapshot stays until it is TTL old.) Ristretto
+// calls it under the lock of the key's shard, so compare and set are one
+// step.
+func newer(cur, prev snapshot) bool {
+	return cur.used >= prev.used || cur.start != prev.start || cur.subject != prev.subject || cur.meter != prev.meter
 }
 
 // refreshAhead queues a background read of the snapshot h, unless one is

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -139,33 +140,45 @@ func TestStoreKeepsTheNewerSnapshot(t *testing.T) {
 	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
 	s := newTestSnapshots(t, &fakeL2{}, &now)
 	h := s.hash(l1Key)
-	stored := func(want int64) {
+	store := func(used, at, want int64) {
 		t.Helper()
+		if !s.store(h, l1Key, used, at, s.epoch.Load()) {
+			t.Fatal("store dropped a snapshot with no invalidation")
+		}
 		s.c.Wait()
 		if snap, ok := s.c.Get(h); !ok || snap.used != want {
-			t.Fatalf("snapshot %+v (%v), want used %d", snap, ok, want)
+			t.Fatalf("after storing %d: snapshot %+v (%v), want used %d", used, snap, ok, want)
 		}
 	}
-	if !s.store(h, l1Key, 11, now.Load(), s.epoch.Load()) { // the later of two consumes answered together
-		t.Fatal("first snapshot not stored")
-	}
-	stored(11)
-	if s.store(h, l1Key, 10, now.Load()+1, s.epoch.Load()) { // the earlier one, whose handler ran second
-		t.Fatal("an earlier consume's answer replaced a later one")
-	}
-	if s.store(h, l1Key, 5, now.Load()-int64(time.Millisecond), s.epoch.Load()) { // a refresh read before both
-		t.Fatal("an older read replaced a newer snapshot")
-	}
-	stored(11)
-	if !s.store(h, l1Key, 11, now.Load()+int64(time.Second/2), s.epoch.Load()) { // a refresh that found no change
-		t.Fatal("a read of the same count did not renew the snapshot")
-	}
-	if snap, _ := s.c.Get(h); snap.at != now.Load()+int64(time.Second/2) {
+	t0 := now.Load()
+	store(11, t0, 11)                        // the later of two consumes answered together
+	store(10, t0+1, 11)                      // the earlier one, whose handler ran second
+	store(5, t0-int64(time.Millisecond), 11) // a refresh read before both
+	store(11, t0+int64(time.Second/2), 11)   // a refresh that found no change renews it
+	if snap, _ := s.c.Get(h); snap.at != t0+int64(time.Second/2) {
 		t.Fatalf("snapshot read at %d, want the refresh's time", snap.at)
 	}
 	s.Invalidate("counter " + l1Key.Subject + " " + l1Key.Meter + " 1700000000") // a reset
-	if !s.store(h, l1Key, 0, now.Load()+int64(time.Second), s.epoch.Load()) {
-		t.Fatal("the count after a reset was not stored")
+	store(0, t0+int64(time.Second), 0)
+}
+
+// TestConcurrentStoresKeepTheLargest: many handlers storing the answers
+// of one batch at once leave the largest count, whatever their order.
+func TestConcurrentStoresKeepTheLargest(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
+	s := newTestSnapshots(t, &fakeL2{}, &now)
+	h := s.hash(l1Key)
+	for round := range 50 {
+		base := int64(round * 100)
+		var wg sync.WaitGroup
+		for i := range 64 {
+			wg.Go(func() { s.store(h, l1Key, base+int64(i), now.Load(), s.epoch.Load()) })
+		}
+		wg.Wait()
+		s.c.Wait()
+		if snap, ok := s.c.Get(h); !ok || snap.used != base+63 {
+			t.Fatalf("round %d: snapshot %+v (%v), want used %d", round, snap, ok, base+63)
+		}
 	}
-	stored(0)
 }
