@@ -181,61 +181,29 @@ func decodeEntry(m redis.XMessage) ([]quota.Event, error) {
 	return events, nil
 }
 
-// ackEvents bounds the events one ack script call acknowledges (it stops
-// after the entry that reaches it): Redis runs nothing else meanwhile, and
-// calls of up to 16,000 events (500 full entries) went with Redis runs of
-// up to 28 ms under load, every consume waiting.
-const ackEvents = 1000
+// ackEntries bounds the entries one ack script call acknowledges and
+// deletes: Redis runs nothing else meanwhile.
+const ackEntries = 500
 
-// Ack acknowledges the entries of events written to Postgres and lowers
-// their counters' unflushed counts, once per event however often it is
-// called. Every event of an entry must be in the same call: the entry is
-// acknowledged as a whole.
+// Ack acknowledges the entries of events written to Postgres and deletes
+// them from the stream, once however often it is called. Every event of an
+// entry must have been written: the entry is acknowledged as a whole.
 func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
-	type entry struct {
-		id      string
-		counted []int // indexes into events of this entry's events with an unflushed count
-	}
-	var entries []*entry
-	byRef := map[string]*entry{}
+	var ids []any
+	seen := map[string]bool{}
 	for i := range events {
-		e := byRef[events[i].Ref]
-		if e == nil {
-			e = &entry{id: events[i].Ref}
-			byRef[e.id] = e
-			entries = append(entries, e)
-		}
-		if events[i].Kind != quota.EventProvision {
-			e.counted = append(e.counted, i)
+		if ref := events[i].Ref; !seen[ref] {
+			seen[ref] = true
+			ids = append(ids, ref)
 		}
 	}
-	for len(entries) > 0 {
-		n, counted := 0, 0
-		for n < len(entries) && counted < ackEvents {
-			counted += 1 + len(entries[n].counted)
-			n++
+	for len(ids) > 0 {
+		n := min(len(ids), ackEntries)
+		args := append([]any{FlushGroup}, ids[:n]...)
+		if err := ackScript.Run(ctx, p.rdb, []string{PendingStream}, args...).Err(); err != nil {
+			return fmt.Errorf("ack %d entries: %w", n, err)
 		}
-		chunk := entries[:n]
-		entries = entries[n:]
-		keys := []string{PendingStream}
-		index := map[string]int{}
-		args := []any{FlushGroup}
-		for _, e := range chunk {
-			args = append(args, e.id, len(e.counted))
-			for _, i := range e.counted {
-				_, uk := counterKeys(events[i].Key())
-				k := index[uk]
-				if k == 0 {
-					keys = append(keys, uk)
-					k = len(keys) - 1
-					index[uk] = k
-				}
-				args = append(args, k)
-			}
-		}
-		if err := ackScript.Run(ctx, p.rdb, keys, args...).Err(); err != nil {
-			return fmt.Errorf("ack %d entries: %w", len(chunk), err)
-		}
+		ids = ids[n:]
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ import (
 )
 
 type call struct {
-	consume bool // a consume op (keys: counter, unflushed, idempotency; 7 args); else a GET of keys[0]
+	consume bool // a consume op (keys: counter, idempotency; 6 args); else a GET of keys[0]
 	keys    []string
 	args    []any
 	val     any

@@ -25,6 +25,8 @@ import (
 // (so Redis's copies are stale and must be reloaded).
 type Source interface {
 	quota.Counter
+	// Stored reads a counter and whether Postgres has a row for it.
+	Stored(ctx context.Context, key quota.CounterKey) (used int64, found bool, err error)
 	// StaleCounters lists counters changed in Postgres directly since their
 	// copy in Redis was last dropped.
 	StaleCounters(ctx context.Context) ([]quota.CounterKey, error)
@@ -51,8 +53,9 @@ type Counter struct {
 	src    Source
 	health *Health
 	log    *slog.Logger
-	// loadWait bounds how long a load waits for a counter's unflushed
-	// events to reach Postgres before it gives up and uses Postgres directly.
+	// loadWait bounds how long a load waits for events that may be the
+	// counter's to reach Postgres (see loadScript) before it gives up and
+	// uses Postgres directly.
 	loadWait time.Duration
 	// reads counts usage reads answered by Redis (L2); those that fall back
 	// to Postgres are not in it.
@@ -74,12 +77,9 @@ func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, heal
 // Register registers the counter's metrics on reg.
 func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads) }
 
-// counterKeys returns the Redis keys of a counter and of its unflushed-event
-// count.
-func counterKeys(k quota.CounterKey) (counter, unflushed string) {
-	base := "q:{" + k.Subject + "}:"
-	tail := k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
-	return base + "c:" + tail, base + "u:" + tail
+// counterKey returns the Redis key of a counter.
+func counterKey(k quota.CounterKey) string {
+	return "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
 }
 
 // expireAt is when Redis may drop a counter: a day after its period ends
@@ -98,7 +98,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 	if !c.health.Up() {
 		return c.src.Used(ctx, r)
 	}
-	ck, _ := counterKeys(r.Key)
+	ck := counterKey(r.Key)
 	for range 2 {
 		v, err := c.get(ctx, ck)
 		if err == nil {
@@ -118,7 +118,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 			}
 			return 0, err
 		}
-		if !loaded { // unflushed events in the way: Postgres plus what is pending is not knowable cheaply
+		if !loaded { // events maybe unflushed in the way: Postgres plus what is pending is not knowable cheaply
 			return c.src.Used(ctx, r)
 		}
 	}
@@ -135,7 +135,7 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, [
 	}
 	names := make([]string, len(keys))
 	for i, k := range keys {
-		names[i], _ = counterKeys(k)
+		names[i] = counterKey(k)
 	}
 	vals, err := c.rdb.MGet(ctx, names...).Result()
 	if err != nil {
@@ -176,7 +176,7 @@ func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 }
 
 func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
-	ck, uk := counterKeys(op.Key)
+	ck := counterKey(op.Key)
 	ik := ck
 	if op.IdempotencyKey != "" {
 		ik = "q:{" + op.Key.Subject + "}:i:" + op.IdempotencyKey
@@ -186,8 +186,8 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	if op.Enforce {
 		enforce = "1"
 	}
-	keys := []string{ck, uk, ik}
-	args := []any{op.Amount, enforce, op.Limit, expireAt(op.Key, op.At), op.IdempotencyKey, op.RequestHash, ev}
+	keys := []string{ck, ik}
+	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev}
 	deadline := time.Now().Add(c.loadWait)
 	for {
 		reply, err := c.batch.consume(ctx, keys, args)
@@ -212,7 +212,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 			return quota.ConsumeResult{}, err
 		}
 		if !loaded && time.Now().After(deadline) {
-			// Its unflushed events have not reached Postgres in time (is
+			// The events in the way have not reached Postgres in time (is
 			// Postgres down?); Postgres takes this consume directly and
 			// marks the counter stale.
 			return c.src.Consume(ctx, op)
@@ -237,21 +237,25 @@ func (c *Counter) get(ctx context.Context, key string) (int64, error) {
 }
 
 // load copies a counter from Postgres into Redis. It answers false when
-// events for the counter are still waiting to be flushed.
+// events for the counter may still wait to be flushed (see loadScript).
 func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time) (bool, error) {
-	ck, uk := counterKeys(key)
-	n, err := c.rdb.Get(ctx, uk).Int64()
-	if err != nil && !errors.Is(err, redis.Nil) {
+	// The horizon first, then Postgres: see loadScript.
+	last, err := c.rdb.XRevRangeN(ctx, PendingStream, "+", "-", 1).Result()
+	if err != nil {
 		return false, translate(err)
 	}
-	if n > 0 {
-		return false, nil
+	horizon := "0-0"
+	if len(last) > 0 {
+		horizon = last[0].ID
 	}
-	used, err := c.src.Used(ctx, quota.UsageRead{Key: key})
+	used, found, err := c.src.Stored(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("load counter from postgres: %w", err)
 	}
-	ok, err := loadScript.Run(ctx, c.rdb, []string{ck, uk}, used, expireAt(key, now)).Int64()
+	if !found {
+		horizon = ""
+	}
+	ok, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, used, expireAt(key, now), horizon).Int64()
 	if err != nil {
 		return false, translate(err)
 	}
@@ -277,11 +281,11 @@ func firstAnswer(stored string, op quota.ConsumeOp) (quota.ConsumeResult, error)
 
 // Reset implements quota.Counter.
 func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
-	ck, uk := counterKeys(key)
+	ck := counterKey(key)
 	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
 	for {
 		if c.health.Up() {
-			err := resetScript.Run(ctx, c.rdb, []string{ck, uk, PendingStream}, expireAt(key, at), ev).Err()
+			err := resetScript.Run(ctx, c.rdb, []string{ck, PendingStream}, expireAt(key, at), ev).Err()
 			if err == nil || !c.health.Failed(err) {
 				return translate(err)
 			}
@@ -307,8 +311,7 @@ func (c *Counter) DropStale(ctx context.Context) error {
 	}
 	pipe := c.rdb.Pipeline()
 	for _, k := range keys {
-		ck, _ := counterKeys(k)
-		pipe.Del(ctx, ck)
+		pipe.Del(ctx, counterKey(k))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("drop stale counters: %w", err)

@@ -149,13 +149,24 @@ func consume(ctx context.Context, q querier, op quota.ConsumeOp) (quota.ConsumeR
 	return res, nil
 }
 
-func usedIn(ctx context.Context, q querier, key quota.CounterKey) (int64, error) {
+// Stored reads a counter, and whether it has a row: a counter without one
+// never had an event flushed.
+func (s *Store) Stored(ctx context.Context, key quota.CounterKey) (int64, bool, error) {
+	return storedIn(ctx, s.pool, key)
+}
+
+func storedIn(ctx context.Context, q querier, key quota.CounterKey) (int64, bool, error) {
 	var used int64
 	err := q.QueryRow(ctx, selectUsed, key.Subject, key.Meter, key.Start).Scan(&used)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
+		return 0, false, nil
 	}
-	return used, translate(err)
+	return used, err == nil, translate(err)
+}
+
+func usedIn(ctx context.Context, q querier, key quota.CounterKey) (int64, error) {
+	used, _, err := storedIn(ctx, q, key)
+	return used, err
 }
 
 // firstResult answers a repeated idempotency key with what the first

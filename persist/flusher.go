@@ -16,8 +16,8 @@ package persist
 //	                                       (subject, meter, period) per flush
 //	                                    3. idempotency answers and provisioned subjects
 //	                                  COMMIT
-//	                               ──▶  Ack (Redis: XACK + XDEL per entry, unflushed counts
-//	                                    once per event, in short script calls)
+//	                               ──▶  Ack (Redis: XACK + XDEL of the entries, in one
+//	                                    script call per 500)
 //
 // An entry of the queue holds the events of one or more consumes (those
 // one Redis script call counted together); events are acknowledged by
@@ -280,9 +280,9 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 		if err == nil {
 			break
 		}
-		// Written but not acknowledged. Until the ack lands, the counters'
-		// unflushed counts stay up and Redis cannot reload them, so keep
-		// trying; if this process dies first, another flusher claims the
+		// Written but not acknowledged. Until the ack lands, the entries
+		// stay in the stream and Redis cannot reload their counters, so
+		// keep trying; if this process dies first, another flusher claims the
 		// events and the ledger's dedup makes their second write a no-op.
 		f.m.errors.Inc()
 		f.setErr(err)
