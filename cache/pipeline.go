@@ -29,7 +29,8 @@ type call struct {
 	consume bool // a consume op (keys: counter, idempotency; 6 args); else a GET of keys[0]
 	keys    []string
 	args    []any
-	val     any
+	val     any // a GET's reply, or a consume op's first answer value
+	val2    any // a consume op's second answer value
 	err     error
 	done    chan struct{}
 }
@@ -55,17 +56,32 @@ func newBatcher(ctx context.Context, rdb redis.UniversalClient, workers, maxBatc
 	return b
 }
 
+// consume runs one consume op (see consumeScript) and returns its answer's
+// two values.
+func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, any, error) {
+	c, err := b.do(ctx, true, keys, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	v1, v2 := c.val, c.val2
+	b.release(c)
+	return v1, v2, nil
+}
+
 // get reads key through a pipeline.
 func (b *batcher) get(ctx context.Context, key string) (any, error) {
-	return b.do(ctx, false, []string{key}, nil)
+	c, err := b.do(ctx, false, []string{key}, nil)
+	if err != nil {
+		return nil, err
+	}
+	v := c.val
+	b.release(c)
+	return v, nil
 }
 
-// consume runs one consume op (see consumeScript) and returns its answer.
-func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, error) {
-	return b.do(ctx, true, keys, args)
-}
-
-func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []any) (any, error) {
+// do queues a call and waits for its answer; the caller releases the
+// call when it has read it (only when do answered no error).
+func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []any) (*call, error) {
 	c := callPool.Get().(*call)
 	c.consume, c.keys, c.args = consume, keys, args
 	select {
@@ -75,10 +91,16 @@ func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []an
 		return nil, ctx.Err()
 	}
 	<-c.done
-	val, err := c.val, c.err
-	c.keys, c.args, c.val, c.err = nil, nil, nil, nil
+	if err := c.err; err != nil {
+		b.release(c)
+		return nil, err
+	}
+	return c, nil
+}
+
+func (b *batcher) release(c *call) {
+	c.keys, c.args, c.val, c.val2, c.err = nil, nil, nil, nil, nil
 	callPool.Put(c)
-	return val, err
 }
 
 func (b *batcher) work(ctx context.Context) {
@@ -155,8 +177,8 @@ func (b *batcher) send(batch []*call) {
 			switch {
 			case err != nil:
 				c.err = err
-			case i < len(replies):
-				c.val = replies[i]
+			case 2*i+1 < len(replies):
+				c.val, c.val2 = replies[2*i], replies[2*i+1]
 			default:
 				c.err = errShortReply
 			}

@@ -190,23 +190,27 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev}
 	deadline := time.Now().Add(c.loadWait)
 	for {
-		reply, err := c.batch.consume(ctx, keys, args)
+		v1, v2, err := c.batch.consume(ctx, keys, args)
 		if err != nil {
 			return quota.ConsumeResult{}, translate(err)
 		}
-		out, ok := reply.([]any)
-		if !ok || len(out) == 0 {
-			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v", reply)
+		if applied, ok := v1.(int64); ok {
+			used, ok := v2.(int64)
+			if !ok {
+				return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
+			}
+			return quota.ConsumeResult{Applied: applied == 1, Amount: op.Amount, Used: used}, nil
 		}
-		switch out[0] {
-		case "ok":
-			return quota.ConsumeResult{Applied: out[1].(int64) == 1, Amount: op.Amount, Used: out[2].(int64)}, nil
+		switch v1 {
 		case "dup":
-			return firstAnswer(out[1].(string), op)
+			prev, _ := v2.(string)
+			return firstAnswer(prev, op)
 		case "err":
-			return quota.ConsumeResult{}, translate(fmt.Errorf("consume: %v", out[1]))
+			return quota.ConsumeResult{}, translate(fmt.Errorf("consume: %v", v2))
+		case "load": // the counter is not in Redis
+		default:
+			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
 		}
-		// "load": the counter is not in Redis.
 		loaded, err := c.load(ctx, op.Key, op.At)
 		if err != nil {
 			return quota.ConsumeResult{}, err

@@ -33,10 +33,11 @@ import "github.com/redis/go-redis/v9"
 //	  idempotency key ("" for none); request hash, stored with the key's
 //	  first answer; the event (appendEvent), without the counter's new value
 //
-// Answers one entry per op: {"dup", "<hash>|<applied>|<amount>|<used>"}
-// for a known idempotency key, {"load"} when the counter is not in Redis
-// (the caller loads it from Postgres, see loadScript, and retries),
-// {"err", message}, or {"ok", applied, used}.
+// Answers two values per op, in one flat array (a table per op cost Redis
+// 15 % more): applied (0 or 1) and used when it counted or refused;
+// "dup", "<hash>|<applied>|<amount>|<used>" for a known idempotency key;
+// "load", "" when the counter is not in Redis (the caller loads it from
+// Postgres, see loadScript, and retries); "err", message.
 var consumeScript = redis.NewScript(`
 local out, recs = {}, {}
 local function apply(i)
@@ -45,9 +46,9 @@ local function apply(i)
   local amount, enforce, limit = tonumber(ARGV[a + 1]), ARGV[a + 2] == "1", tonumber(ARGV[a + 3])
   local idem = ARGV[a + 4] ~= ""
   local prev = idem and redis.call("GET", ik)
-  if prev then return {"dup", prev} end
+  if prev then return "dup", prev end
   local used = redis.call("GET", ck)
-  if not used then return {"load"} end
+  if not used then return "load", "" end
   used = tonumber(used)
   local applied = 1
   if enforce and used + amount > limit then
@@ -59,16 +60,16 @@ local function apply(i)
   if idem then
     redis.call("SET", ik, ARGV[a + 5] .. "|" .. applied .. "|" .. ARGV[a + 1] .. "|" .. string.format("%d", used), "EX", 86400)
   end
-  return {"ok", applied, used}
+  return applied, used
 end
 for i = 0, (#KEYS - 1) / 2 - 1 do
   -- pcall: an op that fails (INCRBY past the int64 range) fails alone, and
   -- the events of the ops before and after it still reach the stream.
-  local ok, res = pcall(apply, i)
+  local ok, a, b = pcall(apply, i)
   if ok then
-    out[i + 1] = res
+    out[2 * i + 1], out[2 * i + 2] = a, b
   else
-    out[i + 1] = {"err", type(res) == "table" and res.err or tostring(res)}
+    out[2 * i + 1], out[2 * i + 2] = "err", type(a) == "table" and a.err or tostring(a)
   end
 end
 if #recs > 0 then redis.call("XADD", KEYS[1], "*", "e", table.concat(recs, "\30")) end
