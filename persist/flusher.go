@@ -397,16 +397,28 @@ func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, event
 	return n, nil
 }
 
-// ledgerRow fills row with e's ledger columns (ledgerColumns).
+// Ledger values the rows point at: pointers, not copies, so that filling
+// a row boxes nothing (an interface holding a string or a time allocates).
+var (
+	kindNames = map[quota.EventKind]*string{}
+	modeNames = map[bool]*string{false: ptr(quota.ModeRecord), true: ptr(quota.ModeEnforce)}
+)
+
+func init() {
+	for _, k := range []quota.EventKind{quota.EventConsume, quota.EventReset, quota.EventProvision} {
+		kindNames[k] = ptr(string(k))
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// ledgerRow fills row with e's ledger columns (ledgerColumns). The row
+// points into e, which must outlive its use.
 func ledgerRow(e *quota.Event, row []any) []any {
 	var mode, model, idem *string
 	var in, out, cw, cr *int64
 	if e.Kind == quota.EventConsume {
-		m := quota.ModeRecord
-		if e.Enforce {
-			m = quota.ModeEnforce
-		}
-		mode = &m
+		mode = modeNames[e.Enforce]
 	}
 	if u := e.Usage; u != nil {
 		model, in, out, cw, cr = &u.Model, &u.InputTokens, &u.OutputTokens, &u.CacheWriteTokens, &u.CacheReadTokens
@@ -414,8 +426,12 @@ func ledgerRow(e *quota.Event, row []any) []any {
 	if e.IdempotencyKey != "" {
 		idem = &e.IdempotencyKey
 	}
-	row[0], row[1], row[2], row[3], row[4], row[5], row[6] = e.ID, string(e.Kind), e.Subject, e.Meter, e.Start, e.Amount, mode
-	row[7], row[8], row[9], row[10], row[11], row[12], row[13] = model, in, out, cw, cr, idem, e.At
+	kind := kindNames[e.Kind]
+	if kind == nil { // not a kind this quotad writes; the ledger's check refuses it
+		kind = ptr(string(e.Kind))
+	}
+	row[0], row[1], row[2], row[3], row[4], row[5], row[6] = &e.ID, kind, &e.Subject, &e.Meter, &e.Start, &e.Amount, mode
+	row[7], row[8], row[9], row[10], row[11], row[12], row[13] = model, in, out, cw, cr, idem, &e.At
 	return row
 }
 

@@ -2,6 +2,7 @@ package quota_test
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +140,32 @@ func TestNewEventIDSortsByTime(t *testing.T) {
 	x, y := quota.NewEventID(time.Unix(1, 0)), quota.NewEventID(time.Unix(1, 0))
 	if x == y {
 		t.Fatal("two ids for the same millisecond are equal")
+	}
+}
+
+// TestNewEventIDFormat: the digits before the random part are the Unix
+// millisecond in strconv's base 32, as ids written before kept them.
+func TestNewEventIDFormat(t *testing.T) {
+	at := time.UnixMilli(1_764_000_000_123)
+	id := quota.NewEventID(at)
+	want := strconv.FormatInt(at.UnixMilli(), 32)
+	for len(want) < 11 {
+		want = "0" + want
+	}
+	if id[:11] != want {
+		t.Fatalf("id %q starts with %q, want %q", id, id[:11], want)
+	}
+	for _, c := range id[11:] {
+		if !strings.ContainsRune("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", c) {
+			t.Fatalf("id %q has %q in its random part", id, c)
+		}
+	}
+	seen := map[string]bool{}
+	for range 100_000 {
+		id := quota.NewEventID(at)
+		if seen[id[11:]] {
+			t.Fatalf("random part %q repeated", id[11:])
+		}
+		seen[id[11:]] = true
 	}
 }
