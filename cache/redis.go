@@ -57,6 +57,9 @@ type Counter struct {
 	// counter's to reach Postgres (see loadScript) before it gives up and
 	// uses Postgres directly.
 	loadWait time.Duration
+	// backlog, if set, holds consumes back while the flusher is behind.
+	backlog Backlog
+	paced   prometheus.Counter
 	// reads counts usage reads answered by Redis (L2); those that fall back
 	// to Postgres are not in it.
 	reads prometheus.Counter
@@ -71,11 +74,56 @@ var _ quota.Counter = (*Counter)(nil)
 // worker, 44-48k with four, less with 8 and 16; consumes did not change.
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
 	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 3 * time.Second,
-		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."})}
+		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
+		paced: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_paced_total", Help: "Consumes that waited because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
 
 // Register registers the counter's metrics on reg.
-func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads) }
+func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads, c.paced) }
+
+// Backlog is the flusher as the consume path sees it: Behind reports
+// whether usage waits too long to be flushed, and then a channel closed
+// when it is worth asking again.
+type Backlog interface {
+	Behind() (<-chan struct{}, bool)
+}
+
+// Pace makes consumes through Redis wait while b is behind; call it before
+// the counter serves.
+func (c *Counter) Pace(b Backlog) { c.backlog = b }
+
+// maxPace bounds how long one consume waits for the flusher: pacing slows
+// a load down to what Postgres takes, it never refuses usage (a flusher
+// stuck on a hung Postgres must not stop consumes).
+const maxPace = time.Second
+
+// pace holds a consume while the flusher is behind, up to maxPace or until
+// ctx ends, whichever comes first; then the consume goes on either way.
+// The backlog is what a loss of Redis's data would lose, and on a shared
+// core a closed loop of clients could otherwise outrun the flusher for as
+// long as it lasts.
+func (c *Counter) pace(ctx context.Context) {
+	if c.backlog == nil {
+		return
+	}
+	wait, behind := c.backlog.Behind()
+	if !behind {
+		return
+	}
+	c.paced.Inc()
+	timer := time.NewTimer(maxPace)
+	defer timer.Stop()
+	for behind {
+		select {
+		case <-wait:
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+		wait, behind = c.backlog.Behind()
+	}
+}
 
 // counterKey returns the Redis key of a counter.
 func counterKey(k quota.CounterKey) string {
@@ -161,6 +209,7 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, [
 func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	for {
 		if c.health.Up() {
+			c.pace(ctx)
 			res, err := c.consume(ctx, op)
 			if err == nil || !c.health.Failed(err) {
 				return res, err

@@ -43,6 +43,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -75,6 +76,12 @@ type FlusherConfig struct {
 	Batch      int           // queue entries per Redis read; default 200 (under load an entry holds ~30 events, so ~6,000 events a read)
 	Max        int           // events per flush (one transaction; the last read may go past it); a full flush flushes again at once; default 100,000
 	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
+	// MaxLag is how old the oldest unflushed event may get, while flushes
+	// succeed, before Behind tells consumes to wait (backpressure); default
+	// three Intervals, at least 3s; negative for never. When flushing fails
+	// (Postgres down) nothing waits: Redis keeps taking usage and the lag
+	// grows.
+	MaxLag time.Duration
 	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
 	// use it to kill the process at the worst moment.
 	AfterCommit func()
@@ -93,6 +100,12 @@ type Flusher struct {
 	lastErr error
 	lag     time.Duration
 	pending int64
+	// Backpressure (see Behind): when the oldest unflushed event was
+	// queued as of the last look at the stream (unix ns, 0 for none),
+	// whether the last flush failed, and a channel closed at the next look.
+	oldest  atomic.Int64
+	failing atomic.Bool
+	looked  chan struct{}
 }
 
 type flushMetrics struct {
@@ -118,10 +131,13 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 10 * time.Second
 	}
+	if cfg.MaxLag == 0 {
+		cfg.MaxLag = max(3*cfg.Interval, 3*time.Second)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Flusher{store: s, src: src, cfg: cfg, m: flushMetrics{
+	f := &Flusher{store: s, src: src, cfg: cfg, looked: make(chan struct{}), m: flushMetrics{
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_pending", Help: "Entries of the Redis pending stream not yet written to Postgres (an entry holds one or more events)."}),
 		lag:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_lag_seconds", Help: "Age of the oldest event not yet written to Postgres."}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_batch_size", Help: "Events per flush (one Postgres transaction).",
@@ -148,11 +164,14 @@ func (f *Flusher) Run(ctx context.Context) {
 	for {
 		for {
 			n, err := f.flushRetrying(ctx)
+			// After every flush, not only when caught up: under a load that
+			// keeps every flush full the flusher never is, and the lag
+			// gauge, /readyz and Behind would keep the value from before.
+			_, _ = f.refreshStats(ctx)
 			if err != nil || n < f.cfg.Max {
 				break
 			}
 		}
-		f.refreshStats(ctx)
 	wait:
 		for {
 			select {
@@ -162,7 +181,7 @@ func (f *Flusher) Run(ctx context.Context) {
 				break wait
 			case <-poll.C:
 				// n counts entries, so at least Max events wait.
-				if n, _, err := f.src.Stats(ctx); err == nil && n >= int64(f.cfg.Max) {
+				if n, err := f.refreshStats(ctx); err == nil && n >= int64(f.cfg.Max) {
 					break wait
 				}
 			}
@@ -192,23 +211,48 @@ func (f *Flusher) Status() (lag time.Duration, pending int64, lastErr error) {
 	return f.lag, f.pending, f.lastErr
 }
 
-func (f *Flusher) refreshStats(ctx context.Context) {
+// refreshStats looks at the stream: the gauges, Status, and Behind's
+// view of the backlog. It answers the number of waiting entries.
+func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	n, oldest, err := f.src.Stats(ctx)
 	if err != nil {
-		return
+		return 0, err
 	}
 	var lag time.Duration
+	var at int64
 	if !oldest.IsZero() {
-		lag = max(0, time.Since(oldest))
+		lag, at = max(0, time.Since(oldest)), oldest.UnixNano()
 	}
+	f.oldest.Store(at)
 	f.m.pending.Set(float64(n))
 	f.m.lag.Set(lag.Seconds())
 	f.mu.Lock()
 	f.lag, f.pending = lag, n
+	close(f.looked)
+	f.looked = make(chan struct{})
 	f.mu.Unlock()
+	return n, nil
+}
+
+// Behind reports whether usage waits to be flushed for longer than MaxLag
+// while flushes succeed, and then a channel closed at the flusher's next
+// look at the stream (after its next flush, or within Interval/10). The
+// consume path waits on it: without it a load the flusher cannot keep up
+// with (on one shared core its Postgres backend got 1 % of the CPU while
+// quotad and Redis took the rest) grows the backlog, and with it what a
+// loss of Redis would lose, for as long as the load lasts.
+func (f *Flusher) Behind() (<-chan struct{}, bool) {
+	at := f.oldest.Load()
+	if f.cfg.MaxLag < 0 || at == 0 || f.failing.Load() || time.Since(time.Unix(0, at)) <= f.cfg.MaxLag {
+		return nil, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.looked, true
 }
 
 func (f *Flusher) setErr(err error) {
+	f.failing.Store(err != nil)
 	f.mu.Lock()
 	f.lastErr = err
 	f.mu.Unlock()
@@ -262,7 +306,7 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 		}
 		f.m.errors.Inc()
 		f.setErr(err)
-		f.refreshStats(ctx)
+		_, _ = f.refreshStats(ctx)
 		f.cfg.Logger.Warn("flush: postgres write failed; retrying", "events", len(events), "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():

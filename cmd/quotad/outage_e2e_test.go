@@ -66,6 +66,11 @@ func TestPostgresOutage(t *testing.T) {
 	if r := readyz(t, q); !strings.Contains(r, "flush_lag_seconds") {
 		t.Errorf("readyz has no flush lag: %s", r)
 	}
+	// The lag is 20 s, but the flusher is failing, not slow: no consume
+	// was held back for it (see TestBackpressure).
+	if n := pacedTotal(t, q); n != 0 {
+		t.Errorf("%d consumes paced while postgres was down", n)
+	}
 	pgs.Start(t)
 	time.Sleep(time.Second)
 	close(stop)

@@ -88,13 +88,14 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	})
 
 	host, _ := os.Hostname()
-	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: cfg.FlushMax, Registry: reg, Logger: log}
+	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: cfg.FlushMax, MaxLag: cfg.FlushMaxLag, Registry: reg, Logger: log}
 	if cfg.TestHook == "crash-after-commit" {
 		fcfg.AfterCommit = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 	}
 	pending := cache.NewPending(rdb, fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()))
 	pending.ClaimIdle = cfg.FlushClaimIdle
 	flusher := persist.NewFlusher(store, pending, fcfg)
+	l2.Pace(flusher)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
