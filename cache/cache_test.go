@@ -151,6 +151,49 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	}
 }
 
+// TestLoadUnderTraffic: a counter with a Postgres row, dropped from Redis
+// with events unflushed, loads once the flusher is past the events that
+// were in the stream when it was found missing, although other subjects'
+// consumes keep adding entries behind them.
+func TestLoadUnderTraffic(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	k := key
+	k.Subject = "user:traffic"
+	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
+		k.Subject, k.Meter, k.Start, k.End); err != nil {
+		t.Fatal(err)
+	}
+	c := e.counter(t)
+	for i := range 5 {
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprint("t", i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.rdb.Del(ctx, "q:{"+k.Subject+"}:c:"+k.Meter+":"+fmt.Sprint(k.Start.Unix()))
+
+	other := key
+	other.Subject = "user:traffic-other"
+	var wg sync.WaitGroup
+	wg.Go(func() { // an entry every 2 ms, for as long as the test runs
+		for i := 0; ctx.Err() == nil; i++ {
+			c.Consume(ctx, quota.ConsumeOp{Key: other, Amount: 1, EventID: fmt.Sprint("o", i), At: time.Now()})
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+	defer wg.Wait()
+	defer cancel()
+	f := persist.NewFlusher(e.store, cache.NewPending(e.rdb, "test"), persist.FlusherConfig{Interval: 200 * time.Millisecond})
+	wg.Go(func() { f.Run(ctx) })
+
+	time.Sleep(100 * time.Millisecond) // traffic on the stream before the load
+	res, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "t-last", At: time.Now()})
+	if err != nil || res.Used != 106 {
+		t.Fatalf("consume on the dropped counter: %+v (%v), want used 106 (100 + 5 flushed + 1)", res, err)
+	}
+}
+
 // TestAckOnce: acknowledging the same events again changes nothing, and
 // once they are acknowledged the stream is empty and the counter reloads.
 func TestAckOnce(t *testing.T) {

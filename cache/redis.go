@@ -53,9 +53,9 @@ type Counter struct {
 	src    Source
 	health *Health
 	log    *slog.Logger
-	// loadWait bounds how long a load waits for events that may be the
-	// counter's to reach Postgres (see loadScript) before it gives up and
-	// uses Postgres directly.
+	// loadWait bounds how long a consume waits for events that may be its
+	// counter's to reach Postgres (see loadScript) before it fails with
+	// ErrUnavailable; under load that is one flush.
 	loadWait time.Duration
 	// backlog, if set, holds consumes back while the flusher is behind.
 	backlog Backlog
@@ -73,7 +73,7 @@ var _ quota.Counter = (*Counter)(nil)
 // make bench's check-hot (server on one core): 56-59k req/s with one
 // worker, 44-48k with four, less with 8 and 16; consumes did not change.
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
-	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 3 * time.Second,
+	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 5 * time.Second,
 		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
 		paced: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_paced_total", Help: "Consumes that waited because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
@@ -159,7 +159,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 			}
 			return 0, err
 		}
-		loaded, err := c.load(ctx, r.Key, time.Now())
+		loaded, err := c.loadNow(ctx, r.Key, time.Now())
 		if err != nil {
 			if c.health.Failed(err) {
 				return c.src.Used(ctx, r)
@@ -238,6 +238,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	keys := []string{ck, ik}
 	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev}
 	deadline := time.Now().Add(c.loadWait)
+	horizon := ""
 	for {
 		v1, v2, err := c.batch.consume(ctx, keys, args)
 		if err != nil {
@@ -260,15 +261,22 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 		default:
 			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
 		}
-		loaded, err := c.load(ctx, op.Key, op.At)
+		if horizon == "" { // once: later retries wait for the same events
+			if horizon, err = c.horizon(ctx); err != nil {
+				return quota.ConsumeResult{}, err
+			}
+		}
+		loaded, err := c.load(ctx, op.Key, op.At, horizon)
 		if err != nil {
 			return quota.ConsumeResult{}, err
 		}
 		if !loaded && time.Now().After(deadline) {
 			// The events in the way have not reached Postgres in time (is
-			// Postgres down?); Postgres takes this consume directly and
-			// marks the counter stale.
-			return c.src.Consume(ctx, op)
+			// the flusher failing?). Not a direct write to Postgres: a load
+			// of the same counter elsewhere could read Postgres before it
+			// commits and leave Redis short of it for good.
+			return quota.ConsumeResult{}, fmt.Errorf("counter %s of %s cannot be loaded yet: usage of it may still wait to be written to postgres: %w",
+				op.Key.Meter, op.Key.Subject, quota.ErrUnavailable)
 		}
 		if !loaded {
 			time.Sleep(50 * time.Millisecond)
@@ -289,30 +297,78 @@ func (c *Counter) get(ctx context.Context, key string) (int64, error) {
 	return strconv.ParseInt(s, 10, 64)
 }
 
-// load copies a counter from Postgres into Redis. It answers false when
-// events for the counter may still wait to be flushed (see loadScript).
-func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time) (bool, error) {
-	// The horizon first, then Postgres: see loadScript.
+// horizon reads the pending stream's newest entry id, "0-0" when it is
+// empty. Read once a counter was found missing, it is at or after every
+// event of that counter (see loadScript).
+func (c *Counter) horizon(ctx context.Context) (string, error) {
 	last, err := c.rdb.XRevRangeN(ctx, PendingStream, "+", "-", 1).Result()
+	if err != nil {
+		return "", translate(err)
+	}
+	if len(last) == 0 {
+		return "0-0", nil
+	}
+	return last[0].ID, nil
+}
+
+// loadNow is load with a horizon read now.
+func (c *Counter) loadNow(ctx context.Context, key quota.CounterKey, now time.Time) (bool, error) {
+	horizon, err := c.horizon(ctx)
+	if err != nil {
+		return false, err
+	}
+	return c.load(ctx, key, now, horizon)
+}
+
+// load copies a counter from Postgres into Redis. It answers false while
+// Postgres has a row for the counter and the stream still holds entries at
+// or before horizon, which may hold its events (see loadScript). Whether
+// the stream is past the horizon is read before Postgres: the flusher
+// deletes an entry only after committing it, so what was gone then is in
+// what Postgres answers.
+func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, horizon string) (bool, error) {
+	first, err := c.rdb.XRangeN(ctx, PendingStream, "-", "+", 1).Result()
 	if err != nil {
 		return false, translate(err)
 	}
-	horizon := "0-0"
-	if len(last) > 0 {
-		horizon = last[0].ID
-	}
+	drained := len(first) == 0 || streamIDAfter(first[0].ID, horizon)
 	used, found, err := c.src.Stored(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("load counter from postgres: %w", err)
 	}
-	if !found {
-		horizon = ""
+	if found && !drained {
+		return false, nil
 	}
-	ok, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, used, expireAt(key, now), horizon).Int64()
+	guard := "" // the script checks again, for a load that found a row
+	if found {
+		guard = horizon
+	}
+	ok, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, used, expireAt(key, now), guard).Int64()
 	if err != nil {
 		return false, translate(err)
 	}
 	return ok == 1, nil
+}
+
+// streamIDAfter reports whether stream id a ("<ms>-<seq>") comes after b;
+// an id that does not parse counts as not after.
+func streamIDAfter(a, b string) bool {
+	am, as, ok1 := parseStreamID(a)
+	bm, bs, ok2 := parseStreamID(b)
+	if !ok1 || !ok2 {
+		return false
+	}
+	return am > bm || (am == bm && as > bs)
+}
+
+func parseStreamID(id string) (ms, seq uint64, ok bool) {
+	m, q, found := strings.Cut(id, "-")
+	if !found {
+		return 0, 0, false
+	}
+	ms, err1 := strconv.ParseUint(m, 10, 64)
+	seq, err2 := strconv.ParseUint(q, 10, 64)
+	return ms, seq, err1 == nil && err2 == nil
 }
 
 // firstAnswer decodes the stored first answer of an idempotency key.

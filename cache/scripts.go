@@ -84,14 +84,17 @@ return out
 // Which events can be in the way: a counter's events are appended only
 // while its key exists, so all of them are at or before the stream's
 // newest entry as it was once the key was found missing (the horizon, read
-// before Postgres). The flusher deletes each entry it acknowledged, after
-// committing it, so once the stream's oldest entry is past the horizon
-// (or the stream is empty) Postgres held all of them when it was read. A
-// counter Postgres has no row for never had an event flushed and loads at
-// once (horizon ""): a new subject's first consume does not wait for a
-// flush. The horizon only matters when a counter with a row vanished from
-// Redis with events unflushed: dropped as stale after an outage, or
-// expired. (It also requires that Redis never evicts keys: see README.)
+// once per consume). The flusher deletes each entry it acknowledged, after
+// committing it, so once the stream's oldest entry is past the horizon (or
+// the stream is empty) Postgres has all of them; the caller checks that
+// before it reads Postgres (Counter.load), and this script checks it again.
+// Nothing tells which entries hold this counter's events, so a counter
+// with a row waits until the flusher is past the horizon: one flush, under
+// load. A counter Postgres has no row for never had an event flushed and
+// loads at once (horizon ""): a new subject's first consume does not wait.
+// Counters with a row are loaded after an outage (dropped as stale), after
+// a loss of Redis's data, or when expired. (Keys must never be evicted:
+// see README.)
 //
 //	KEYS[1] counter
 //	KEYS[2] pending stream
