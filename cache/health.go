@@ -70,6 +70,11 @@ func (h *Health) BeginDirect() (redisUp bool) {
 	return false
 }
 
+// DirectTimeout bounds a write between BeginDirect and EndDirect, so that
+// a hung Postgres cannot hold the switch back to Redis (which waits for
+// them) for good.
+const DirectTimeout = 5 * time.Second
+
 // EndDirect ends a write started with BeginDirect.
 func (h *Health) EndDirect() { h.direct.RUnlock() }
 
@@ -127,14 +132,19 @@ func (h *Health) startProbe() {
 }
 
 func (h *Health) try() bool {
-	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
-	defer cancel()
-	if err := h.rdb.Ping(ctx).Err(); err != nil {
+	pctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
+	err := h.rdb.Ping(pctx).Err()
+	cancel()
+	if err != nil {
 		return false
 	}
-	// Wait for direct writes in flight, and hold new ones back, until up.
+	// Wait for direct writes in flight (each bounded by DirectTimeout),
+	// and hold new ones back, until up. The recovery's own time starts
+	// after the wait.
 	h.direct.Lock()
 	defer h.direct.Unlock()
+	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
+	defer cancel()
 	if h.recover != nil {
 		if err := h.recover(ctx); err != nil {
 			h.log.Warn("redis is back but recovery failed; retrying", "err", err)

@@ -221,6 +221,8 @@ func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 		}
 	}
 	defer c.health.EndDirect()
+	ctx, cancel := context.WithTimeout(ctx, DirectTimeout)
+	defer cancel()
 	return c.src.Consume(ctx, op)
 }
 
@@ -404,6 +406,8 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 		}
 	}
 	defer c.health.EndDirect()
+	ctx, cancel := context.WithTimeout(ctx, DirectTimeout)
+	defer cancel()
 	return c.src.Reset(ctx, key, at)
 }
 
