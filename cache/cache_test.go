@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -530,4 +531,53 @@ func rowsWritten(t *testing.T, reg *prometheus.Registry, table string) float64 {
 		}
 	}
 	return 0
+}
+
+// stubBacklog stands in for the flusher's view of the queue (Behind), so
+// that the test decides when the flusher is behind.
+type stubBacklog struct {
+	behind atomic.Bool
+	looked chan struct{}
+}
+
+func (b *stubBacklog) Behind() (<-chan struct{}, bool) { return b.looked, b.behind.Load() }
+
+// TestPaceWaitsForTheFlusher: a consume made while the flusher is behind
+// waits for its next look, and is taken once it is no longer behind; one
+// that never sees it catch up is taken after a second, not refused.
+func TestPaceWaitsForTheFlusher(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	b := &stubBacklog{looked: make(chan struct{})}
+	b.behind.Store(true)
+	c.Pace(b)
+	k := key
+	k.Subject = "user:pace"
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "p1", At: time.Now()})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the consume did not wait for the flusher (%v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	b.behind.Store(false)
+	close(b.looked) // the flusher's next look: caught up
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	b.looked = make(chan struct{}) // behind for good from now on
+	b.behind.Store(true)
+	start := time.Now()
+	res, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "p2", At: time.Now()})
+	if err != nil || !res.Applied || res.Used != 2 {
+		t.Fatalf("a consume behind a flusher that never catches up: %+v (%v), want taken", res, err)
+	}
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Fatalf("waited %v, want about a second", waited)
+	}
 }

@@ -208,6 +208,25 @@ func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
 	return nil
 }
 
+// Waiting answers how long the oldest entry no flusher has read yet has
+// waited, on Redis's clock (the newest entry's time minus its, so the two
+// hosts' clocks do not matter); 0 when every entry was read.
+func (p *Pending) Waiting(ctx context.Context) (time.Duration, error) {
+	ids, err := waitingScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup).StringSlice()
+	if err != nil {
+		return 0, fmt.Errorf("pending backlog: %w", err)
+	}
+	if len(ids) != 2 || ids[0] == "" {
+		return 0, nil
+	}
+	first, _, ok1 := parseStreamID(ids[0])
+	newest, _, ok2 := parseStreamID(ids[1])
+	if !ok1 || !ok2 || newest < first {
+		return 0, nil
+	}
+	return time.Duration(newest-first) * time.Millisecond, nil
+}
+
 // Stats returns how many events wait to be flushed and when the oldest was
 // queued (zero when none).
 func (p *Pending) Stats(ctx context.Context) (int64, time.Time, error) {

@@ -149,6 +149,31 @@ end
 return acked
 `)
 
+// waitingScript answers the id of the oldest stream entry the flushers'
+// group has not read yet and the id of the newest entry ("", "" when the
+// group has read everything, or has no stream or group yet). Entries read
+// but not acknowledged (being flushed, or left by a dead flusher until
+// they are claimed) are not "waiting".
+//
+//	KEYS[1] pending stream
+//	ARGV[1] consumer group
+var waitingScript = redis.NewScript(`
+local groups = redis.pcall("XINFO", "GROUPS", KEYS[1])
+if type(groups) ~= "table" or groups.err then return {"", ""} end
+local last = "0-0"
+for _, g in ipairs(groups) do
+  local name, id
+  for i = 1, #g, 2 do
+    if g[i] == "name" then name = g[i + 1] elseif g[i] == "last-delivered-id" then id = g[i + 1] end
+  end
+  if name == ARGV[1] and id then last = id end
+end
+local first = redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", 1)[1]
+if not first then return {"", ""} end
+local newest = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)[1]
+return {first[1], newest[1]}
+`)
+
 // provisionScript stores a new subject unless one is there, queuing it for
 // Postgres, and answers the stored subject: every instance agrees on the
 // first one's plan and cycle anchor without a Postgres write.

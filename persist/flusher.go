@@ -68,6 +68,9 @@ type Pending interface {
 	// Stats returns the number of waiting entries and the time the oldest
 	// was queued.
 	Stats(ctx context.Context) (int64, time.Time, error)
+	// Waiting answers how long the oldest entry no flusher has read yet
+	// has waited (0 for none), on the queue's own clock.
+	Waiting(ctx context.Context) (time.Duration, error)
 }
 
 // FlusherConfig tunes a Flusher.
@@ -100,12 +103,14 @@ type Flusher struct {
 	lastErr error
 	lag     time.Duration
 	pending int64
-	// Backpressure (see Behind): when the oldest unflushed event was
-	// queued as of the last look at the stream (unix ns, 0 for none),
-	// whether the last flush failed, and a channel closed at the next look.
-	oldest  atomic.Int64
-	failing atomic.Bool
-	looked  chan struct{}
+	// Backpressure (see Behind), as of the last look at the stream: how
+	// long its oldest unread entry had waited, when that look was (unix
+	// ns), whether the last flush failed, and a channel closed at the next
+	// look.
+	waiting  atomic.Int64
+	flushing atomic.Int64 // when the flush under way started (unix ns), 0 between flushes
+	failing  atomic.Bool
+	looked   chan struct{}
 }
 
 type flushMetrics struct {
@@ -161,6 +166,25 @@ func (f *Flusher) Run(ctx context.Context) {
 	defer tick.Stop()
 	poll := time.NewTicker(max(f.cfg.Interval/10, 10*time.Millisecond))
 	defer poll.Stop()
+	// Looks at the stream go on during a flush too: a flush slowed down
+	// by the load it is behind must not hide that load from Behind.
+	looks := make(chan struct{})
+	defer func() { <-looks }()
+	go func() {
+		defer close(looks)
+		t := time.NewTicker(max(f.cfg.Interval/10, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if f.flushing.Load() != 0 {
+					_, _ = f.refreshStats(ctx)
+				}
+			}
+		}
+	}()
 	for {
 		for {
 			n, err := f.flushRetrying(ctx)
@@ -219,11 +243,14 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	var lag time.Duration
-	var at int64
 	if !oldest.IsZero() {
-		lag, at = max(0, time.Since(oldest)), oldest.UnixNano()
+		lag = max(0, time.Since(oldest))
 	}
-	f.oldest.Store(at)
+	waiting, err := f.src.Waiting(ctx)
+	if err != nil {
+		return 0, err
+	}
+	f.waiting.Store(int64(waiting))
 	f.m.pending.Set(float64(n))
 	f.m.lag.Set(lag.Seconds())
 	f.mu.Lock()
@@ -234,16 +261,22 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-// Behind reports whether usage waits to be flushed for longer than MaxLag
-// while flushes succeed, and then a channel closed at the flusher's next
-// look at the stream (after its next flush, or within Interval/10). The
-// consume path waits on it: without it a load the flusher cannot keep up
-// with (on one shared core its Postgres backend got 1 % of the CPU while
-// quotad and Redis took the rest) grows the backlog, and with it what a
-// loss of Redis would lose, for as long as the load lasts.
+// Behind reports whether usage waited longer than MaxLag before a
+// flusher read it, as of the flusher's last look at the stream, and then
+// a channel closed at its next look (every Interval/10, and after each
+// flush). The consume path waits on it: without it a load the
+// flusher cannot keep up with (on one shared core its Postgres backend got
+// 1 % of the CPU while quotad and Redis took the rest) grows the backlog,
+// and with it what a loss of Redis would lose, for as long as the load
+// lasts. It never holds consumes back for what pacing cannot help: a
+// failing flush (Postgres down), a flush under way for more than
+// 5 × MaxLag (Postgres hung), or entries a dead flusher read and left
+// (they are not unread; another flusher claims them).
 func (f *Flusher) Behind() (<-chan struct{}, bool) {
-	at := f.oldest.Load()
-	if f.cfg.MaxLag < 0 || at == 0 || f.failing.Load() || time.Since(time.Unix(0, at)) <= f.cfg.MaxLag {
+	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Duration(f.waiting.Load()) <= f.cfg.MaxLag {
+		return nil, false
+	}
+	if started := f.flushing.Load(); started != 0 && time.Since(time.Unix(0, started)) > 5*f.cfg.MaxLag {
 		return nil, false
 	}
 	f.mu.Lock()
@@ -285,6 +318,8 @@ func (f *Flusher) collect(ctx context.Context) ([]quota.Event, error) {
 // with backoff while Postgres fails, then acknowledges them, retrying
 // while Redis fails. It answers the number of events.
 func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
+	f.flushing.Store(time.Now().UnixNano())
+	defer f.flushing.Store(0)
 	events, err := f.collect(ctx)
 	if err != nil {
 		f.m.errors.Inc()

@@ -1,0 +1,72 @@
+package persist_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/cache"
+	"github.com/quotad/quotad/internal/testenv"
+	"github.com/quotad/quotad/persist"
+)
+
+// TestBehind: the flusher tells consumes to wait when the stream's oldest
+// unread entry had waited longer than MaxLag on Redis's clock at its last
+// look; not when flushing fails, not during a flush under way for more
+// than 5 × MaxLag (a hung Postgres), not for entries read but never
+// acknowledged (a dead flusher's, which another one claims).
+func TestBehind(t *testing.T) {
+	ctx := context.Background()
+	opt, _ := redis.ParseURL(testenv.RedisURL(t))
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	pending := cache.NewPending(rdb, "test")
+	f := persist.NewFlusher(newStore(t), pending, persist.FlusherConfig{MaxLag: 200 * time.Millisecond})
+	behind := func() bool { _, b := f.Behind(); return b }
+
+	if err := f.Look(ctx); err != nil || behind() {
+		t.Fatalf("empty stream: behind %v (%v)", behind(), err)
+	}
+	if err := rdb.XGroupCreateMkStream(ctx, cache.PendingStream, cache.FlushGroup, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Two unread entries 4 s apart on Redis's clock (ids are milliseconds).
+	for _, id := range []string{"1700000000000-0", "1700000004000-0"} {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: cache.PendingStream, ID: id, Values: []string{"e", "x"}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if behind() {
+		t.Fatal("behind before the flusher looked")
+	}
+	if err := f.Look(ctx); err != nil || !behind() {
+		t.Fatalf("4 s of unread usage, max lag 200ms: behind %v (%v)", behind(), err)
+	}
+	f.SetFailing(errors.New("postgres is down"))
+	if behind() {
+		t.Fatal("behind while flushing fails")
+	}
+	f.SetFailing(nil)
+	if !behind() {
+		t.Fatal("not behind once flushing works again")
+	}
+	f.SetFlushing(time.Now().Add(-300 * time.Millisecond)) // a slow flush: pacing helps it
+	if !behind() {
+		t.Fatal("not behind during a flush under way for less than 5 × max lag")
+	}
+	f.SetFlushing(time.Now().Add(-2 * time.Second)) // a hung one: pacing cannot
+	if behind() {
+		t.Fatal("behind during a flush under way for more than 5 × max lag")
+	}
+	f.SetFlushing(time.Time{})
+	// Read by a flusher that then died: pending, not unread.
+	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: cache.FlushGroup, Consumer: "dead", Streams: []string{cache.PendingStream, ">"}, Count: 10}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Look(ctx); err != nil || behind() {
+		t.Fatalf("only entries read and left by a dead flusher: behind %v (%v)", behind(), err)
+	}
+}

@@ -1,0 +1,24 @@
+package persist
+
+import (
+	"context"
+	"time"
+)
+
+// Look is refreshStats for the tests: one look at the queue.
+func (f *Flusher) Look(ctx context.Context) error {
+	_, err := f.refreshStats(ctx)
+	return err
+}
+
+// SetFailing records a failed (err != nil) or successful flush.
+func (f *Flusher) SetFailing(err error) { f.setErr(err) }
+
+// SetFlushing records a flush under way since start (zero: none).
+func (f *Flusher) SetFlushing(start time.Time) {
+	if start.IsZero() {
+		f.flushing.Store(0)
+		return
+	}
+	f.flushing.Store(start.UnixNano())
+}
