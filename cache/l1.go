@@ -195,7 +195,10 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 // instance sees its own consume. (After Redis lost data and reloaded a
 // counter lower, the larger snapshot stays until it is TTL old.) Ristretto
 // calls it under the lock of the key's shard, so compare and set are one
-// step.
+// step. Not for a counter's first snapshot: ristretto admits a new key
+// through a buffer and drops a second insert of a key still in it, so of
+// stores racing to create the snapshot one wins, not the largest, and a
+// check may see the smaller count until the next consume or for a TTL.
 func newer(cur, prev snapshot) bool {
 	return cur.used >= prev.used || cur.start != prev.start || cur.subject != prev.subject || cur.meter != prev.meter
 }
