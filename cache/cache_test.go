@@ -116,6 +116,16 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	if n, _ := e.rdb.Exists(ctx, ck).Result(); n != 0 {
 		t.Fatal("the counter was loaded from postgres while its events were unflushed")
 	}
+	// A consume that cannot load it in time is refused and changes nothing:
+	// not a direct write to Postgres, which a concurrent load could miss.
+	c.SetLoadWait(300 * time.Millisecond)
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 7, EventID: "h-late", At: time.Now()}); !errors.Is(err, quota.ErrUnavailable) {
+		t.Fatalf("consume past the load wait: %v, want ErrUnavailable", err)
+	}
+	c.SetLoadWait(10 * time.Second)
+	if used, _, _ := e.store.Stored(ctx, k); used != 100 {
+		t.Fatalf("postgres has %d after a refused consume, want 100", used)
+	}
 
 	fresh := key
 	fresh.Subject = "user:horizon-new"

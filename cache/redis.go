@@ -55,7 +55,9 @@ type Counter struct {
 	log    *slog.Logger
 	// loadWait bounds how long a consume waits for events that may be its
 	// counter's to reach Postgres (see loadScript) before it fails with
-	// ErrUnavailable; under load that is one flush.
+	// ErrUnavailable: under load a flush and the wait before it (the bench
+	// saw lags of up to 6.4 s); longer after an instance was killed (its
+	// entries wait to be claimed) or after Postgres was down.
 	loadWait time.Duration
 	// backlog, if set, holds consumes back while the flusher is behind.
 	backlog Backlog
@@ -73,7 +75,7 @@ var _ quota.Counter = (*Counter)(nil)
 // make bench's check-hot (server on one core): 56-59k req/s with one
 // worker, 44-48k with four, less with 8 and 16; consumes did not change.
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
-	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 5 * time.Second,
+	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second,
 		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
 		paced: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_paced_total", Help: "Consumes that waited because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
@@ -240,7 +242,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	keys := []string{ck, ik}
 	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev}
 	deadline := time.Now().Add(c.loadWait)
-	horizon := ""
+	var ld loading
 	for {
 		v1, v2, err := c.batch.consume(ctx, keys, args)
 		if err != nil {
@@ -263,12 +265,12 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 		default:
 			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
 		}
-		if horizon == "" { // once: later retries wait for the same events
-			if horizon, err = c.horizon(ctx); err != nil {
+		if ld.horizon == "" { // once: later retries wait for the same events
+			if ld.horizon, err = c.horizon(ctx); err != nil {
 				return quota.ConsumeResult{}, err
 			}
 		}
-		loaded, err := c.load(ctx, op.Key, op.At, horizon)
+		loaded, err := c.load(ctx, op.Key, op.At, &ld)
 		if err != nil {
 			return quota.ConsumeResult{}, err
 		}
@@ -277,7 +279,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 			// the flusher failing?). Not a direct write to Postgres: a load
 			// of the same counter elsewhere could read Postgres before it
 			// commits and leave Redis short of it for good.
-			return quota.ConsumeResult{}, fmt.Errorf("counter %s of %s cannot be loaded yet: usage of it may still wait to be written to postgres: %w",
+			return quota.ConsumeResult{}, fmt.Errorf("counter %s of %s cannot be loaded yet: usage of it may still wait to be written to postgres, retry later: %w",
 				op.Key.Meter, op.Key.Subject, quota.ErrUnavailable)
 		}
 		if !loaded {
@@ -313,13 +315,21 @@ func (c *Counter) horizon(ctx context.Context) (string, error) {
 	return last[0].ID, nil
 }
 
+// loading is what the tries to load one counter share: the horizon, read
+// once, and whether Postgres has a row for the counter (once known, so
+// that a try before the stream drained does not read Postgres again).
+type loading struct {
+	horizon string
+	hasRow  bool
+}
+
 // loadNow is load with a horizon read now.
 func (c *Counter) loadNow(ctx context.Context, key quota.CounterKey, now time.Time) (bool, error) {
 	horizon, err := c.horizon(ctx)
 	if err != nil {
 		return false, err
 	}
-	return c.load(ctx, key, now, horizon)
+	return c.load(ctx, key, now, &loading{horizon: horizon})
 }
 
 // load copies a counter from Postgres into Redis. It answers false while
@@ -328,22 +338,26 @@ func (c *Counter) loadNow(ctx context.Context, key quota.CounterKey, now time.Ti
 // the stream is past the horizon is read before Postgres: the flusher
 // deletes an entry only after committing it, so what was gone then is in
 // what Postgres answers.
-func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, horizon string) (bool, error) {
+func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, ld *loading) (bool, error) {
 	first, err := c.rdb.XRangeN(ctx, PendingStream, "-", "+", 1).Result()
 	if err != nil {
 		return false, translate(err)
 	}
-	drained := len(first) == 0 || streamIDAfter(first[0].ID, horizon)
+	drained := len(first) == 0 || streamIDAfter(first[0].ID, ld.horizon)
+	if ld.hasRow && !drained {
+		return false, nil
+	}
 	used, found, err := c.src.Stored(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("load counter from postgres: %w", err)
 	}
+	ld.hasRow = ld.hasRow || found // a row, once there, stays
 	if found && !drained {
 		return false, nil
 	}
 	guard := "" // the script checks again, for a load that found a row
 	if found {
-		guard = horizon
+		guard = ld.horizon
 	}
 	ok, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, used, expireAt(key, now), guard).Int64()
 	if err != nil {

@@ -151,7 +151,8 @@ return acked
 
 // waitingScript answers the id of the oldest stream entry the flushers'
 // group has not read yet and the id of the newest entry ("", "" when the
-// group has read everything, or has no stream or group yet). Entries read
+// group has read everything or there is no stream; with no group yet all
+// entries count as unread). Entries read
 // but not acknowledged (being flushed, or left by a dead flusher until
 // they are claimed) are not "waiting".
 //

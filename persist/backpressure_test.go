@@ -16,15 +16,16 @@ import (
 // TestBehind: the flusher tells consumes to wait when the stream's oldest
 // unread entry had waited longer than MaxLag on Redis's clock at its last
 // look; not when flushing fails, not during a flush under way for more
-// than 5 × MaxLag (a hung Postgres), not for entries read but never
-// acknowledged (a dead flusher's, which another one claims).
+// than 5 × MaxLag (a hung Postgres), not on a look older than a second,
+// not for entries read but never acknowledged (a dead flusher's, which
+// another one claims).
 func TestBehind(t *testing.T) {
 	ctx := context.Background()
 	opt, _ := redis.ParseURL(testenv.RedisURL(t))
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	pending := cache.NewPending(rdb, "test")
-	f := persist.NewFlusher(newStore(t), pending, persist.FlusherConfig{MaxLag: 200 * time.Millisecond})
+	f := persist.NewFlusher(newStore(t), pending, persist.FlusherConfig{Interval: 100 * time.Millisecond, MaxLag: time.Second})
 	behind := func() bool { _, b := f.Behind(); return b }
 
 	if err := f.Look(ctx); err != nil || behind() {
@@ -43,7 +44,7 @@ func TestBehind(t *testing.T) {
 		t.Fatal("behind before the flusher looked")
 	}
 	if err := f.Look(ctx); err != nil || !behind() {
-		t.Fatalf("4 s of unread usage, max lag 200ms: behind %v (%v)", behind(), err)
+		t.Fatalf("4 s of unread usage, max lag 1s: behind %v (%v)", behind(), err)
 	}
 	f.SetFailing(errors.New("postgres is down"))
 	if behind() {
@@ -57,11 +58,15 @@ func TestBehind(t *testing.T) {
 	if !behind() {
 		t.Fatal("not behind during a flush under way for less than 5 × max lag")
 	}
-	f.SetFlushing(time.Now().Add(-2 * time.Second)) // a hung one: pacing cannot
+	f.SetFlushing(time.Now().Add(-6 * time.Second)) // a hung one: pacing cannot
 	if behind() {
 		t.Fatal("behind during a flush under way for more than 5 × max lag")
 	}
 	f.SetFlushing(time.Time{})
+	time.Sleep(1100 * time.Millisecond) // no look for longer than a second: the flusher cannot read the stream
+	if behind() {
+		t.Fatal("behind on a look more than a second old")
+	}
 	// Read by a flusher that then died: pending, not unread.
 	if err := rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: cache.FlushGroup, Consumer: "dead", Streams: []string{cache.PendingStream, ">"}, Count: 10}).Err(); err != nil {
 		t.Fatal(err)

@@ -79,11 +79,12 @@ type FlusherConfig struct {
 	Batch      int           // queue entries per Redis read; default 200 (under load an entry holds ~30 events, so ~6,000 events a read)
 	Max        int           // events per flush (one transaction; the last read may go past it); a full flush flushes again at once; default 100,000
 	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
-	// MaxLag is how old the oldest unflushed event may get, while flushes
+	// MaxLag is how long usage may wait unread in the queue, while flushes
 	// succeed, before Behind tells consumes to wait (backpressure); default
-	// three Intervals, at least 3s; negative for never. When flushing fails
-	// (Postgres down) nothing waits: Redis keeps taking usage and the lag
-	// grows.
+	// three Intervals, at least 3s; never less than two Intervals (usage
+	// waits up to one between flushes); negative for never. When flushing
+	// fails (Postgres down) nothing waits: Redis keeps taking usage and the
+	// lag grows.
 	MaxLag time.Duration
 	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
 	// use it to kill the process at the worst moment.
@@ -104,11 +105,15 @@ type Flusher struct {
 	lag     time.Duration
 	pending int64
 	// Backpressure (see Behind), as of the last look at the stream: how
-	// long its oldest unread entry had waited, when that look was (unix
-	// ns), whether the last flush failed, and a channel closed at the next
-	// look.
+	// long its oldest unread entry had waited and when that look was
+	// (unix ns); when the flush under way started (0 between flushes);
+	// whether the last flush failed; a channel closed at the next look.
+	// Looks (refreshStats) run from Run and from its looker goroutine, one
+	// at a time (lookMu), so the last one stored is the newest.
+	lookMu   sync.Mutex
 	waiting  atomic.Int64
-	flushing atomic.Int64 // when the flush under way started (unix ns), 0 between flushes
+	lookedAt atomic.Int64
+	flushing atomic.Int64
 	failing  atomic.Bool
 	looked   chan struct{}
 }
@@ -138,6 +143,9 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	}
 	if cfg.MaxLag == 0 {
 		cfg.MaxLag = max(3*cfg.Interval, 3*time.Second)
+	}
+	if cfg.MaxLag > 0 {
+		cfg.MaxLag = max(cfg.MaxLag, 2*cfg.Interval)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -238,6 +246,8 @@ func (f *Flusher) Status() (lag time.Duration, pending int64, lastErr error) {
 // refreshStats looks at the stream: the gauges, Status, and Behind's
 // view of the backlog. It answers the number of waiting entries.
 func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
+	f.lookMu.Lock()
+	defer f.lookMu.Unlock()
 	n, oldest, err := f.src.Stats(ctx)
 	if err != nil {
 		return 0, err
@@ -246,15 +256,18 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	if !oldest.IsZero() {
 		lag = max(0, time.Since(oldest))
 	}
-	waiting, err := f.src.Waiting(ctx)
-	if err != nil {
-		return 0, err
-	}
-	f.waiting.Store(int64(waiting))
 	f.m.pending.Set(float64(n))
 	f.m.lag.Set(lag.Seconds())
 	f.mu.Lock()
 	f.lag, f.pending = lag, n
+	f.mu.Unlock()
+	waiting, err := f.src.Waiting(ctx)
+	if err != nil {
+		return n, err // Behind goes by the last look until it is stale
+	}
+	f.waiting.Store(int64(waiting))
+	f.lookedAt.Store(time.Now().UnixNano())
+	f.mu.Lock()
 	close(f.looked)
 	f.looked = make(chan struct{})
 	f.mu.Unlock()
@@ -270,10 +283,12 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 // and with it what a loss of Redis would lose, for as long as the load
 // lasts. It never holds consumes back for what pacing cannot help: a
 // failing flush (Postgres down), a flush under way for more than
-// 5 × MaxLag (Postgres hung), or entries a dead flusher read and left
-// (they are not unread; another flusher claims them).
+// 5 × MaxLag (Postgres hung), entries a dead flusher read and left (they
+// are not unread; another flusher claims them), or a last look older than
+// a second or an Interval (the flusher cannot read the stream).
 func (f *Flusher) Behind() (<-chan struct{}, bool) {
-	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Duration(f.waiting.Load()) <= f.cfg.MaxLag {
+	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Duration(f.waiting.Load()) <= f.cfg.MaxLag ||
+		time.Since(time.Unix(0, f.lookedAt.Load())) > max(time.Second, f.cfg.Interval) {
 		return nil, false
 	}
 	if started := f.flushing.Load(); started != 0 && time.Since(time.Unix(0, started)) > 5*f.cfg.MaxLag {

@@ -29,7 +29,7 @@ type Config struct {
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
-	FlushMaxLag     time.Duration // QUOTAD_FLUSH_MAX_LAG, --flush-max-lag; default 0: three flush intervals, at least 3s; "off" (-1): consumes wait up to 1s while usage waits longer than this to be flushed
+	FlushMaxLag     time.Duration // QUOTAD_FLUSH_MAX_LAG, --flush-max-lag; default 0: three flush intervals, at least 3s; "off" (-1): consumes wait up to 1s while usage waited unread longer than this; at least two flush intervals
 	FailMode        string        // QUOTAD_FAIL_MODE, --fail-mode; default "closed" (503 when no store answers); "open" allows
 	BenchFloor      bool          // QUOTAD_BENCH_FLOOR, --bench-floor; default false: serve POST /v1/floor, the bench's no-work baseline
 	DebugAddr       string        // QUOTAD_DEBUG_ADDR, --debug-addr; default none: serve net/http/pprof there (e.g. 127.0.0.1:6060)
@@ -58,7 +58,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&flushMax, "flush-max", env("QUOTAD_FLUSH_MAX", "100000"), "events per flush transaction")
 	fs.StringVar(&claimIdle, "flush-claim-idle", env("QUOTAD_FLUSH_CLAIM_IDLE", "30s"), "take over events a dead flusher left unacknowledged this long")
 	var maxLag string
-	fs.StringVar(&maxLag, "flush-max-lag", env("QUOTAD_FLUSH_MAX_LAG", ""), `consumes wait (up to 1s) while usage waits longer than this to be flushed; "" for three flush intervals (at least 3s), "off" for never`)
+	fs.StringVar(&maxLag, "flush-max-lag", env("QUOTAD_FLUSH_MAX_LAG", ""), `consumes wait (up to 1s) while usage waited unread longer than this (at least two flush intervals); "" for three flush intervals (at least 3s), "off" for never`)
 	fs.StringVar(&c.Tiers, "tiers", env("QUOTAD_TIERS", "full"), `"full" or "postgres"`)
 	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
 	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "200"), "pending-stream entries per Redis read")
@@ -98,6 +98,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	default:
 		if c.FlushMaxLag, err = time.ParseDuration(maxLag); err != nil || c.FlushMaxLag <= 0 {
 			return Config{}, fmt.Errorf(`flush-max-lag: %q is not a positive duration, "" or "off"`, maxLag)
+		}
+		if c.FlushMaxLag < 2*c.FlushInterval {
+			return Config{}, fmt.Errorf("flush-max-lag: %s is less than two flush intervals (%s): usage waits up to one between flushes", c.FlushMaxLag, c.FlushInterval)
 		}
 	}
 	if c.FlushBatch, err = strconv.Atoi(flushBatch); err != nil || c.FlushBatch < 1 {
