@@ -88,6 +88,30 @@ func TestLoadOnce(t *testing.T) {
 	}
 }
 
+// droppedCounter sets up a counter Postgres has a row for (100 used) that
+// took 5 more through Redis, not flushed yet, and was then dropped from
+// Redis, as after an outage (dropped as stale). It answers an instance's
+// counter, the key and its Redis key.
+func (e env) droppedCounter(t *testing.T, subject string) (*cache.Counter, quota.CounterKey, string) {
+	t.Helper()
+	ctx := context.Background()
+	k := key
+	k.Subject = subject
+	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
+		k.Subject, k.Meter, k.Start, k.End); err != nil {
+		t.Fatal(err)
+	}
+	c := e.counter(t)
+	for i := range 5 {
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprint(subject, i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ck := "q:{" + k.Subject + "}:c:" + k.Meter + ":" + fmt.Sprint(k.Start.Unix())
+	e.rdb.Del(ctx, ck)
+	return c, k, ck
+}
+
 // TestLoadWaitsForItsEvents: a counter Postgres has a row for, dropped
 // from Redis while its events wait in the stream, is not loaded until they
 // are flushed (Postgres would be short of them); a new counter, with no
@@ -95,20 +119,7 @@ func TestLoadOnce(t *testing.T) {
 func TestLoadWaitsForItsEvents(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	k := key
-	k.Subject = "user:horizon"
-	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
-		k.Subject, k.Meter, k.Start, k.End); err != nil {
-		t.Fatal(err)
-	}
-	c := e.counter(t)
-	for i := range 5 {
-		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprint("h", i), At: time.Now()}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ck := "q:{" + k.Subject + "}:c:" + k.Meter + ":" + fmt.Sprint(k.Start.Unix())
-	e.rdb.Del(ctx, ck) // as after an outage, dropped as stale
+	c, k, ck := e.droppedCounter(t, "user:horizon")
 
 	if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used != 100 {
 		t.Fatalf("before the flush: %d (%v), want postgres's 100", used, err)
@@ -170,19 +181,7 @@ func TestLoadUnderTraffic(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	k := key
-	k.Subject = "user:traffic"
-	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
-		k.Subject, k.Meter, k.Start, k.End); err != nil {
-		t.Fatal(err)
-	}
-	c := e.counter(t)
-	for i := range 5 {
-		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprint("t", i), At: time.Now()}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e.rdb.Del(ctx, "q:{"+k.Subject+"}:c:"+k.Meter+":"+fmt.Sprint(k.Start.Unix()))
+	c, k, _ := e.droppedCounter(t, "user:traffic")
 
 	other := key
 	other.Subject = "user:traffic-other"
