@@ -168,7 +168,8 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 
 // Run flushes every Interval, and at once again while a flush came back
 // full, until ctx ends. Between ticks it looks at the backlog every
-// Interval/10 and flushes early when Max events wait.
+// Interval/10 and flushes early when Max events wait; during a flush a
+// second goroutine goes on looking (for Behind and the gauges).
 func (f *Flusher) Run(ctx context.Context) {
 	tick := time.NewTicker(f.cfg.Interval)
 	defer tick.Stop()
