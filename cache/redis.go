@@ -209,23 +209,35 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, [
 // Consume implements quota.Counter with one script call (two more when the
 // counter has to be loaded first).
 func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
-	for {
-		if c.health.Up() {
+	return redisOrDirect(ctx, c.health,
+		func() (quota.ConsumeResult, error) {
 			c.pace(ctx)
-			res, err := c.consume(ctx, op)
-			if err == nil || !c.health.Failed(err) {
+			return c.consume(ctx, op)
+		},
+		func(ctx context.Context) (quota.ConsumeResult, error) { return c.src.Consume(ctx, op) })
+}
+
+// redisOrDirect runs viaRedis while Redis is up. When Redis is down, or
+// viaRedis finds it unreachable, it runs direct on Postgres instead,
+// within the health gate (see Health.BeginDirect: the switch back to Redis
+// waits for it) and bounded by DirectTimeout; and if Redis came back
+// before the gate let it in, viaRedis again.
+func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(context.Context) (T, error)) (T, error) {
+	for {
+		if h.Up() {
+			res, err := viaRedis()
+			if err == nil || !h.Failed(err) {
 				return res, err
 			}
-			c.log.Warn("redis unreachable: consuming through postgres", "err", err)
 		}
-		if !c.health.BeginDirect() {
+		if !h.BeginDirect() {
 			break
 		}
 	}
-	defer c.health.EndDirect()
+	defer h.EndDirect()
 	ctx, cancel := context.WithTimeout(ctx, DirectTimeout)
 	defer cancel()
-	return c.src.Consume(ctx, op)
+	return direct(ctx)
 }
 
 func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
@@ -406,23 +418,13 @@ func firstAnswer(stored string, op quota.ConsumeOp) (quota.ConsumeResult, error)
 
 // Reset implements quota.Counter.
 func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
-	ck := counterKey(key)
 	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
-	for {
-		if c.health.Up() {
-			err := resetScript.Run(ctx, c.rdb, []string{ck, PendingStream}, expireAt(key, at), ev).Err()
-			if err == nil || !c.health.Failed(err) {
-				return translate(err)
-			}
-		}
-		if !c.health.BeginDirect() {
-			break
-		}
-	}
-	defer c.health.EndDirect()
-	ctx, cancel := context.WithTimeout(ctx, DirectTimeout)
-	defer cancel()
-	return c.src.Reset(ctx, key, at)
+	_, err := redisOrDirect(ctx, c.health,
+		func() (struct{}, error) {
+			return struct{}{}, translate(resetScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, expireAt(key, at), ev).Err())
+		},
+		func(ctx context.Context) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) })
+	return err
 }
 
 // DropStale drops Redis's copies of counters that Postgres changed
