@@ -233,7 +233,7 @@ func TestAckOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n, _, err := p.Stats(ctx)
+	n, _, _, err := p.Stats(ctx)
 	if err != nil || n != 0 {
 		t.Fatalf("%d events left (%v)", n, err)
 	}
@@ -414,7 +414,7 @@ func TestBatchedEntriesFlushOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, _, err := p.Stats(ctx); err != nil || n != 0 {
+	if n, _, _, err := p.Stats(ctx); err != nil || n != 0 {
 		t.Fatalf("%d entries left (%v)", n, err)
 	}
 	for _, k := range keys {

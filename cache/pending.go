@@ -208,40 +208,30 @@ func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
 	return nil
 }
 
-// Waiting answers how long the oldest entry no flusher has read yet has
-// waited, on Redis's clock (the newest entry's time minus its, so the two
-// hosts' clocks do not matter); 0 when every entry was read.
-func (p *Pending) Waiting(ctx context.Context) (time.Duration, error) {
-	ids, err := waitingScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup).StringSlice()
+// Stats looks at the stream, in one round trip: how many entries wait to
+// be flushed, when the oldest was queued (zero when none), and how long
+// the oldest entry no flusher has read yet had waited (0 when every entry
+// was read), on Redis's clock: the newest entry's time minus its, so the
+// two hosts' clocks do not matter.
+func (p *Pending) Stats(ctx context.Context) (entries int64, oldest time.Time, unread time.Duration, err error) {
+	v, err := statsScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup).Slice()
 	if err != nil {
-		return 0, fmt.Errorf("pending backlog: %w", err)
+		return 0, time.Time{}, 0, fmt.Errorf("pending stats: %w", err)
 	}
-	if len(ids) != 2 || ids[0] == "" {
-		return 0, nil
+	if len(v) != 4 {
+		return 0, time.Time{}, 0, fmt.Errorf("pending stats: script answered %v", v)
 	}
-	first, _, ok1 := parseStreamID(ids[0])
-	newest, _, ok2 := parseStreamID(ids[1])
-	if !ok1 || !ok2 || newest < first {
-		return 0, nil
+	entries, _ = v[0].(int64)
+	ids := [3]uint64{} // milliseconds of the oldest, the oldest unread, the newest
+	for i := range ids {
+		id, _ := v[i+1].(string)
+		ids[i], _, _ = parseStreamID(id)
 	}
-	return time.Duration(newest-first) * time.Millisecond, nil
-}
-
-// Stats returns how many events wait to be flushed and when the oldest was
-// queued (zero when none).
-func (p *Pending) Stats(ctx context.Context) (int64, time.Time, error) {
-	n, err := p.rdb.XLen(ctx, PendingStream).Result()
-	if err != nil {
-		return 0, time.Time{}, err
+	if ids[0] > 0 {
+		oldest = time.UnixMilli(int64(ids[0]))
 	}
-	if n == 0 {
-		return 0, time.Time{}, nil
+	if ids[1] > 0 && ids[2] >= ids[1] {
+		unread = time.Duration(ids[2]-ids[1]) * time.Millisecond
 	}
-	first, err := p.rdb.XRangeN(ctx, PendingStream, "-", "+", 1).Result()
-	if err != nil || len(first) == 0 {
-		return n, time.Time{}, err
-	}
-	ms, _, _ := strings.Cut(first[0].ID, "-")
-	msec, _ := strconv.ParseInt(ms, 10, 64)
-	return n, time.UnixMilli(msec), nil
+	return entries, oldest, unread, nil
 }

@@ -149,30 +149,32 @@ end
 return acked
 `)
 
-// waitingScript answers the id of the oldest stream entry the flushers'
-// group has not read yet and the id of the newest entry ("", "" when the
-// group has read everything or there is no stream; with no group yet all
-// entries count as unread). Entries read
-// but not acknowledged (being flushed, or left by a dead flusher until
-// they are claimed) are not "waiting".
+// statsScript looks at the pending stream in one step: its length, the
+// id of its oldest entry, of the oldest one the flushers' group has not
+// read yet, and of the newest ("" for none; with no group yet every entry
+// counts as unread). Entries read but not acknowledged (being flushed, or
+// left by a dead flusher until they are claimed) are not unread.
 //
 //	KEYS[1] pending stream
 //	ARGV[1] consumer group
-var waitingScript = redis.NewScript(`
-local groups = redis.pcall("XINFO", "GROUPS", KEYS[1])
-if type(groups) ~= "table" or groups.err then return {"", ""} end
-local last = "0-0"
-for _, g in ipairs(groups) do
-  local name, id
-  for i = 1, #g, 2 do
-    if g[i] == "name" then name = g[i + 1] elseif g[i] == "last-delivered-id" then id = g[i + 1] end
-  end
-  if name == ARGV[1] and id then last = id end
-end
-local first = redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", 1)[1]
-if not first then return {"", ""} end
+var statsScript = redis.NewScript(`
+local n = redis.call("XLEN", KEYS[1])
+if n == 0 then return {0, "", "", ""} end
+local first = redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", 1)[1]
 local newest = redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1)[1]
-return {first[1], newest[1]}
+local last = "0-0"
+local groups = redis.pcall("XINFO", "GROUPS", KEYS[1])
+if type(groups) == "table" and not groups.err then
+  for _, g in ipairs(groups) do
+    local name, id
+    for i = 1, #g, 2 do
+      if g[i] == "name" then name = g[i + 1] elseif g[i] == "last-delivered-id" then id = g[i + 1] end
+    end
+    if name == ARGV[1] and id then last = id end
+  end
+end
+local unread = redis.call("XRANGE", KEYS[1], "(" .. last, "+", "COUNT", 1)[1]
+return {n, first and first[1] or "", unread and unread[1] or "", newest and newest[1] or ""}
 `)
 
 // provisionScript stores a new subject unless one is there, queuing it for

@@ -65,12 +65,10 @@ type Pending interface {
 	// Ack acknowledges the entries of events written to Postgres (every
 	// event of an entry in one call); acking twice is harmless.
 	Ack(ctx context.Context, events []quota.Event) error
-	// Stats returns the number of waiting entries and the time the oldest
-	// was queued.
-	Stats(ctx context.Context) (int64, time.Time, error)
-	// Waiting answers how long the oldest entry no flusher has read yet
-	// has waited (0 for none), on the queue's own clock.
-	Waiting(ctx context.Context) (time.Duration, error)
+	// Stats returns the number of waiting entries, the time the oldest was
+	// queued, and how long the oldest entry no flusher has read yet had
+	// waited (0 for none), on the queue's own clock.
+	Stats(ctx context.Context) (entries int64, oldest time.Time, unread time.Duration, err error)
 }
 
 // FlusherConfig tunes a Flusher.
@@ -111,7 +109,7 @@ type Flusher struct {
 	// Looks (refreshStats) run from Run and from its looker goroutine, one
 	// at a time (lookMu), so the last one stored is the newest.
 	lookMu   sync.Mutex
-	waiting  atomic.Int64
+	unread   atomic.Int64
 	lookedAt atomic.Int64
 	flushing atomic.Int64
 	failing  atomic.Bool
@@ -249,7 +247,7 @@ func (f *Flusher) Status() (lag time.Duration, pending int64, lastErr error) {
 func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	f.lookMu.Lock()
 	defer f.lookMu.Unlock()
-	n, oldest, err := f.src.Stats(ctx)
+	n, oldest, unread, err := f.src.Stats(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -259,16 +257,10 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	}
 	f.m.pending.Set(float64(n))
 	f.m.lag.Set(lag.Seconds())
-	f.mu.Lock()
-	f.lag, f.pending = lag, n
-	f.mu.Unlock()
-	waiting, err := f.src.Waiting(ctx)
-	if err != nil {
-		return n, err // Behind goes by the last look until it is stale
-	}
-	f.waiting.Store(int64(waiting))
+	f.unread.Store(int64(unread))
 	f.lookedAt.Store(time.Now().UnixNano())
 	f.mu.Lock()
+	f.lag, f.pending = lag, n
 	close(f.looked)
 	f.looked = make(chan struct{})
 	f.mu.Unlock()
@@ -288,7 +280,7 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 // are not unread; another flusher claims them), or a last look older than
 // a second or an Interval (the flusher cannot read the stream).
 func (f *Flusher) Behind() (<-chan struct{}, bool) {
-	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Duration(f.waiting.Load()) <= f.cfg.MaxLag ||
+	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Duration(f.unread.Load()) <= f.cfg.MaxLag ||
 		time.Since(time.Unix(0, f.lookedAt.Load())) > max(time.Second, f.cfg.Interval) {
 		return nil, false
 	}
