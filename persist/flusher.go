@@ -165,16 +165,13 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 }
 
 // Run flushes every Interval, and at once again while a flush came back
-// full, until ctx ends. Between ticks it looks at the backlog every
-// Interval/10 and flushes early when Max events wait; during a flush a
-// second goroutine goes on looking (for Behind and the gauges).
+// full, until ctx ends. A second goroutine looks at the stream every
+// Interval/10, during flushes too (a flush slowed down by the load it is
+// behind must not hide that load from Behind); between ticks a look that
+// finds Max events waiting starts a flush early.
 func (f *Flusher) Run(ctx context.Context) {
 	tick := time.NewTicker(f.cfg.Interval)
 	defer tick.Stop()
-	poll := time.NewTicker(max(f.cfg.Interval/10, 10*time.Millisecond))
-	defer poll.Stop()
-	// Looks at the stream go on during a flush too: a flush slowed down
-	// by the load it is behind must not hide that load from Behind.
 	looks := make(chan struct{})
 	defer func() { <-looks }()
 	go func() {
@@ -186,9 +183,7 @@ func (f *Flusher) Run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if f.flushing.Load() != 0 {
-					_, _ = f.refreshStats(ctx)
-				}
+				_, _ = f.refreshStats(ctx)
 			}
 		}
 	}()
@@ -205,14 +200,19 @@ func (f *Flusher) Run(ctx context.Context) {
 		}
 	wait:
 		for {
+			f.mu.Lock()
+			looked := f.looked
+			f.mu.Unlock()
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 				break wait
-			case <-poll.C:
-				// n counts entries, so at least Max events wait.
-				if n, err := f.refreshStats(ctx); err == nil && n >= int64(f.cfg.Max) {
+			case <-looked:
+				f.mu.Lock()
+				full := f.pending >= int64(f.cfg.Max) // entries, so at least Max events
+				f.mu.Unlock()
+				if full {
 					break wait
 				}
 			}
