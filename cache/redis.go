@@ -54,7 +54,7 @@ type Counter struct {
 	health *Health
 	log    *slog.Logger
 	// loadWait bounds how long a consume waits for events that may be its
-	// counter's to reach Postgres (see loadScript) before it fails with
+	// counter's to reach Postgres (see load) before it fails with
 	// ErrUnavailable: under load a flush and the wait before it (the bench
 	// saw lags of up to 6.4 s); longer after an instance was killed (its
 	// entries wait to be claimed) or after Postgres was down.
@@ -315,7 +315,7 @@ func (c *Counter) get(ctx context.Context, key string) (int64, error) {
 
 // horizon reads the pending stream's newest entry id, "0-0" when it is
 // empty. Read once a counter was found missing, it is at or after every
-// event of that counter (see loadScript).
+// event of that counter (see load).
 func (c *Counter) horizon(ctx context.Context) (string, error) {
 	last, err := c.rdb.XRevRangeN(ctx, PendingStream, "+", "-", 1).Result()
 	if err != nil {
@@ -344,12 +344,25 @@ func (c *Counter) loadNow(ctx context.Context, key quota.CounterKey, now time.Ti
 	return c.load(ctx, key, now, &loading{horizon: horizon})
 }
 
-// load copies a counter from Postgres into Redis. It answers false while
-// Postgres has a row for the counter and the stream still holds entries at
-// or before horizon, which may hold its events (see loadScript). Whether
-// the stream is past the horizon is read before Postgres: the flusher
-// deletes an entry only after committing it, so what was gone then is in
-// what Postgres answers.
+// load copies a counter from Postgres into Redis, unless it is there
+// already (another instance loaded it first: SET NX) or events for it may
+// still wait in the pending stream (then Postgres does not hold all of
+// them yet); it answers false in that case.
+//
+// Which events can be in the way: a counter's events are appended only
+// while its key exists, so all of them are at or before the stream's
+// newest entry as it was once the key was found missing (the horizon, read
+// once per consume). The flusher deletes each entry it acknowledged, after
+// committing it, so once the stream's oldest entry is past the horizon (or
+// the stream is empty) Postgres has all of them: that is checked before
+// Postgres is read. Entries appended later get larger ids, so it still
+// holds at the SET. Nothing tells which entries hold this counter's
+// events, so a counter with a row waits until the flusher is past the
+// horizon: usually a flush. A counter Postgres has no row for never had an
+// event flushed and loads at once: a new subject's first consume does not
+// wait. Counters with a row are loaded after an outage (dropped as stale),
+// after a loss of Redis's data, or when expired. (Keys must never be
+// evicted: see README.)
 func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, ld *loading) (bool, error) {
 	first, err := c.rdb.XRangeN(ctx, PendingStream, "-", "+", 1).Result()
 	if err != nil {
@@ -367,15 +380,11 @@ func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time,
 	if found && !drained {
 		return false, nil
 	}
-	guard := "" // the script checks again, for a load that found a row
-	if found {
-		guard = ld.horizon
-	}
-	ok, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, used, expireAt(key, now), guard).Int64()
-	if err != nil {
+	err = c.rdb.SetArgs(ctx, counterKey(key), used, redis.SetArgs{Mode: "NX", ExpireAt: time.Unix(expireAt(key, now), 0)}).Err()
+	if err != nil && !errors.Is(err, redis.Nil) { // Nil: NX found it there
 		return false, translate(err)
 	}
-	return ok == 1, nil
+	return true, nil
 }
 
 // streamIDAfter reports whether stream id a ("<ms>-<seq>") comes after b;
