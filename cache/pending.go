@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -143,7 +144,10 @@ func (p *Pending) decode(msgs []redis.XMessage, err error) ([]quota.Event, int, 
 		return nil, 0, err
 	}
 	events := make([]quota.Event, 0, len(msgs))
-	for _, m := range msgs {
+	for i, m := range msgs {
+		if i%8 == 7 {
+			runtime.Gosched() // see persist.yieldEvery: entries hold ~30 events each
+		}
 		evs, err := decodeEntry(m)
 		if err != nil {
 			return nil, 0, err
