@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -186,5 +187,49 @@ func TestConcurrentStoresKeepTheLargest(t *testing.T) {
 		if snap, ok := s.c.Get(h); !ok || snap.used != base+63 {
 			t.Fatalf("round %d: snapshot %+v (%v), want used %d", round, snap, ok, base+63)
 		}
+	}
+}
+
+// TestHoldsManyCounters: L1 keeps as many snapshots, and subjects, as it
+// counts: 30,000 of each stay (ristretto's own per-item cost, counted in
+// by default, once made room for about 17,500).
+func TestHoldsManyCounters(t *testing.T) {
+	const n = 30_000
+	var now atomic.Int64
+	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
+	s := newTestSnapshots(t, &fakeL2{}, &now)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	settings, err := NewSettings(ctx, nil, nil, nil, nil, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(settings.subjects.Close)
+	key := func(i int) quota.CounterKey {
+		k := l1Key
+		k.Subject = fmt.Sprintf("user:%d", i)
+		return k
+	}
+	for i := range n {
+		s.store(s.hash(key(i)), key(i), int64(i), now.Load(), s.epoch.Load())
+		settings.cacheSubject(quota.Subject{ID: key(i).Subject, Plan: "free"})
+		if i%1000 == 999 { // sets pass a buffer that drops what it cannot take
+			s.c.Wait()
+			settings.subjects.Wait()
+		}
+	}
+	s.c.Wait()
+	settings.subjects.Wait()
+	snaps, subjects := 0, 0
+	for i := range n {
+		if snap, ok := s.c.Get(s.hash(key(i))); ok && snap.used == int64(i) {
+			snaps++
+		}
+		if _, ok := settings.subjects.Get(key(i).Subject); ok {
+			subjects++
+		}
+	}
+	if snaps < n*99/100 || subjects < n*99/100 {
+		t.Fatalf("of %d stored, L1 holds %d snapshots and %d subjects", n, snaps, subjects)
 	}
 }

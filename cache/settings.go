@@ -68,6 +68,9 @@ type planEntry struct {
 	expires int64
 }
 
+// maxSubjects bounds the subjects L1 keeps.
+const maxSubjects = 1_000_000
+
 // subjectTTL bounds how long Redis keeps a subject's settings; after it
 // they are read from Postgres again.
 const subjectTTL = 24 * time.Hour
@@ -76,7 +79,11 @@ const subjectTTL = 24 * time.Hour
 // keeps an entry even without an invalidation (a missed message).
 // The coarse clock runs until ctx ends.
 func NewSettings(ctx context.Context, src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration) (*Settings, error) {
-	subjects, err := ristretto.NewCache(&ristretto.Config[string, subjectEntry]{NumCounters: 10_000_000, MaxCost: 1_000_000, BufferItems: 64})
+	// Up to maxSubjects subjects, each of cost 1 (see NewSnapshots on
+	// IgnoreInternalCost).
+	subjects, err := ristretto.NewCache(&ristretto.Config[string, subjectEntry]{
+		NumCounters: 10 * maxSubjects, MaxCost: maxSubjects, BufferItems: 64, IgnoreInternalCost: true,
+	})
 	if err != nil {
 		return nil, err
 	}
