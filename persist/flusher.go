@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/quotad/quotad/quota"
@@ -388,7 +389,7 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 }
 
 // ledgerColumns are the usage_ledger columns the flusher writes, in the
-// order of ledgerRow.
+// order of ledgerRow.row.
 var ledgerColumns = []string{"event_id", "kind", "subject", "meter", "period_start", "amount", "mode",
 	"model", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "idempotency_key", "created_at"}
 
@@ -475,10 +476,12 @@ func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, event
 			ledger = append(ledger, &events[i])
 		}
 	}
-	row := make([]any, len(ledgerColumns))
+	var r ledgerRow
+	row := r.row()
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{table}, ledgerColumns, pgx.CopyFromSlice(len(ledger), func(i int) ([]any, error) {
 		yieldEvery(i)
-		return ledgerRow(ledger[i], row), nil // pgx encodes a row before it asks for the next
+		r.fill(ledger[i])
+		return row, nil // pgx encodes a row before it asks for the next
 	}))
 	if err != nil {
 		return 0, fmt.Errorf("copy ledger rows: %w", err)
@@ -486,20 +489,44 @@ func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, event
 	return n, nil
 }
 
-// Ledger values the rows point at: pointers, not copies, so that filling
-// a row boxes nothing (an interface holding a string or a time allocates).
-var (
-	kindNames = map[quota.EventKind]*string{}
-	modeNames = map[bool]*string{false: ptr(quota.ModeRecord), true: ptr(quota.ModeEnforce)}
-)
-
-func init() {
-	for _, k := range []quota.EventKind{quota.EventConsume, quota.EventReset, quota.EventProvision} {
-		kindNames[k] = ptr(string(k))
-	}
+// ledgerRow is one ledger row as pgtype values, which pgx encodes
+// through their Valuer methods: no reflection and no allocation per row
+// (plain values in an []any are boxed, one allocation each; pointers to
+// them pgx dereferences with reflect, boxing the value all the same: ten
+// allocations per ledger row before).
+type ledgerRow struct {
+	id, kind, subject, meter, mode, model, idem pgtype.Text
+	start, at                                   pgtype.Timestamptz
+	amount, in, out, cw, cr                     pgtype.Int8
 }
 
-func ptr[T any](v T) *T { return &v }
+// row answers the row's values in the order of ledgerColumns; they point
+// into r, so each fill changes them.
+func (r *ledgerRow) row() []any {
+	return []any{&r.id, &r.kind, &r.subject, &r.meter, &r.start, &r.amount, &r.mode,
+		&r.model, &r.in, &r.out, &r.cw, &r.cr, &r.idem, &r.at}
+}
+
+// fill sets r to e's ledger columns.
+func (r *ledgerRow) fill(e *quota.Event) {
+	text := func(s string, valid bool) pgtype.Text { return pgtype.Text{String: s, Valid: valid} }
+	r.id, r.kind, r.subject, r.meter = text(e.ID, true), text(string(e.Kind), true), text(e.Subject, true), text(e.Meter, true)
+	r.start, r.at = pgtype.Timestamptz{Time: e.Start, Valid: true}, pgtype.Timestamptz{Time: e.At, Valid: true}
+	r.amount = pgtype.Int8{Int64: e.Amount, Valid: true}
+	mode := quota.ModeRecord
+	if e.Enforce {
+		mode = quota.ModeEnforce
+	}
+	r.mode = text(mode, e.Kind == quota.EventConsume)
+	r.idem = text(e.IdempotencyKey, e.IdempotencyKey != "")
+	u := e.Usage
+	if u == nil {
+		u = &quota.Usage{}
+	}
+	r.model = text(u.Model, e.Usage != nil)
+	tokens := func(n int64) pgtype.Int8 { return pgtype.Int8{Int64: n, Valid: e.Usage != nil} }
+	r.in, r.out, r.cw, r.cr = tokens(u.InputTokens), tokens(u.OutputTokens), tokens(u.CacheWriteTokens), tokens(u.CacheReadTokens)
+}
 
 // yieldEvery lets other goroutines run every yieldRows iterations of a
 // loop over a flush's events (tens of thousands under load). quotad runs
@@ -513,29 +540,6 @@ func yieldEvery(i int) {
 }
 
 const yieldRows = 256
-
-// ledgerRow fills row with e's ledger columns (ledgerColumns). The row
-// points into e, which must outlive its use.
-func ledgerRow(e *quota.Event, row []any) []any {
-	var mode, model, idem *string
-	var in, out, cw, cr *int64
-	if e.Kind == quota.EventConsume {
-		mode = modeNames[e.Enforce]
-	}
-	if u := e.Usage; u != nil {
-		model, in, out, cw, cr = &u.Model, &u.InputTokens, &u.OutputTokens, &u.CacheWriteTokens, &u.CacheReadTokens
-	}
-	if e.IdempotencyKey != "" {
-		idem = &e.IdempotencyKey
-	}
-	kind := kindNames[e.Kind]
-	if kind == nil { // not a kind this quotad writes; the ledger's check refuses it
-		kind = ptr(string(e.Kind))
-	}
-	row[0], row[1], row[2], row[3], row[4], row[5], row[6] = &e.ID, kind, &e.Subject, &e.Meter, &e.Start, &e.Amount, mode
-	row[7], row[8], row[9], row[10], row[11], row[12], row[13] = model, in, out, cw, cr, idem, &e.At
-	return row
-}
 
 // insertLedgerDedup writes the ledger rows Postgres does not have yet and
 // answers their event ids.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -238,5 +239,57 @@ func TestConsumeOfAnEventAlreadyCounted(t *testing.T) {
 	var rows int
 	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger`).Scan(&rows); err != nil || rows != 1 {
 		t.Fatalf("%d ledger rows (%v), want 1", rows, err)
+	}
+}
+
+// TestLedgerRows: the flusher writes each event's columns as they are,
+// NULL where an event has no value (no usage, no idempotency key, no mode
+// for a reset), for a fresh flush (COPY) and for a replayed one (COPY into
+// a temporary table, then INSERT of the new events only).
+func TestLedgerRows(t *testing.T) {
+	st := newStore(t)
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
+	ctx := context.Background()
+	at := time.Date(2026, 11, 3, 4, 5, 6, 789_000_000, time.UTC)
+	priced := quota.Event{ID: "ev-priced", Kind: quota.EventConsume, Subject: "user:ledger", Meter: "credits",
+		Start: monthKey.Start, End: monthKey.End, Amount: 7, Enforce: true, IdempotencyKey: "idem-1", RequestHash: "h", At: at,
+		Usage: &quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 1000, OutputTokens: 200, CacheWriteTokens: 3, CacheReadTokens: 4}}
+	plain := quota.Event{ID: "ev-plain", Kind: quota.EventConsume, Subject: "user:ledger", Meter: "credits",
+		Start: monthKey.Start, End: monthKey.End, Amount: 2, At: at.Add(time.Second)}
+	reset := quota.Event{ID: "ev-reset", Kind: quota.EventReset, Subject: "user:ledger", Meter: "credits",
+		Start: monthKey.Start, End: monthKey.End, At: at.Add(2 * time.Second)}
+	if err := f.Write(ctx, []quota.Event{priced}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Write(ctx, []quota.Event{priced, plain, reset}); err != nil { // priced again: the replay path
+		t.Fatal(err)
+	}
+	rows, err := st.Pool().Query(ctx, `SELECT event_id, kind, subject, meter, period_start, amount, coalesce(mode, '-'), coalesce(model, '-'),
+		coalesce(input_tokens, -1), coalesce(output_tokens, -1), coalesce(cache_write_tokens, -1), coalesce(cache_read_tokens, -1),
+		coalesce(idempotency_key, '-'), created_at FROM usage_ledger WHERE subject = 'user:ledger' ORDER BY created_at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var id, kind, subject, meter, mode, model, idem string
+		var start, created time.Time
+		var amount, in, out, cw, cr int64
+		if err := rows.Scan(&id, &kind, &subject, &meter, &start, &amount, &mode, &model, &in, &out, &cw, &cr, &idem, &created); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s %s %s %s %d %s %s %d %d %d %d %s %s", id, kind, subject, meter, start.UTC().Format(time.RFC3339),
+			amount, mode, model, in, out, cw, cr, idem, created.UTC().Format(time.RFC3339Nano)))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"ev-priced consume user:ledger credits 2026-11-01T00:00:00Z 7 enforce claude-3-5-sonnet 1000 200 3 4 idem-1 2026-11-03T04:05:06.789Z",
+		"ev-plain consume user:ledger credits 2026-11-01T00:00:00Z 2 record - -1 -1 -1 -1 - 2026-11-03T04:05:07.789Z",
+		"ev-reset reset user:ledger credits 2026-11-01T00:00:00Z 0 - - -1 -1 -1 -1 - 2026-11-03T04:05:08.789Z",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("ledger rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
