@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,9 +32,16 @@ import (
 // a read stores its snapshot, then looks at epoch again and drops the
 // snapshot when it moved (ristretto applies Set and Del in call order, and
 // the invalidation's Del comes after its bump).
+//
+// A snapshot is a cell the cache holds by pointer: a consume's answer or a
+// refresh updates the counter's cell in place, under the cell's lock,
+// instead of a ristretto Set (an allocated item, a channel send and the
+// policy goroutine's work for every consume). Set is left for a counter's
+// first snapshot, and for replacing one of another counter that shares the
+// hash.
 type Snapshots struct {
 	next    L2
-	c       *ristretto.Cache[uint64, snapshot]
+	c       *ristretto.Cache[uint64, *snapshot]
 	seed    maphash.Seed
 	ttl     int64 // nanoseconds
 	near    int64 // per mille of the limit
@@ -64,11 +72,41 @@ type L2 interface {
 
 var _ quota.Counter = (*Snapshots)(nil)
 
+// snapshot is one counter's cell: which counter (fixed), and its count
+// and when that was read (under mu).
 type snapshot struct {
 	subject, meter string
 	start          int64 // period start, unix nanoseconds
+	mu             sync.Mutex
 	used           int64
 	at             int64 // when it was read, unix nanoseconds
+}
+
+func (c *snapshot) is(k quota.CounterKey) bool {
+	return c.start == k.Start.UnixNano() && c.subject == k.Subject && c.meter == k.Meter
+}
+
+func (c *snapshot) get() (used, at int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used, c.at
+}
+
+// update takes a newer answer for the cell's counter. Answers about one
+// counter arrive in any order: the consumes one Redis script call answered
+// wake their handlers together, and a miss or a refresh may have read
+// before a consume answered. Within an epoch a counter only grows (a reset
+// or a reload moves the epoch), so the larger count is the later one;
+// keeping it means a client's next check on this instance sees its own
+// consume. A cell older than ttl takes any answer: after Redis lost data
+// and reloaded a counter lower, the larger count stays until then, and
+// checks read Redis meanwhile.
+func (c *snapshot) update(used, at, ttl int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if used >= c.used || at-c.at >= ttl {
+		c.used, c.at = used, max(at, c.at)
+	}
 }
 
 // SnapshotConfig configures Snapshots.
@@ -111,7 +149,7 @@ func NewSnapshots(ctx context.Context, next L2, bus *Bus, cfg SnapshotConfig) (*
 	// IgnoreInternalCost ristretto adds its own 56 bytes per item to each
 	// cost, and "1,000,000" held 17,543 (TestHoldsManyCounters): the
 	// bench's 20,000 subjects evicted each other.
-	c, err := ristretto.NewCache(&ristretto.Config[uint64, snapshot]{
+	c, err := ristretto.NewCache(&ristretto.Config[uint64, *snapshot]{
 		NumCounters: cfg.MaxItems * 10, MaxCost: cfg.MaxItems, BufferItems: 64, ShouldUpdate: newer, IgnoreInternalCost: true,
 	})
 	if err != nil {
@@ -155,14 +193,14 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 	if r.At.IsZero() {
 		now = s.now().UnixNano()
 	}
-	if snap, ok := s.c.Get(h); ok && now-snap.at < s.ttl && snap.start == r.Key.Start.UnixNano() &&
-		snap.subject == r.Key.Subject && snap.meter == r.Key.Meter &&
-		r.Limit-snap.used-r.Amount > r.Limit*s.near/1000 {
-		s.hits.Inc()
-		if now-snap.at >= s.ttl/2 {
-			s.refreshAhead(h, r.Key)
+	if snap, ok := s.c.Get(h); ok && snap.is(r.Key) {
+		if used, at := snap.get(); now-at < s.ttl && r.Limit-used-r.Amount > r.Limit*s.near/1000 {
+			s.hits.Inc()
+			if now-at >= s.ttl/2 {
+				s.refreshAhead(h, r.Key)
+			}
+			return used, nil
 		}
-		return snap.used, nil
 	}
 	s.miss.Inc()
 	epoch := s.epoch.Load()
@@ -176,13 +214,18 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 
 // store keeps a snapshot of key read at the given time, unless an
 // invalidation came after the read began (see Snapshots); it reports
-// whether none did. Of two snapshots of one counter the cache keeps the
-// larger count (see newer).
+// whether none did. Of two answers about one counter the cell keeps the
+// larger count (see snapshot.update). An update that lands on a cell an
+// invalidation has just dropped changes nothing the cache still holds.
 func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
 	if s.epoch.Load() != epoch {
 		return false
 	}
-	s.c.Set(h, snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
+	if cell, ok := s.c.Get(h); ok && cell.is(key) {
+		cell.update(used, at, s.ttl)
+	} else {
+		s.c.Set(h, &snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
+	}
 	if s.epoch.Load() != epoch {
 		s.c.Del(h)
 		return false
@@ -190,21 +233,21 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 	return true
 }
 
-// newer is the cache's ShouldUpdate: whether snapshot cur may replace
-// prev. Answers about one counter reach store in any order: the consumes
-// one Redis script call answered wake their handlers together, and a miss
-// or a refresh may have read before a consume answered. Within an epoch a
-// counter only grows (a reset or a reload moves the epoch), so the larger
-// count is the later one; keeping it means a client's next check on this
-// instance sees its own consume. (After Redis lost data and reloaded a
-// counter lower, the larger snapshot stays until it is TTL old.) Ristretto
-// calls it under the lock of the key's shard, so compare and set are one
-// step. Not for a counter's first snapshot: ristretto admits a new key
+// newer is the cache's ShouldUpdate: whether a Set's new cell cur may
+// replace the cell prev, which store found missing or of another counter
+// and a racing store has put in meanwhile: a cell of another counter
+// always, one of the same counter when its count is not larger (the rule
+// of snapshot.update). Ristretto calls it under the lock of the key's
+// shard. Not for a counter's first snapshot: ristretto admits a new key
 // through a buffer and drops a second insert of a key still in it, so of
-// stores racing to create the snapshot one wins, not the largest, and a
-// check may see the smaller count until the next consume or for a TTL.
-func newer(cur, prev snapshot) bool {
-	return cur.used >= prev.used || cur.start != prev.start || cur.subject != prev.subject || cur.meter != prev.meter
+// stores racing to create the cell one wins, not the largest, and a check
+// may see the smaller count until the next consume or for a TTL.
+func newer(cur, prev *snapshot) bool {
+	if cur.subject != prev.subject || cur.meter != prev.meter || cur.start != prev.start {
+		return true
+	}
+	used, _ := prev.get()
+	return cur.used >= used
 }
 
 // refreshAhead queues a background read of the snapshot h, unless one is

@@ -233,3 +233,32 @@ func TestHoldsManyCounters(t *testing.T) {
 		t.Fatalf("of %d stored, L1 holds %d snapshots and %d subjects", n, snaps, subjects)
 	}
 }
+
+// TestStaleSnapshotTakesALowerCount: after Redis lost data and reloaded a
+// counter lower, the larger count stays while it is younger than TTL,
+// then the lower one replaces it and checks are answered from L1 again
+// (a stale larger count that refused every later answer would send each
+// check to Redis until the counter grew past it).
+func TestStaleSnapshotTakesALowerCount(t *testing.T) {
+	var now atomic.Int64
+	t0 := time.Unix(1_700_000_100, 0).UnixNano()
+	now.Store(t0)
+	l2 := &fakeL2{}
+	s := newTestSnapshots(t, l2, &now)
+	h := s.hash(l1Key)
+	s.store(h, l1Key, 11, t0, s.epoch.Load())
+	s.c.Wait()
+	s.store(h, l1Key, 5, t0+int64(time.Second/2), s.epoch.Load())
+	if snap, _ := s.c.Get(h); snap.used != 11 {
+		t.Fatalf("a lower count within TTL: snapshot holds %d, want 11", snap.used)
+	}
+	l2.used.Store(5)
+	now.Store(t0 + int64(time.Second)) // the snapshot is TTL old: the check reads L2
+	if v := check(t, s, &now); v != 5 || l2.reads.Load() != 1 {
+		t.Fatalf("check at TTL: %d after %d reads, want 5 from L2", v, l2.reads.Load())
+	}
+	now.Add(int64(time.Millisecond))
+	if v := check(t, s, &now); v != 5 || l2.reads.Load() != 1 {
+		t.Fatalf("check after: %d after %d reads, want 5 from L1", v, l2.reads.Load())
+	}
+}
