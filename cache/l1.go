@@ -99,8 +99,8 @@ func (c *snapshot) get() (used, at int64) {
 // or a reload moves the epoch), so the larger count is the later one;
 // keeping it means a client's next check on this instance sees its own
 // consume. A cell older than ttl takes any answer: after Redis lost data
-// and reloaded a counter lower, the larger count stays until then, and
-// checks read Redis meanwhile.
+// and reloaded a counter lower, checks get the larger count (the cautious
+// side) until it is ttl old, and the lower one after.
 func (c *snapshot) update(used, at, ttl int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -150,7 +150,7 @@ func NewSnapshots(ctx context.Context, next L2, bus *Bus, cfg SnapshotConfig) (*
 	// cost, and "1,000,000" held 17,543 (TestHoldsManyCounters): the
 	// bench's 20,000 subjects evicted each other.
 	c, err := ristretto.NewCache(&ristretto.Config[uint64, *snapshot]{
-		NumCounters: cfg.MaxItems * 10, MaxCost: cfg.MaxItems, BufferItems: 64, ShouldUpdate: newer, IgnoreInternalCost: true,
+		NumCounters: cfg.MaxItems * 10, MaxCost: cfg.MaxItems, BufferItems: 64, ShouldUpdate: newer(int64(cfg.TTL)), IgnoreInternalCost: true,
 	})
 	if err != nil {
 		return nil, err
@@ -233,21 +233,25 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 	return true
 }
 
-// newer is the cache's ShouldUpdate: whether a Set's new cell cur may
-// replace the cell prev, which store found missing or of another counter
-// and a racing store has put in meanwhile: a cell of another counter
-// always, one of the same counter when its count is not larger (the rule
-// of snapshot.update). Ristretto calls it under the lock of the key's
-// shard. Not for a counter's first snapshot: ristretto admits a new key
-// through a buffer and drops a second insert of a key still in it, so of
-// stores racing to create the cell one wins, not the largest, and a check
-// may see the smaller count until the next consume or for a TTL.
-func newer(cur, prev *snapshot) bool {
-	if cur.subject != prev.subject || cur.meter != prev.meter || cur.start != prev.start {
-		return true
+// newer returns the cache's ShouldUpdate, which ristretto calls under the
+// lock of the key's shard when a Set finds the key held: by a cell of
+// another counter sharing the hash, which the new cell replaces, or by a
+// cell of the same counter that a racing store created after this one
+// found none. Then the held cell takes the new answer (snapshot.update)
+// and stays: one cell per counter, so no store updates a cell the cache
+// has let go of. (cur is not shared yet: its fields need no lock.) Not
+// for a counter's first cell: ristretto admits a new key through a buffer
+// and drops a second insert of a key still in it, so of stores racing to
+// create the cell one wins, not the largest, and a check may see the
+// smaller count until the next consume or for a TTL.
+func newer(ttl int64) func(cur, prev *snapshot) bool {
+	return func(cur, prev *snapshot) bool {
+		if cur.subject != prev.subject || cur.meter != prev.meter || cur.start != prev.start {
+			return true
+		}
+		prev.update(cur.used, cur.at, ttl)
+		return false
 	}
-	used, _ := prev.get()
-	return cur.used >= used
 }
 
 // refreshAhead queues a background read of the snapshot h, unless one is

@@ -200,7 +200,7 @@ func TestHoldsManyCounters(t *testing.T) {
 	s := newTestSnapshots(t, &fakeL2{}, &now)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	settings, err := NewSettings(ctx, nil, nil, nil, nil, time.Minute)
+	settings, err := NewSettings(ctx, nil, nil, nil, nil, time.Minute, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,5 +260,32 @@ func TestStaleSnapshotTakesALowerCount(t *testing.T) {
 	now.Add(int64(time.Millisecond))
 	if v := check(t, s, &now); v != 5 || l2.reads.Load() != 1 {
 		t.Fatalf("check after: %d after %d reads, want 5 from L1", v, l2.reads.Load())
+	}
+}
+
+// TestNewerKeepsOneCellPerCounter: a Set that finds the key held by a cell
+// of the same counter (a racing store made it) updates that cell and keeps
+// it, the larger count winning; a cell of another counter sharing the hash
+// is replaced.
+func TestNewerKeepsOneCellPerCounter(t *testing.T) {
+	ttl := int64(time.Second)
+	should := newer(ttl)
+	cell := func(k quota.CounterKey, used, at int64) *snapshot {
+		return &snapshot{subject: k.Subject, meter: k.Meter, start: k.Start.UnixNano(), used: used, at: at}
+	}
+	held := cell(l1Key, 10, 100)
+	if should(cell(l1Key, 12, 90), held) {
+		t.Fatal("a new cell replaced the held cell of the same counter")
+	}
+	if used, at := held.get(); used != 12 || at != 100 {
+		t.Fatalf("held cell after a larger answer: %d at %d, want 12 at 100", used, at)
+	}
+	if should(cell(l1Key, 11, 200), held); held.used != 12 {
+		t.Fatalf("held cell after a smaller answer: %d, want 12", held.used)
+	}
+	other := l1Key
+	other.Subject = "user:other"
+	if !should(cell(other, 1, 300), held) {
+		t.Fatal("a cell of another counter did not replace the held one")
 	}
 }

@@ -68,19 +68,19 @@ type planEntry struct {
 	expires int64
 }
 
-// maxSubjects bounds the subjects L1 keeps.
-const maxSubjects = 1_000_000
-
 // subjectTTL bounds how long Redis keeps a subject's settings; after it
 // they are read from Postgres again.
 const subjectTTL = 24 * time.Hour
 
 // NewSettings returns the settings tiers over src. ttl bounds how long L1
-// keeps an entry even without an invalidation (a missed message).
+// keeps an entry even without an invalidation (a missed message), and
+// maxSubjects how many subjects it keeps (0: 1,000,000).
 // The coarse clock runs until ctx ends.
-func NewSettings(ctx context.Context, src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration) (*Settings, error) {
-	// Up to maxSubjects subjects, each of cost 1 (see NewSnapshots on
-	// IgnoreInternalCost).
+func NewSettings(ctx context.Context, src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration, maxSubjects int64) (*Settings, error) {
+	if maxSubjects <= 0 {
+		maxSubjects = 1_000_000
+	}
+	// Each subject costs 1 (see NewSnapshots on IgnoreInternalCost).
 	subjects, err := ristretto.NewCache(&ristretto.Config[string, subjectEntry]{
 		NumCounters: 10 * maxSubjects, MaxCost: maxSubjects, BufferItems: 64, IgnoreInternalCost: true,
 	})

@@ -245,8 +245,9 @@ func TestConsumeOfAnEventAlreadyCounted(t *testing.T) {
 
 // TestLedgerRows: the flusher writes each event's columns as they are,
 // NULL where an event has no value (no usage, no idempotency key, no mode
-// for a reset), for a fresh flush (COPY) and for a replayed one (COPY into
-// a temporary table, then INSERT of the new events only).
+// for a reset; a usage's token count of 0 is 0, not NULL), for a fresh
+// flush (COPY) and for a replayed one (COPY into a temporary table, then
+// INSERT of the new events only).
 func TestLedgerRows(t *testing.T) {
 	st := newStore(t)
 	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
@@ -254,7 +255,7 @@ func TestLedgerRows(t *testing.T) {
 	at := time.Date(2026, 11, 3, 4, 5, 6, 789_000_000, time.UTC)
 	priced := quota.Event{ID: "ev-priced", Kind: quota.EventConsume, Subject: "user:ledger", Meter: "credits",
 		Start: monthKey.Start, End: monthKey.End, Amount: 7, Enforce: true, IdempotencyKey: "idem-1", RequestHash: "h", At: at,
-		Usage: &quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 1000, OutputTokens: 200, CacheWriteTokens: 3, CacheReadTokens: 4}}
+		Usage: &quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 1000, OutputTokens: 200, CacheWriteTokens: 0, CacheReadTokens: 4}}
 	plain := quota.Event{ID: "ev-plain", Kind: quota.EventConsume, Subject: "user:ledger", Meter: "credits",
 		Start: monthKey.Start, End: monthKey.End, Amount: 2, At: at.Add(time.Second)}
 	reset := quota.Event{ID: "ev-reset", Kind: quota.EventReset, Subject: "user:ledger", Meter: "credits",
@@ -286,7 +287,7 @@ func TestLedgerRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"ev-priced consume user:ledger credits 2026-11-01T00:00:00Z 7 enforce claude-3-5-sonnet 1000 200 3 4 idem-1 2026-11-03T04:05:06.789Z",
+		"ev-priced consume user:ledger credits 2026-11-01T00:00:00Z 7 enforce claude-3-5-sonnet 1000 200 0 4 idem-1 2026-11-03T04:05:06.789Z",
 		"ev-plain consume user:ledger credits 2026-11-01T00:00:00Z 2 record - -1 -1 -1 -1 - 2026-11-03T04:05:07.789Z",
 		"ev-reset reset user:ledger credits 2026-11-01T00:00:00Z 0 - - -1 -1 -1 -1 - 2026-11-03T04:05:08.789Z",
 	}
@@ -334,5 +335,26 @@ func TestConcurrentFlushesDoNotDeadlock(t *testing.T) {
 	}
 	if rows != n || sum != n*11 {
 		t.Fatalf("%d counters summing to %d, want %d summing to %d", rows, sum, n, n*11)
+	}
+	// Resets crossed: each flush adds to the counter the other one resets
+	// (a flush writes its resets in a second statement, after its adds).
+	for round := range 3 {
+		a, b := events(fmt.Sprintf("ra%d", round), 1), events(fmt.Sprintf("rb%d", round), 1)
+		slices.Reverse(b)
+		reset := func(tag string, i int) quota.Event {
+			ev := a[i]
+			ev.ID, ev.Kind, ev.Amount = fmt.Sprintf("%s-reset-%d", tag, round), quota.EventReset, 0
+			return ev
+		}
+		a, b = append(a, reset("a", 0)), append(b, reset("b", n-1))
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, evs := range [][]quota.Event{a, b} {
+			wg.Go(func() { errs[i] = persist.NewFlusher(st, nil, persist.FlusherConfig{}).Write(ctx, evs) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d with resets: %v", round, err)
+		}
 	}
 }

@@ -191,7 +191,7 @@ mkdir -p "$RAW"
 start_quotad() { # name addr debug [VAR=value...]
 	local name="$1" addr="$2" debug="$3"
 	shift 3
-	env QUOTAD_ADDR="$addr" QUOTAD_DEBUG_ADDR="$debug" QUOTAD_ADMIN_KEY="$KEY" QUOTAD_LOG_LEVEL=warn \
+	env -u GOMAXPROCS QUOTAD_ADDR="$addr" QUOTAD_DEBUG_ADDR="$debug" QUOTAD_ADMIN_KEY="$KEY" QUOTAD_LOG_LEVEL=warn \
 		QUOTAD_POSTGRES_URL="$BENCH_POSTGRES_URL" QUOTAD_REDIS_URL="$BENCH_REDIS_URL" \
 		"${SERVER_ENV[@]}" "$@" "${SERVER_PIN[@]}" bin/quotad serve >"$RAW/quotad-$name.log" 2>&1 &
 	QUOTAD_PIDS+=($!)
@@ -208,7 +208,7 @@ start_quotad postgres "$PG_ADDR" "$PG_DEBUG" QUOTAD_TIERS=postgres
 
 "${CLIENT_PIN[@]}" bin/quotabench seed -url "http://$FULL_ADDR" -key "$KEY" -subjects "$SUBJECTS"
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-"${CLIENT_PIN[@]}" bin/quotabench suite \
+env -u GOMAXPROCS "${CLIENT_PIN[@]}" bin/quotabench suite \
 	-full-url "http://$FULL_ADDR" -postgres-url "http://$PG_ADDR" \
 	-key "$KEY" -d "$DURATION" -c "$CONNS" -subjects "$SUBJECTS" -warmup "$WARMUP" \
 	-out "$OUT" -date "$DATE" -pinning "$PINNING" \

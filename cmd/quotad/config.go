@@ -27,6 +27,7 @@ type Config struct {
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
 	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
+	L1MaxItems      int64         // QUOTAD_L1_MAX_ITEMS, --l1-max-items; default 1000000: usage snapshots, and subjects, L1 keeps (each)
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
 	FlushMaxLag     time.Duration // QUOTAD_FLUSH_MAX_LAG, --flush-max-lag; default 0: three flush intervals, at least 3s; "off" (-1): consumes wait up to 1s while usage waited unread longer than this; at least two flush intervals
@@ -63,6 +64,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
 	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "200"), "pending-stream entries per Redis read")
 	fs.StringVar(&cacheTTL, "cache-ttl", env("QUOTAD_CACHE_TTL", "1s"), "age limit of L1 usage snapshots")
+	var l1Items string
+	fs.StringVar(&l1Items, "l1-max-items", env("QUOTAD_L1_MAX_ITEMS", "1000000"), "usage snapshots, and subjects, L1 keeps (each; ~270 bytes apiece)")
 	fs.StringVar(&nearLimit, "near-limit", env("QUOTAD_NEAR_LIMIT", "0.1"), "fraction of the limit under which checks read Redis")
 	fs.StringVar(&c.FailMode, "fail-mode", env("QUOTAD_FAIL_MODE", "closed"), `"closed" or "open" when no store answers`)
 	var floor string
@@ -109,6 +112,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	if c.CacheTTL, err = time.ParseDuration(cacheTTL); err != nil || c.CacheTTL < 0 {
 		return Config{}, fmt.Errorf("cache-ttl: %q is not a duration", cacheTTL)
 	}
+	if c.L1MaxItems, err = strconv.ParseInt(l1Items, 10, 64); err != nil || c.L1MaxItems < 1 {
+		return Config{}, fmt.Errorf("l1-max-items: %q is not a positive integer", l1Items)
+	}
 	if c.NearLimit, err = strconv.ParseFloat(nearLimit, 64); err != nil || c.NearLimit < 0 || c.NearLimit > 1 {
 		return Config{}, fmt.Errorf("near-limit: %q is not a fraction between 0 and 1", nearLimit)
 	}
@@ -146,6 +152,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("flush_claim_idle", c.FlushClaimIdle),
 		slog.Duration("flush_max_lag", c.FlushMaxLag),
 		slog.Duration("cache_ttl", c.CacheTTL),
+		slog.Int64("l1_max_items", c.L1MaxItems),
 		slog.Float64("near_limit", c.NearLimit),
 		slog.String("fail_mode", c.FailMode),
 		slog.Bool("bench_floor", c.BenchFloor),

@@ -33,3 +33,23 @@ func TestFlushMaxLag(t *testing.T) {
 		}
 	}
 }
+
+func TestL1MaxItems(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		want  int64
+		ok    bool
+	}{{"", 1_000_000, true}, {"50000", 50_000, true}, {"0", 0, false}, {"-5", 0, false}, {"lots", 0, false}} {
+		fs := flag.NewFlagSet("quotad", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		cfg, err := parseConfig(fs, nil, func(k string) string {
+			if k == "QUOTAD_L1_MAX_ITEMS" {
+				return tt.value
+			}
+			return ""
+		})
+		if (err == nil) != tt.ok || (err == nil && cfg.L1MaxItems != tt.want) {
+			t.Errorf("QUOTAD_L1_MAX_ITEMS=%q: %d (%v), want %d ok=%v", tt.value, cfg.L1MaxItems, err, tt.want, tt.ok)
+		}
+	}
+}

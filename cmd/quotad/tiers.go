@@ -52,11 +52,11 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	bus := cache.NewBus(rdb, opt.DB, log)
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	l2.Register(reg)
-	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, Registry: reg})
+	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, MaxItems: cfg.L1MaxItems, Registry: reg})
 	if err != nil {
 		return tiers{}, err
 	}
-	settings, err := cache.NewSettings(bg, store, rdb, health, bus, time.Minute)
+	settings, err := cache.NewSettings(bg, store, rdb, health, bus, time.Minute, cfg.L1MaxItems)
 	if err != nil {
 		return tiers{}, err
 	}
