@@ -313,19 +313,13 @@ func TestConcurrentFlushesDoNotDeadlock(t *testing.T) {
 		}
 		return evs
 	}
-	if err := persist.NewFlusher(st, nil, persist.FlusherConfig{}).Write(ctx, events("seed", 1)); err != nil {
+	if err := flushTogether(ctx, st, events("seed", 1)); err != nil {
 		t.Fatal(err) // the rows exist: the flushes below update them, taking row locks
 	}
 	for round := range 5 {
 		a, b := events(fmt.Sprintf("a%d", round), 1), events(fmt.Sprintf("b%d", round), 1)
 		slices.Reverse(b)
-		var wg sync.WaitGroup
-		errs := make([]error, 2)
-		for i, evs := range [][]quota.Event{a, b} {
-			wg.Go(func() { errs[i] = persist.NewFlusher(st, nil, persist.FlusherConfig{}).Write(ctx, evs) })
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		if err := flushTogether(ctx, st, a, b); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
 	}
@@ -347,14 +341,19 @@ func TestConcurrentFlushesDoNotDeadlock(t *testing.T) {
 			return ev
 		}
 		a, b = append(a, reset("a", 0)), append(b, reset("b", n-1))
-		var wg sync.WaitGroup
-		errs := make([]error, 2)
-		for i, evs := range [][]quota.Event{a, b} {
-			wg.Go(func() { errs[i] = persist.NewFlusher(st, nil, persist.FlusherConfig{}).Write(ctx, evs) })
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		if err := flushTogether(ctx, st, a, b); err != nil {
 			t.Fatalf("round %d with resets: %v", round, err)
 		}
 	}
+}
+
+// flushTogether writes each batch with a flusher of its own, all at once.
+func flushTogether(ctx context.Context, st *persist.Store, batches ...[]quota.Event) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(batches))
+	for i, evs := range batches {
+		wg.Go(func() { errs[i] = persist.NewFlusher(st, nil, persist.FlusherConfig{}).Write(ctx, evs) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
