@@ -24,10 +24,7 @@ func TestFlushMaxLag(t *testing.T) {
 		{"1s", "-1s", 0, false},
 		{"1s", "soon", 0, false},
 	} {
-		env := map[string]string{"QUOTAD_FLUSH_INTERVAL": tt.interval, "QUOTAD_FLUSH_MAX_LAG": tt.maxLag}
-		fs := flag.NewFlagSet("quotad", flag.ContinueOnError)
-		fs.SetOutput(io.Discard)
-		cfg, err := parseConfig(fs, nil, func(k string) string { return env[k] })
+		cfg, err := parseEnv(map[string]string{"QUOTAD_FLUSH_INTERVAL": tt.interval, "QUOTAD_FLUSH_MAX_LAG": tt.maxLag})
 		if (err == nil) != tt.ok || (err == nil && cfg.FlushMaxLag != tt.want) {
 			t.Errorf("interval %s, max lag %q: %v (%v), want %v ok=%v", tt.interval, tt.maxLag, cfg.FlushMaxLag, err, tt.want, tt.ok)
 		}
@@ -40,16 +37,16 @@ func TestL1MaxItems(t *testing.T) {
 		want  int64
 		ok    bool
 	}{{"", 1_000_000, true}, {"50000", 50_000, true}, {"0", 0, false}, {"-5", 0, false}, {"lots", 0, false}} {
-		fs := flag.NewFlagSet("quotad", flag.ContinueOnError)
-		fs.SetOutput(io.Discard)
-		cfg, err := parseConfig(fs, nil, func(k string) string {
-			if k == "QUOTAD_L1_MAX_ITEMS" {
-				return tt.value
-			}
-			return ""
-		})
+		cfg, err := parseEnv(map[string]string{"QUOTAD_L1_MAX_ITEMS": tt.value})
 		if (err == nil) != tt.ok || (err == nil && cfg.L1MaxItems != tt.want) {
 			t.Errorf("QUOTAD_L1_MAX_ITEMS=%q: %d (%v), want %d ok=%v", tt.value, cfg.L1MaxItems, err, tt.want, tt.ok)
 		}
 	}
+}
+
+// parseEnv parses the config from env alone, no flags.
+func parseEnv(env map[string]string) (Config, error) {
+	fs := flag.NewFlagSet("quotad", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return parseConfig(fs, nil, func(k string) string { return env[k] })
 }
