@@ -22,3 +22,9 @@ func (f *Flusher) SetFlushing(start time.Time) {
 	}
 	f.flushing.Store(start.UnixNano())
 }
+
+// PaceEvery answers how many ledger rows a flush of rows rows copies
+// between pauses (0: none).
+func PaceEvery(rows, paceRows int, interval time.Duration) int {
+	return newPacer(rows, paceRows, interval).every
+}

@@ -11,10 +11,11 @@ import (
 )
 
 // BenchmarkFlusherWrite measures the Postgres side of a flush: ledger rows
-// and counter upserts for 20,000 consumes over 10,000 subjects per op.
+// and counter upserts for 20,000 consumes over 10,000 subjects per op,
+// unpaced (paced, each flush would also pause 78 ms: FlusherConfig.PaceRows).
 func BenchmarkFlusherWrite(b *testing.B) {
 	st := newStore(b)
-	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{PaceRows: -1})
 	ctx := context.Background()
 	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	const n = 20_000

@@ -357,3 +357,57 @@ func flushTogether(ctx context.Context, st *persist.Store, batches ...[]quota.Ev
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// TestPacer: a pause every PaceRows rows, every more rows when the pauses
+// of one flush would take more than a quarter of the interval, none when
+// pacing is off or the interval leaves no room for a pause.
+func TestPacer(t *testing.T) {
+	for _, c := range []struct {
+		rows, paceRows int
+		interval       time.Duration
+		want           int
+	}{
+		{30_000, 256, time.Second, 256},             // 118 pauses, 250 allowed
+		{100_000, 256, time.Second, 400},            // 250 pauses of 400 rows
+		{30_000, 256, 100 * time.Millisecond, 1200}, // 25 allowed
+		{100, 256, time.Second, 256},                // fewer rows than a slice: no pause
+		{30_000, -1, time.Second, 0},
+		{30_000, 256, 3 * time.Millisecond, 0},
+	} {
+		if got := persist.PaceEvery(c.rows, c.paceRows, c.interval); got != c.want {
+			t.Errorf("PaceEvery(%d, %d, %s) = %d, want %d", c.rows, c.paceRows, c.interval, got, c.want)
+		}
+	}
+}
+
+// TestPacedFlushCountsEveryEvent: a flush whose ledger COPY pauses
+// mid-stream (every 64 rows here) writes every row and counts every event
+// once, fresh and when replayed with new events (the COPY into a temporary
+// table, which pauses too).
+func TestPacedFlushCountsEveryEvent(t *testing.T) {
+	st := newStore(t)
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{PaceRows: 64})
+	ctx := context.Background()
+	at := time.Now()
+	events := make([]quota.Event, 1000)
+	for i := range events {
+		events[i] = quota.Event{ID: quota.NewEventID(at), Kind: quota.EventConsume, Subject: fmt.Sprint("user:paced-", i%10),
+			Meter: "credits", Start: monthKey.Start, End: monthKey.End, Amount: int64(1 + i%3), At: at}
+	}
+	if err := f.Write(ctx, events[:600]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Write(ctx, events); err != nil { // the first 600 again
+		t.Fatal(err)
+	}
+	var rows, sum, want int64
+	for _, e := range events {
+		want += e.Amount
+	}
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger WHERE subject LIKE 'user:paced-%'`).Scan(&rows); err != nil || rows != 1000 {
+		t.Fatalf("%d ledger rows (%v), want 1000", rows, err)
+	}
+	if err := st.Pool().QueryRow(ctx, `SELECT sum(used) FROM counters WHERE subject LIKE 'user:paced-%'`).Scan(&sum); err != nil || sum != want {
+		t.Fatalf("counters sum to %d (%v), want %d", sum, err, want)
+	}
+}

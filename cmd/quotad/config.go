@@ -26,6 +26,7 @@ type Config struct {
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
 	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
+	FlushPaceRows   int           // QUOTAD_FLUSH_PACE_ROWS, --flush-pace-rows; default 256: the ledger COPY pauses 1 ms every this many rows (at most a quarter of the interval per flush); 0: no pauses
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
 	L1MaxItems      int64         // QUOTAD_L1_MAX_ITEMS, --l1-max-items; default 1000000: usage snapshots, and subjects, L1 keeps (each)
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
@@ -57,6 +58,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&shutdown, "shutdown-timeout", env("QUOTAD_SHUTDOWN_TIMEOUT", "15s"), "time to finish in-flight work on SIGTERM")
 	var flushInterval, flushBatch, flushMax, cacheTTL, nearLimit, claimIdle string
 	fs.StringVar(&flushMax, "flush-max", env("QUOTAD_FLUSH_MAX", "100000"), "events per flush transaction")
+	var paceRows string
+	fs.StringVar(&paceRows, "flush-pace-rows", env("QUOTAD_FLUSH_PACE_ROWS", "256"), "the flush's ledger COPY pauses 1 ms every this many rows (0: never)")
 	fs.StringVar(&claimIdle, "flush-claim-idle", env("QUOTAD_FLUSH_CLAIM_IDLE", "30s"), "take over events a dead flusher left unacknowledged this long")
 	var maxLag string
 	fs.StringVar(&maxLag, "flush-max-lag", env("QUOTAD_FLUSH_MAX_LAG", ""), `consumes wait (up to 1s) while usage waited unread longer than this (at least two flush intervals); "" for three flush intervals (at least 3s), "off" for never`)
@@ -90,6 +93,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	}
 	if c.FlushMax, err = strconv.Atoi(flushMax); err != nil || c.FlushMax < 1 {
 		return Config{}, fmt.Errorf("flush-max: %q is not a positive integer", flushMax)
+	}
+	if c.FlushPaceRows, err = strconv.Atoi(paceRows); err != nil || c.FlushPaceRows < 0 {
+		return Config{}, fmt.Errorf("flush-pace-rows: %q is not a whole number (0 for no pauses)", paceRows)
 	}
 	if c.FlushClaimIdle, err = time.ParseDuration(claimIdle); err != nil || c.FlushClaimIdle <= 0 {
 		return Config{}, fmt.Errorf("flush-claim-idle: %q is not a positive duration", claimIdle)
@@ -149,6 +155,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("flush_interval", c.FlushInterval),
 		slog.Int("flush_batch", c.FlushBatch),
 		slog.Int("flush_max", c.FlushMax),
+		slog.Int("flush_pace_rows", c.FlushPaceRows),
 		slog.Duration("flush_claim_idle", c.FlushClaimIdle),
 		slog.Duration("flush_max_lag", c.FlushMaxLag),
 		slog.Duration("cache_ttl", c.CacheTTL),

@@ -31,15 +31,37 @@ func TestFlushMaxLag(t *testing.T) {
 	}
 }
 
-func TestL1MaxItems(t *testing.T) {
+// TestCountSettings: settings that are counts take whole numbers in their
+// range and refuse the rest.
+func TestCountSettings(t *testing.T) {
 	for _, tt := range []struct {
-		value string
-		want  int64
-		ok    bool
-	}{{"", 1_000_000, true}, {"50000", 50_000, true}, {"0", 0, false}, {"-5", 0, false}, {"lots", 0, false}} {
-		cfg, err := parseEnv(map[string]string{"QUOTAD_L1_MAX_ITEMS": tt.value})
-		if (err == nil) != tt.ok || (err == nil && cfg.L1MaxItems != tt.want) {
-			t.Errorf("QUOTAD_L1_MAX_ITEMS=%q: %d (%v), want %d ok=%v", tt.value, cfg.L1MaxItems, err, tt.want, tt.ok)
+		name, value string
+		want        int64
+		ok          bool
+	}{
+		{"QUOTAD_L1_MAX_ITEMS", "", 1_000_000, true}, {"QUOTAD_L1_MAX_ITEMS", "50000", 50_000, true},
+		{"QUOTAD_L1_MAX_ITEMS", "0", 0, false}, {"QUOTAD_L1_MAX_ITEMS", "-5", 0, false}, {"QUOTAD_L1_MAX_ITEMS", "lots", 0, false},
+		{"QUOTAD_FLUSH_PACE_ROWS", "", 256, true}, {"QUOTAD_FLUSH_PACE_ROWS", "0", 0, true}, {"QUOTAD_FLUSH_PACE_ROWS", "1000", 1000, true},
+		{"QUOTAD_FLUSH_PACE_ROWS", "-1", 0, false}, {"QUOTAD_FLUSH_PACE_ROWS", "1ms", 0, false},
+	} {
+		cfg, err := parseEnv(map[string]string{tt.name: tt.value})
+		got := map[string]int64{"QUOTAD_L1_MAX_ITEMS": cfg.L1MaxItems, "QUOTAD_FLUSH_PACE_ROWS": int64(cfg.FlushPaceRows)}[tt.name]
+		if (err == nil) != tt.ok || (err == nil && got != tt.want) {
+			t.Errorf("%s=%q: %d (%v), want %d ok=%v", tt.name, tt.value, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestFlushPaceRowsReachTheFlusher: QUOTAD_FLUSH_PACE_ROWS=0 turns the
+// pauses off (the flusher reads 0 as its default, 256).
+func TestFlushPaceRowsReachTheFlusher(t *testing.T) {
+	for value, want := range map[string]int{"": 256, "100": 100, "0": -1} {
+		cfg, err := parseEnv(map[string]string{"QUOTAD_FLUSH_PACE_ROWS": value})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := flusherConfig(cfg).PaceRows; got != want {
+			t.Errorf("QUOTAD_FLUSH_PACE_ROWS=%q: the flusher's PaceRows %d, want %d", value, got, want)
 		}
 	}
 }

@@ -88,7 +88,8 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	})
 
 	host, _ := os.Hostname()
-	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: cfg.FlushMax, MaxLag: cfg.FlushMaxLag, Registry: reg, Logger: log}
+	fcfg := flusherConfig(cfg)
+	fcfg.Registry, fcfg.Logger = reg, log
 	if cfg.TestHook == "crash-after-commit" {
 		fcfg.AfterCommit = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 	}
@@ -149,4 +150,13 @@ func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
 		r.Status = "degraded"
 	}
 	return r
+}
+
+// flusherConfig answers the flusher's settings from quotad's.
+func flusherConfig(cfg Config) persist.FlusherConfig {
+	fcfg := persist.FlusherConfig{Interval: cfg.FlushInterval, Batch: cfg.FlushBatch, Max: cfg.FlushMax, MaxLag: cfg.FlushMaxLag, PaceRows: cfg.FlushPaceRows}
+	if cfg.FlushPaceRows == 0 {
+		fcfg.PaceRows = -1 // no pauses: 0 is "the default" to the flusher
+	}
+	return fcfg
 }
