@@ -113,10 +113,22 @@ func (c *snapshot) update(used, at, ttl int64) {
 type SnapshotConfig struct {
 	TTL       time.Duration // default 1s
 	NearLimit float64       // fraction of the limit; default 0.1
-	MaxItems  int64         // default 1,000,000
+	MaxItems  int64         // default DefaultMaxItems
 	Now       func() time.Time
 	Registry  *prometheus.Registry
 }
+
+// DefaultMaxItems is how many usage snapshots, and subjects, L1 keeps
+// unless told otherwise. A snapshot answers checks for one cache TTL, so
+// an instance uses at most (checks per second × TTL) of them at once:
+// ~60,000 on a 2-core machine with the 1 s default. It was 1,000,000, and
+// ristretto's admission sketches (10 counters per item, updated at random
+// places on every Get) took ~100 MB, and likely a cache miss or more per
+// access (not measured with counters): at
+// 100,000, check-hot +5 % (55.9-57.3k against 51.4-54.4k req/s, p99.9 5.3-5.6
+// against 7.2 ms) and consume-record +3 %, three alternating quick runs;
+// RSS at start 27 MB instead of 116 MB.
+const DefaultMaxItems = 100_000
 
 // Refresh ahead: one worker gathers the queued refreshes for up to
 // refreshLinger (the snapshots stay good for another TTL/2, so waiting a
@@ -140,7 +152,7 @@ func NewSnapshots(ctx context.Context, next L2, bus *Bus, cfg SnapshotConfig) (*
 		cfg.NearLimit = 0.1
 	}
 	if cfg.MaxItems <= 0 {
-		cfg.MaxItems = 1_000_000
+		cfg.MaxItems = DefaultMaxItems
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -74,11 +74,11 @@ const subjectTTL = 24 * time.Hour
 
 // NewSettings returns the settings tiers over src. ttl bounds how long L1
 // keeps an entry even without an invalidation (a missed message), and
-// maxSubjects how many subjects it keeps (0: 1,000,000).
+// maxSubjects how many subjects it keeps (0: DefaultMaxItems).
 // The coarse clock runs until ctx ends.
 func NewSettings(ctx context.Context, src SettingsSource, rdb redis.UniversalClient, health *Health, bus *Bus, ttl time.Duration, maxSubjects int64) (*Settings, error) {
 	if maxSubjects <= 0 {
-		maxSubjects = 1_000_000
+		maxSubjects = DefaultMaxItems
 	}
 	// Each subject costs 1 (see NewSnapshots on IgnoreInternalCost).
 	subjects, err := ristretto.NewCache(&ristretto.Config[string, subjectEntry]{

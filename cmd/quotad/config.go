@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/quotad/quotad/cache"
 )
 
 // Config is everything quotad reads at start, from flags and QUOTAD_*
@@ -28,7 +30,7 @@ type Config struct {
 	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
 	FlushPaceRows   int           // QUOTAD_FLUSH_PACE_ROWS, --flush-pace-rows; default 256: the ledger COPY pauses 1 ms every this many rows (at most a quarter of the interval per flush); 0: no pauses
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
-	L1MaxItems      int64         // QUOTAD_L1_MAX_ITEMS, --l1-max-items; default 1000000: usage snapshots, and subjects, L1 keeps (each)
+	L1MaxItems      int64         // QUOTAD_L1_MAX_ITEMS, --l1-max-items; default 100000 (cache.DefaultMaxItems): usage snapshots, and subjects, L1 keeps (each)
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
 	FlushMaxLag     time.Duration // QUOTAD_FLUSH_MAX_LAG, --flush-max-lag; default 0: three flush intervals, at least 3s; "off" (-1): consumes wait up to 1s while usage waited unread longer than this; at least two flush intervals
@@ -68,7 +70,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "200"), "pending-stream entries per Redis read")
 	fs.StringVar(&cacheTTL, "cache-ttl", env("QUOTAD_CACHE_TTL", "1s"), "age limit of L1 usage snapshots")
 	var l1Items string
-	fs.StringVar(&l1Items, "l1-max-items", env("QUOTAD_L1_MAX_ITEMS", "1000000"), "usage snapshots, and subjects, L1 keeps (each; ~270 bytes apiece)")
+	fs.StringVar(&l1Items, "l1-max-items", env("QUOTAD_L1_MAX_ITEMS", strconv.Itoa(cache.DefaultMaxItems)), "usage snapshots, and subjects, L1 keeps (each; ~270 bytes apiece)")
 	fs.StringVar(&nearLimit, "near-limit", env("QUOTAD_NEAR_LIMIT", "0.1"), "fraction of the limit under which checks read Redis")
 	fs.StringVar(&c.FailMode, "fail-mode", env("QUOTAD_FAIL_MODE", "closed"), `"closed" or "open" when no store answers`)
 	var floor string

@@ -39,7 +39,7 @@ func TestCountSettings(t *testing.T) {
 		want        int64
 		ok          bool
 	}{
-		{"QUOTAD_L1_MAX_ITEMS", "", 1_000_000, true}, {"QUOTAD_L1_MAX_ITEMS", "50000", 50_000, true},
+		{"QUOTAD_L1_MAX_ITEMS", "", 100_000, true}, {"QUOTAD_L1_MAX_ITEMS", "50000", 50_000, true},
 		{"QUOTAD_L1_MAX_ITEMS", "0", 0, false}, {"QUOTAD_L1_MAX_ITEMS", "-5", 0, false}, {"QUOTAD_L1_MAX_ITEMS", "lots", 0, false},
 		{"QUOTAD_FLUSH_PACE_ROWS", "", 256, true}, {"QUOTAD_FLUSH_PACE_ROWS", "0", 0, true}, {"QUOTAD_FLUSH_PACE_ROWS", "1000", 1000, true},
 		{"QUOTAD_FLUSH_PACE_ROWS", "-1", 0, false}, {"QUOTAD_FLUSH_PACE_ROWS", "1ms", 0, false},
