@@ -149,7 +149,7 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	}
 
 	p := cache.NewPending(e.rdb, "test")
-	evs, _, err := p.Next(ctx, 100)
+	evs, _, err := p.Next(ctx, 100, nil)
 	if err != nil || len(evs) != 6 {
 		t.Fatalf("pending %d (%v), want 6", len(evs), err)
 	}
@@ -216,10 +216,10 @@ func TestAckOnce(t *testing.T) {
 		}
 	}
 	p := cache.NewPending(e.rdb, "test")
-	if evs, _, err := p.Claim(ctx, 100); err != nil || len(evs) != 0 {
+	if evs, _, err := p.Claim(ctx, 100, nil); err != nil || len(evs) != 0 {
 		t.Fatalf("claim before any delivery: %d (%v), want none", len(evs), err)
 	}
-	evs, _, err := p.Next(ctx, 100)
+	evs, _, err := p.Next(ctx, 100, nil)
 	if err != nil || len(evs) != 5 {
 		t.Fatalf("claimed %d (%v), want 5", len(evs), err)
 	}
@@ -346,7 +346,7 @@ func TestOverflowFailsAlone(t *testing.T) {
 	}
 	// The stream holds the events of every consume that counted, and none
 	// of those that failed, though they shared script calls.
-	evs, _, err := cache.NewPending(e.rdb, "test").Next(ctx, 1000)
+	evs, _, err := cache.NewPending(e.rdb, "test").Next(ctx, 1000, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,7 +392,7 @@ func TestBatchedEntriesFlushOnce(t *testing.T) {
 	var evs []quota.Event
 	entries := 0
 	for {
-		next, n, err := p.Next(ctx, 100)
+		next, n, err := p.Next(ctx, 100, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -456,20 +456,20 @@ func TestIdleConsumersDropped(t *testing.T) {
 	ctx := context.Background()
 	c := e.counter(t)
 	gone := cache.NewPending(e.rdb, "gone")
-	if _, _, err := gone.Next(ctx, 10); err != nil { // creates the group and the consumer
+	if _, _, err := gone.Next(ctx, 10, nil); err != nil { // creates the group and the consumer
 		t.Fatal(err)
 	}
 	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "idle-1", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	crashed := cache.NewPending(e.rdb, "crashed")
-	if evs, _, err := crashed.Next(ctx, 10); err != nil || len(evs) != 1 { // delivered, never acked
+	if evs, _, err := crashed.Next(ctx, 10, nil); err != nil || len(evs) != 1 { // delivered, never acked
 		t.Fatalf("crashed consumer read %d (%v), want 1", len(evs), err)
 	}
 	time.Sleep(50 * time.Millisecond)
 	live := cache.NewPending(e.rdb, "live")
 	live.ConsumerTTL, live.ClaimIdle = 20*time.Millisecond, time.Hour
-	if _, _, err := live.Claim(ctx, 10); err != nil {
+	if _, _, err := live.Claim(ctx, 10, nil); err != nil {
 		t.Fatal(err)
 	}
 	consumers, err := e.rdb.XInfoConsumers(ctx, cache.PendingStream, cache.FlushGroup).Result()
@@ -498,7 +498,7 @@ func TestClaimDrainsADeadFlushersBacklog(t *testing.T) {
 		}
 	}
 	dead := cache.NewPending(e.rdb, "dead")
-	if evs, _, err := dead.Next(ctx, 10); err != nil || len(evs) != 5 {
+	if evs, _, err := dead.Next(ctx, 10, nil); err != nil || len(evs) != 5 {
 		t.Fatalf("dead flusher read %d (%v), want 5", len(evs), err)
 	}
 	live := cache.NewPending(e.rdb, "live")
@@ -506,7 +506,7 @@ func TestClaimDrainsADeadFlushersBacklog(t *testing.T) {
 	time.Sleep(250 * time.Millisecond)
 	claimed := 0
 	for range 3 { // well within ClaimIdle/2 of each other
-		evs, n, err := live.Claim(ctx, 2)
+		evs, n, err := live.Claim(ctx, 2, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

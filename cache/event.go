@@ -31,21 +31,25 @@ const (
 // the value in field "used"; decodeEntry still reads them.
 const recordSep = '\x1e'
 
-// decodeRecords reads the records of one entry's "e" field.
-func decodeRecords(s string) ([]quota.Event, error) {
-	events := make([]quota.Event, 0, strings.Count(s, string(recordSep))+1)
+// records counts the records of one entry's "e" field.
+func records(s string) int { return strings.Count(s, string(recordSep)) + 1 }
+
+// appendRecords appends the events of the records of one entry's "e"
+// field to events; on an error it answers events as they were.
+func appendRecords(events []quota.Event, s string) ([]quota.Event, error) {
+	n := len(events)
 	for rec := range strings.SplitSeq(s, string(recordSep)) {
 		i := strings.LastIndexByte(rec, sep)
 		if i < 0 {
-			return nil, fmt.Errorf("record %q: no counter value", rec)
+			return events[:n], fmt.Errorf("record %q: no counter value", rec)
 		}
 		used, err := strconv.ParseInt(rec[i+1:], 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("record %q: counter value: %w", rec, err)
+			return events[:n], fmt.Errorf("record %q: counter value: %w", rec, err)
 		}
 		ev, err := decodeEvent(rec[:i])
 		if err != nil {
-			return nil, err
+			return events[:n], err
 		}
 		ev.Used = used
 		events = append(events, ev)

@@ -40,7 +40,7 @@ func TestRecords(t *testing.T) {
 	a := quota.Event{ID: "A", Kind: quota.EventConsume, Subject: "user:1", Meter: "credits", Amount: 5, At: at}
 	b := quota.Event{ID: "B", Kind: quota.EventReset, Subject: "user:2", Meter: "credits", At: at}
 	raw := string(appendEvent(nil, &a)) + "\x1f42\x1e" + string(appendEvent(nil, &b)) + "\x1f0"
-	got, err := decodeRecords(raw)
+	got, err := appendRecords(nil, raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,8 +49,8 @@ func TestRecords(t *testing.T) {
 		t.Fatalf("records:\n got %+v\nwant %+v", got, []quota.Event{a, b})
 	}
 	for _, bad := range []string{"", string(appendEvent(nil, &a)), raw + "\x1e", string(appendEvent(nil, &a)) + "\x1fx"} {
-		if _, err := decodeRecords(bad); err == nil {
-			t.Fatalf("decodeRecords(%q) accepted it", bad)
+		if kept, err := appendRecords([]quota.Event{b}, bad); err == nil || len(kept) != 1 {
+			t.Fatalf("appendRecords(%q): %v, %d events; want an error and the one event it was given", bad, err, len(kept))
 		}
 	}
 }
@@ -59,6 +59,6 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(string(appendEvent(nil, &quota.Event{ID: "E", Kind: quota.EventConsume, Subject: "user:1", Amount: 3, At: time.Unix(5, 0)})))
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = decodeEvent(s) // must not panic
-		_, _ = decodeRecords(s)
+		_, _ = appendRecords(nil, s)
 	})
 }
