@@ -121,13 +121,14 @@ type SnapshotConfig struct {
 // DefaultMaxItems is how many usage snapshots, and subjects, L1 keeps
 // unless told otherwise. A snapshot answers checks for one cache TTL, so
 // an instance uses at most (checks per second × TTL) of them at once:
-// ~60,000 on a 2-core machine with the 1 s default. It was 1,000,000, and
+// ~60,000 on a 2-core machine with the 1 s default. It was 1,000,000:
 // ristretto's admission sketches (10 counters per item, updated at random
-// places on every Get) took ~100 MB, and likely a cache miss or more per
-// access (not measured with counters): at
-// 100,000, check-hot +5 % (55.9-57.3k against 51.4-54.4k req/s, p99.9 5.3-5.6
-// against 7.2 ms) and consume-record +3 %, three alternating quick runs;
-// RSS at start 27 MB instead of 116 MB.
+// places on every Get) took ~100 MB, RSS at start 116 MB against 27 MB
+// now. Against 1,000,000 (alternating quick runs, 2026-11-27): check-hot
+// p99.9 5.3-5.8 ms against 7.2-8.1 ms, throughput 0-6 % higher;
+// consume-record the same once quotad's GOGC was 200 (the 100 MB had also
+// been a GC ballast: at Go's default the smaller heap was collected twice
+// as often, and the consumes' p99 rose by 2 ms; see cmd/quotad).
 const DefaultMaxItems = 100_000
 
 // Refresh ahead: one worker gathers the queued refreshes for up to

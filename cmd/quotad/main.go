@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -26,6 +27,9 @@ import (
 )
 
 func main() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
@@ -33,6 +37,16 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// defaultGOGC is quotad's GOGC unless the environment sets one. Its live
+// heap is small (~25-35 MB under load) and its garbage steady (~100 MB/s
+// at 28,000 consumes/s, half of it net/http's per request), so at Go's 100
+// it collected ~4 times a second, and each cycle's assists and background
+// marking on the one P showed in the tails: consume-record p99 8.2 ms and
+// p99.9 22.7 ms at 100, 7.6 and 17.0 ms at 200; check-hot the same
+// (three alternating quick runs each, 2026-11-27). The heap peaks at
+// about three times the live heap instead of two.
+const defaultGOGC = 200
 
 const usage = `usage:
   quotad [serve] [flags]              serve the API (the default)
