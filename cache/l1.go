@@ -128,7 +128,10 @@ type SnapshotConfig struct {
 // p99.9 5.3-5.8 ms against 7.2-8.1 ms, throughput 0-6 % higher;
 // consume-record the same once quotad's GOGC was 200 (the 100 MB had also
 // been a GC ballast: at Go's default the smaller heap was collected twice
-// as often, and the consumes' p99 rose by 2 ms; see cmd/quotad).
+// as often, and the consumes' p99 rose by 2 ms; see cmd/quotad). The same
+// number bounds the subjects Settings keeps, for a minute each: an
+// instance with more subjects active within a minute reads the rest's
+// settings from Redis again (QUOTAD_L1_MAX_ITEMS raises both).
 const DefaultMaxItems = 100_000
 
 // Refresh ahead: one worker gathers the queued refreshes for up to

@@ -159,7 +159,7 @@ func (p *Pending) decode(events []quota.Event, msgs []redis.XMessage, err error)
 	if len(events)+more > cap(events) {
 		// At least doubled: a flush reads in several calls, and the
 		// flusher keeps the slice for the next flush.
-		events = slices.Grow(events, max(more, cap(events)))
+		events = slices.Grow(events, max(more, 2*cap(events)-len(events)))
 	}
 	for i, m := range msgs {
 		if i%8 == 7 {

@@ -86,8 +86,9 @@ type FlusherConfig struct {
 	// PaceRows: the ledger COPY pauses for a millisecond every PaceRows
 	// rows, so that a Postgres sharing quotad's cores never has more than a
 	// few hundred rows to work through at once (see pacer); default 256,
-	// negative for never. The pauses of one flush add up to a quarter of
-	// Interval at most: a bigger flush pauses every more rows.
+	// negative for never. The pauses of one COPY add up to a quarter of
+	// Interval at most (a bigger flush pauses every more rows); a flush
+	// written again (a replay, a retry) pauses again.
 	PaceRows int
 	// MaxLag is how long usage may wait unread in the queue, while flushes
 	// succeed, before Behind tells consumes to wait (backpressure); default

@@ -28,7 +28,7 @@ type Config struct {
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
 	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
-	FlushPaceRows   int           // QUOTAD_FLUSH_PACE_ROWS, --flush-pace-rows; default 256: the ledger COPY pauses 1 ms every this many rows (at most a quarter of the interval per flush); 0: no pauses
+	FlushPaceRows   int           // QUOTAD_FLUSH_PACE_ROWS, --flush-pace-rows; default 256: the ledger COPY pauses 1 ms every this many rows (at most a quarter of the interval per COPY); 0: no pauses
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
 	L1MaxItems      int64         // QUOTAD_L1_MAX_ITEMS, --l1-max-items; default 100000 (cache.DefaultMaxItems): usage snapshots, and subjects, L1 keeps (each)
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
