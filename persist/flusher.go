@@ -596,9 +596,10 @@ const yieldRows = 256
 // up in the Postgres backend, which then ran for whole scheduler slices
 // (1.4-7 ms at a time, perf sched) while requests waited on the core it
 // shared with quotad and Redis: the consumes' p99 was 11.6-12 ms and
-// p99.9 28-29 ms, against 3.5 and 8-9 ms with no flush during the run.
+// p99.9 28-29 ms, against 3.4-3.7 and 7.9-8.9 ms with no flush during the
+// run.
 // A 1 ms pause every 256 rows keeps the backend's work at a time to a few
-// hundred rows (pgx sends the COPY in 64 KB messages, ~430 rows): p99
+// hundred rows (pgx sends the COPY in messages of up to 64 KB): p99
 // 8.1-8.5 ms, p99.9 20-22 ms, throughput the same (+1-2 %); mixed
 // unchanged (means of four alternating quick runs per scenario, quotad
 // pinned with Postgres and Redis, 2026-11-27). Pacing the counter upserts
@@ -612,7 +613,7 @@ const pacePause = time.Millisecond
 // < 1), or every more rows when the pauses would add up to more than a
 // quarter of interval.
 func newPacer(rows, paceRows int, interval time.Duration) pacer {
-	pauses := int(interval / 4 / pacePause) // the most one flush may take
+	pauses := int(interval / 4 / pacePause) // the most one COPY may take
 	if paceRows < 1 || pauses < 1 {
 		return pacer{}
 	}

@@ -188,10 +188,12 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- quotads
 
 mkdir -p "$RAW"
+# An inherited GOMAXPROCS or GOGC would change what is measured without
+# the report saying so: quotad runs with its own (GOGC 200, cmd/quotad).
 start_quotad() { # name addr debug [VAR=value...]
 	local name="$1" addr="$2" debug="$3"
 	shift 3
-	env -u GOMAXPROCS QUOTAD_ADDR="$addr" QUOTAD_DEBUG_ADDR="$debug" QUOTAD_ADMIN_KEY="$KEY" QUOTAD_LOG_LEVEL=warn \
+	env -u GOMAXPROCS -u GOGC QUOTAD_ADDR="$addr" QUOTAD_DEBUG_ADDR="$debug" QUOTAD_ADMIN_KEY="$KEY" QUOTAD_LOG_LEVEL=warn \
 		QUOTAD_POSTGRES_URL="$BENCH_POSTGRES_URL" QUOTAD_REDIS_URL="$BENCH_REDIS_URL" \
 		"${SERVER_ENV[@]}" "$@" "${SERVER_PIN[@]}" bin/quotad serve >"$RAW/quotad-$name.log" 2>&1 &
 	QUOTAD_PIDS+=($!)
