@@ -173,6 +173,78 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	}
 }
 
+// TestLoadReadsTheHorizonAgainAfterADrop: a load waits for the events
+// that were in the stream when it found the counter missing. While it
+// waits, another instance loads the counter, counts a consume (its event
+// past that horizon) and the counter is dropped again as stale. The
+// waiting load must now wait for that event too: with the old horizon it
+// would find the stream drained and store Postgres's count without it.
+func TestLoadReadsTheHorizonAgainAfterADrop(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	k := key
+	k.Subject = "user:rehorizon"
+	if _, err := e.store.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
+		k.Subject, k.Meter, k.Start, k.End); err != nil {
+		t.Fatal(err)
+	}
+	ck := "q:{" + k.Subject + "}:c:" + k.Meter + ":" + fmt.Sprint(k.Start.Unix())
+	c := e.counter(t)
+	other := key
+	other.Subject = "user:rehorizon-other"
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: other, Amount: 1, EventID: "other-1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var ld cache.Loading
+	if loaded, err := c.Load(ctx, k, &ld); err != nil || loaded {
+		t.Fatalf("first try: loaded %v (%v), want a wait for the other subject's entry", loaded, err)
+	}
+
+	// Meanwhile: loaded elsewhere, 5 counted, the older entry flushed, the
+	// counter dropped as stale.
+	if err := e.rdb.Set(ctx, ck, 100, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 5, EventID: "rh-1", At: time.Now()}); err != nil || res.Used != 105 {
+		t.Fatalf("consume: %+v (%v)", res, err)
+	}
+	p := cache.NewPending(e.rdb, "test")
+	flush := func(entries int) {
+		t.Helper()
+		evs, _, err := p.Next(ctx, entries, nil)
+		if err != nil || len(evs) != 1 {
+			t.Fatalf("pending %d (%v), want one event", len(evs), err)
+		}
+		if err := persist.NewFlusher(e.store, p, persist.FlusherConfig{}).Write(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Ack(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush(1)
+	if _, err := e.store.Pool().Exec(ctx, `UPDATE counters SET l2_stale = true WHERE subject = $1`, k.Subject); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DropStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if loaded, err := c.Load(ctx, k, &ld); err != nil || loaded {
+		t.Fatalf("after the drop: loaded %v (%v) with the consume of 5 unflushed", loaded, err)
+	}
+	if n, _ := e.rdb.Exists(ctx, ck).Result(); n != 0 {
+		t.Fatalf("redis holds the counter (%s) before its event was flushed", e.rdb.Get(ctx, ck).Val())
+	}
+	flush(1)
+	if loaded, err := c.Load(ctx, k, &ld); err != nil || !loaded {
+		t.Fatalf("after the flush: loaded %v (%v)", loaded, err)
+	}
+	if v, err := e.rdb.Get(ctx, ck).Int64(); err != nil || v != 105 {
+		t.Fatalf("redis holds %d (%v), want 105", v, err)
+	}
+}
+
 // TestLoadUnderTraffic: a counter with a Postgres row, dropped from Redis
 // with events unflushed, loads once the flusher is past the events that
 // were in the stream when it was found missing, although other subjects'

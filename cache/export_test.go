@@ -1,6 +1,19 @@
 package cache
 
-import "time"
+import (
+	"context"
+	"time"
+
+	"github.com/quotad/quotad/quota"
+)
 
 // SetLoadWait changes how long a consume waits to load its counter.
 func (c *Counter) SetLoadWait(d time.Duration) { c.loadWait = d }
+
+// Loading is what the tries to load one counter share.
+type Loading = loading
+
+// Load is one try to load a counter found missing.
+func (c *Counter) Load(ctx context.Context, key quota.CounterKey, ld *Loading) (bool, error) {
+	return c.load(ctx, key, time.Now(), ld)
+}

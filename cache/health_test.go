@@ -2,6 +2,8 @@ package cache_test
 
 import (
 	"context"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +12,8 @@ import (
 
 	"github.com/quotad/quotad/cache"
 	"github.com/quotad/quotad/internal/testenv"
+	"github.com/quotad/quotad/persist"
+	"github.com/quotad/quotad/quota"
 )
 
 // TestRecoveryWaitsForDirectWrites: Redis is back while a write that went
@@ -62,5 +66,108 @@ func TestRecoveryWaitsForDirectWrites(t *testing.T) {
 	}
 	if !h.BeginDirect() {
 		t.Fatal("BeginDirect says redis is down after it came back")
+	}
+}
+
+// pausedSource is the Postgres store with one pause: the first Stored
+// call reads Postgres, then waits for release before it answers, so a
+// test can act between a load's read of Postgres and its store to Redis.
+type pausedSource struct {
+	*persist.Store
+	read, release chan struct{}
+	once          sync.Once
+}
+
+func (s *pausedSource) Stored(ctx context.Context, key quota.CounterKey) (int64, bool, error) {
+	used, found, err := s.Store.Stored(ctx, key)
+	s.once.Do(func() {
+		close(s.read)
+		<-s.release
+	})
+	return used, found, err
+}
+
+// TestRecoveryVoidsRunningLoads: instance B has read a counter from
+// Postgres to load it into Redis, and not stored it yet, when instance A
+// finds Redis unreachable and takes a consume to Postgres directly. Redis
+// comes back and A's recovery drops the counter from Redis (there is no
+// copy yet). B's store must not land then: it would bring back the count
+// without A's write, short of Postgres for good. (CI saw quotad answer one
+// credit less than Postgres held after a Postgres outage during which
+// Redis reads timed out under load.)
+func TestRecoveryVoidsRunningLoads(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rs := testenv.StartRedis(t, testenv.RedisOptions{})
+	k := quota.CounterKey{Subject: "user:load-race", Meter: "credits",
+		Start: time.Now().UTC().Truncate(time.Hour), End: time.Now().UTC().Truncate(time.Hour).Add(time.Hour)}
+	if _, err := st.Pool().Exec(ctx, `INSERT INTO counters (subject, meter, period_start, period_end, used) VALUES ($1, $2, $3, $4, 100)`,
+		k.Subject, k.Meter, k.Start, k.End); err != nil {
+		t.Fatal(err)
+	}
+	instance := func(src cache.Source) (*cache.Counter, *cache.Health, *redis.Client) {
+		opt, _ := redis.ParseURL(rs.URL())
+		rdb := redis.NewClient(opt)
+		t.Cleanup(func() { rdb.Close() })
+		h := cache.NewHealth(rdb, discard)
+		c := cache.NewCounter(ctx, rdb, src, h, discard)
+		h.Start(ctx, c.DropStale)
+		if !h.Up() {
+			t.Fatal("redis is not up at start")
+		}
+		return c, h, rdb
+	}
+	a, ha, rdb := instance(st)
+	src := &pausedSource{Store: st, read: make(chan struct{}), release: make(chan struct{})}
+	b, _, _ := instance(src)
+
+	// A check on B finds the counter missing from Redis and loads it: it
+	// reads 100 from Postgres and pauses.
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := b.Used(ctx, quota.UsageRead{Key: k})
+		loaded <- err
+	}()
+	<-src.read
+
+	rs.Stop(t)
+	if err := rdb.Ping(ctx).Err(); !ha.Failed(err) {
+		t.Fatalf("a ping to a stopped redis (%v) does not count as unreachable", err)
+	}
+	res, err := a.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 7, EventID: "direct-1", At: time.Now()})
+	if err != nil || !res.Applied || res.Used != 107 {
+		t.Fatalf("consume on A while redis is down: %+v (%v), want 107 written to postgres directly", res, err)
+	}
+	rs.Start(t)
+	deadline := time.Now().Add(3 * time.Second)
+	for !ha.Up() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !ha.Up() {
+		t.Fatal("A did not switch back to redis")
+	}
+	close(src.release) // B's load goes on, after A's recovery
+	if err := <-loaded; err != nil {
+		t.Fatalf("the paused check on B: %v", err)
+	}
+	ck := "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
+	if v, err := rdb.Get(ctx, ck).Int64(); err == nil && v != 107 {
+		t.Fatalf("redis holds %d after B's load, want nothing or 107", v)
+	}
+	for name, c := range map[string]*cache.Counter{"A": a, "B": b} {
+		if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used != 107 {
+			t.Fatalf("%s reads %d (%v), want postgres's 107", name, used, err)
+		}
+	}
+	if v, err := rdb.Get(ctx, ck).Int64(); err != nil || v != 107 {
+		t.Fatalf("redis holds %d (%v), want 107 loaded", v, err)
 	}
 }

@@ -132,6 +132,10 @@ func counterKey(k quota.CounterKey) string {
 	return "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
 }
 
+// dropsKey returns the Redis key counting a subject's drops of stale
+// counters (see DropStale and Counter.load).
+func dropsKey(subject string) string { return "q:{" + subject + "}:drops" }
+
 // expireAt is when Redis may drop a counter: a day after its period ends
 // (late flushes and checks near the boundary still find it), or 35 days
 // after its last change for the lifetime period (it reloads from Postgres).
@@ -161,7 +165,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 			}
 			return 0, err
 		}
-		loaded, err := c.loadNow(ctx, r.Key, time.Now())
+		loaded, err := c.load(ctx, r.Key, time.Now(), &loading{})
 		if err != nil {
 			if c.health.Failed(err) {
 				return c.src.Used(ctx, r)
@@ -277,11 +281,6 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 		default:
 			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
 		}
-		if ld.horizon == "" { // once: later retries wait for the same events
-			if ld.horizon, err = c.horizon(ctx); err != nil {
-				return quota.ConsumeResult{}, err
-			}
-		}
 		loaded, err := c.load(ctx, op.Key, op.At, &ld)
 		if err != nil {
 			return quota.ConsumeResult{}, err
@@ -313,46 +312,26 @@ func (c *Counter) get(ctx context.Context, key string) (int64, error) {
 	return strconv.ParseInt(s, 10, 64)
 }
 
-// horizon reads the pending stream's newest entry id, "0-0" when it is
-// empty. Read once a counter was found missing, it is at or after every
-// event of that counter (see load).
-func (c *Counter) horizon(ctx context.Context) (string, error) {
-	last, err := c.rdb.XRevRangeN(ctx, PendingStream, "+", "-", 1).Result()
-	if err != nil {
-		return "", translate(err)
-	}
-	if len(last) == 0 {
-		return "0-0", nil
-	}
-	return last[0].ID, nil
-}
-
-// loading is what the tries to load one counter share: the horizon, read
-// once, and whether Postgres has a row for the counter (once known, so
-// that a try before the stream drained does not read Postgres again).
+// loading is what the tries to load one counter share: the horizon, the
+// subject's drop count when the horizon was read, and whether Postgres
+// has a row for the counter (once known, so that a try before the stream
+// drained does not read Postgres again).
 type loading struct {
-	horizon string
+	horizon string // "" until read
+	drops   string
 	hasRow  bool
-}
-
-// loadNow is load with a horizon read now.
-func (c *Counter) loadNow(ctx context.Context, key quota.CounterKey, now time.Time) (bool, error) {
-	horizon, err := c.horizon(ctx)
-	if err != nil {
-		return false, err
-	}
-	return c.load(ctx, key, now, &loading{horizon: horizon})
 }
 
 // load copies a counter from Postgres into Redis, unless it is there
 // already (another instance loaded it first: SET NX) or events for it may
 // still wait in the pending stream (then Postgres does not hold all of
-// them yet); it answers false in that case.
+// them yet); it answers false in that case. Callers call it once they
+// found the counter missing.
 //
 // Which events can be in the way: a counter's events are appended only
 // while its key exists, so all of them are at or before the stream's
 // newest entry as it was once the key was found missing (the horizon, read
-// once per consume). The flusher deletes each entry it acknowledged, after
+// on the first try). The flusher deletes each entry it acknowledged, after
 // committing it, so once the stream's oldest entry is past the horizon (or
 // the stream is empty) Postgres has all of them: that is checked before
 // Postgres is read. Entries appended later get larger ids, so it still
@@ -363,12 +342,42 @@ func (c *Counter) loadNow(ctx context.Context, key quota.CounterKey, now time.Ti
 // wait. Counters with a row are loaded after an outage (dropped as stale),
 // after a loss of Redis's data, or when expired. (Keys must never be
 // evicted: see README.)
+//
+// The other thing a load can miss is a write Postgres took directly while
+// Redis was unreachable (to this instance or another): one that commits
+// after the load read Postgres, and whose counter the recovery (DropStale)
+// dropped from Redis before the load stores it, would leave Redis short of
+// it for good. So each try reads the subject's drop count before Postgres
+// and stores the counter only if no drop came in between (loadScript);
+// else a retry reads Postgres again, now with the write. A moved drop
+// count also means the counter may have been loaded, counted events past
+// the horizon and been dropped again while this load waited: the horizon
+// is read again.
 func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, ld *loading) (bool, error) {
-	first, err := c.rdb.XRangeN(ctx, PendingStream, "-", "+", 1).Result()
-	if err != nil {
+	// In this order: the horizon read after the drop count it goes with,
+	// the oldest entry after the horizon.
+	pipe := c.rdb.Pipeline()
+	dropsCmd := pipe.Get(ctx, dropsKey(key.Subject))
+	newestCmd := pipe.XRevRangeN(ctx, PendingStream, "+", "-", 1)
+	oldestCmd := pipe.XRangeN(ctx, PendingStream, "-", "+", 1)
+	_, _ = pipe.Exec(ctx) // errors are per command
+	if err := dropsCmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return false, translate(err)
 	}
-	drained := len(first) == 0 || streamIDAfter(first[0].ID, ld.horizon)
+	for _, cmd := range []*redis.XMessageSliceCmd{newestCmd, oldestCmd} {
+		if err := cmd.Err(); err != nil {
+			return false, translate(err)
+		}
+	}
+	drops := dropsCmd.Val() // "" when never dropped
+	if ld.horizon == "" || drops != ld.drops {
+		ld.horizon, ld.drops = "0-0", drops
+		if newest := newestCmd.Val(); len(newest) > 0 {
+			ld.horizon = newest[0].ID
+		}
+	}
+	oldest := oldestCmd.Val()
+	drained := len(oldest) == 0 || streamIDAfter(oldest[0].ID, ld.horizon)
 	if ld.hasRow && !drained {
 		return false, nil
 	}
@@ -380,11 +389,11 @@ func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time,
 	if found && !drained {
 		return false, nil
 	}
-	err = c.rdb.SetArgs(ctx, counterKey(key), used, redis.SetArgs{Mode: "NX", ExpireAt: time.Unix(expireAt(key, now), 0)}).Err()
-	if err != nil && !errors.Is(err, redis.Nil) { // Nil: NX found it there
+	stored, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), dropsKey(key.Subject)}, used, expireAt(key, now), ld.drops).Int()
+	if err != nil {
 		return false, translate(err)
 	}
-	return true, nil
+	return stored == 1, nil
 }
 
 // streamIDAfter reports whether stream id a ("<ms>-<seq>") comes after b;
@@ -447,8 +456,14 @@ func (c *Counter) DropStale(ctx context.Context) error {
 	if err != nil || len(keys) == 0 {
 		return err
 	}
+	// The subject's drop count moves first: a load that read Postgres
+	// before the direct write committed either stored its copy before
+	// this (the DEL drops it) or finds the count moved (see Counter.load).
+	// It lives a day, far longer than a load (bounded by its request).
 	pipe := c.rdb.Pipeline()
 	for _, k := range keys {
+		pipe.Incr(ctx, dropsKey(k.Subject))
+		pipe.Expire(ctx, dropsKey(k.Subject), 24*time.Hour)
 		pipe.Del(ctx, counterKey(k))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {

@@ -76,6 +76,23 @@ if #recs > 0 then redis.call("XADD", KEYS[1], "*", "e", table.concat(recs, "\30"
 return out
 `)
 
+// loadScript stores a counter read from Postgres unless Redis has it
+// (another load was first) or the subject's counters were dropped as
+// stale since the load read the drop count (the count read may miss a
+// write Postgres took directly; see Counter.load). Answers 1 when the
+// counter is in Redis now, 0 when the drop count moved.
+//
+//	KEYS[1] counter
+//	KEYS[2] the subject's drop count  q:{S}:drops
+//	ARGV[1] the count read from Postgres
+//	ARGV[2] expire-at, unix seconds
+//	ARGV[3] the drop count read before Postgres ("" for none)
+var loadScript = redis.NewScript(`
+if (redis.call("GET", KEYS[2]) or "") ~= ARGV[3] then return 0 end
+redis.call("SET", KEYS[1], ARGV[1], "NX", "EXAT", ARGV[2])
+return 1
+`)
+
 // resetScript sets a counter to 0 and queues the reset for Postgres.
 //
 //	KEYS[1] counter

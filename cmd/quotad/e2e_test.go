@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -43,8 +44,27 @@ const adminKey = "test-admin-key"
 type quotad struct {
 	addr string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *output
 	env  []string
+}
+
+// output collects the process's stdout and stderr. It is locked because
+// a test prints it (on failure) while the process may still be writing.
+type output struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
 }
 
 // startQuotad starts the real binary on a free port with env added to its
@@ -63,7 +83,7 @@ func startQuotad(tb testing.TB, env ...string) *quotad {
 
 func (q *quotad) start(tb testing.TB) {
 	tb.Helper()
-	q.out = new(bytes.Buffer)
+	q.out = new(output)
 	q.cmd = exec.Command(quotadBin, "serve")
 	q.cmd.Env = append(os.Environ(), q.env...)
 	q.cmd.Stdout, q.cmd.Stderr = q.out, q.out

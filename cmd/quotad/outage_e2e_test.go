@@ -80,7 +80,7 @@ func TestPostgresOutage(t *testing.T) {
 		want := sums[s] + 1
 		waitFlushed(t, pgs.URL(), s, want)
 		if got := q.used(t, s); got != want {
-			t.Fatalf("%s: quotad says %d, want %d", s, got, want)
+			t.Fatalf("%s: quotad says %d, want %d\n%s", s, got, want, q.out)
 		}
 	}
 	if r := readyz(t, q); !strings.Contains(r, `"status":"ok"`) {
