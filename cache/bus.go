@@ -15,8 +15,8 @@ import (
 // InvalidateChannel carries admin changes to every instance's L1 at once;
 // Bus adds the Redis database number (pub/sub channels are server-wide,
 // databases are not). Messages are "<id> <kind> <args...>": kinds
-// "subject <id>", "plan <name>", "prices", "counter <subject> <meter>
-// <period start unix>".
+// "subject <id>", "subjects" (all of them), "plan <name>", "prices",
+// "counter <subject> <meter> <period start unix>".
 const InvalidateChannel = "quotad:invalidate"
 
 // Bus publishes and receives L1 invalidations over Redis pub/sub.

@@ -132,9 +132,21 @@ func counterKey(k quota.CounterKey) string {
 	return "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
 }
 
-// dropsKey returns the Redis key counting a subject's drops of stale
-// counters (see DropStale and Counter.load).
+// dropsKey returns the Redis key counting the drops of a subject's stale
+// copies, counters or settings (see DropStale, Settings.DropStale and
+// Counter.load).
 func dropsKey(subject string) string { return "q:{" + subject + "}:drops" }
+
+// dropStaleCopy queues the drop of a subject's stale copy (a counter or
+// its settings) on pipe. The subject's drop count moves first: a load
+// that read Postgres before the change either stored its copy before this
+// (the DEL drops it) or finds the count moved (see Counter.load). The
+// count lives a day, far longer than a load (bounded by its request).
+func dropStaleCopy(ctx context.Context, pipe redis.Pipeliner, subject, key string) {
+	pipe.Incr(ctx, dropsKey(subject))
+	pipe.Expire(ctx, dropsKey(subject), 24*time.Hour)
+	pipe.Del(ctx, key)
+}
 
 // expireAt is when Redis may drop a counter: a day after its period ends
 // (late flushes and checks near the boundary still find it), or 35 days
@@ -456,15 +468,9 @@ func (c *Counter) DropStale(ctx context.Context) error {
 	if err != nil || len(keys) == 0 {
 		return err
 	}
-	// The subject's drop count moves first: a load that read Postgres
-	// before the direct write committed either stored its copy before
-	// this (the DEL drops it) or finds the count moved (see Counter.load).
-	// It lives a day, far longer than a load (bounded by its request).
 	pipe := c.rdb.Pipeline()
 	for _, k := range keys {
-		pipe.Incr(ctx, dropsKey(k.Subject))
-		pipe.Expire(ctx, dropsKey(k.Subject), 24*time.Hour)
-		pipe.Del(ctx, counterKey(k))
+		dropStaleCopy(ctx, pipe, k.Subject, counterKey(k))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("drop stale counters: %w", err)

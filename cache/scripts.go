@@ -76,15 +76,16 @@ if #recs > 0 then redis.call("XADD", KEYS[1], "*", "e", table.concat(recs, "\30"
 return out
 `)
 
-// loadScript stores a counter read from Postgres unless Redis has it
-// (another load was first) or the subject's counters were dropped as
-// stale since the load read the drop count (the count read may miss a
-// write Postgres took directly; see Counter.load). Answers 1 when the
-// counter is in Redis now, 0 when the drop count moved.
+// loadScript stores a copy read from Postgres (a counter, a subject's
+// settings) unless Redis has one (another load was first) or the
+// subject's copies were dropped as stale since the load read the drop
+// count (what it read may miss a write Postgres took directly; see
+// Counter.load). Answers 1 when the key is in Redis now, 0 when the drop
+// count moved.
 //
-//	KEYS[1] counter
+//	KEYS[1] counter or settings
 //	KEYS[2] the subject's drop count  q:{S}:drops
-//	ARGV[1] the count read from Postgres
+//	ARGV[1] the value read from Postgres
 //	ARGV[2] expire-at, unix seconds
 //	ARGV[3] the drop count read before Postgres ("" for none)
 var loadScript = redis.NewScript(`

@@ -21,6 +21,13 @@ type SettingsSource interface {
 	quota.Plans
 	quota.Subjects
 	quota.Prices
+	// StaleSubjects lists subjects whose settings changed in Postgres and
+	// may be older in Redis (the change was made while Redis was
+	// unreachable, or not copied there yet).
+	StaleSubjects(ctx context.Context) ([]quota.Subject, error)
+	// SubjectsSynced marks subjects as matching Redis again: those whose
+	// row still holds the given settings.
+	SubjectsSynced(ctx context.Context, subs []quota.Subject) error
 }
 
 // Settings caches plans and subjects in L1 (ristretto) and subjects in L2
@@ -162,14 +169,23 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 			s.health.Failed(err)
 		}
 	}
+	// A cache fill, like a counter's load (Counter.load): the subject's
+	// drop count is read before Postgres, and the copy is stored only if
+	// no drop of stale copies came in between (it may miss a change made
+	// while Redis was unreachable). Losing the fill costs a Postgres read.
+	drops, fill := "", s.health.Up()
+	if fill {
+		var err error
+		if drops, err = s.rdb.Get(ctx, dropsKey(id)).Result(); err != nil && !errors.Is(err, redis.Nil) {
+			fill = false
+		}
+	}
 	sub, err := s.src.Subject(ctx, id)
 	if err != nil {
 		return quota.Subject{}, err
 	}
-	if s.health.Up() {
-		if raw, err := json.Marshal(sub); err == nil {
-			s.rdb.SetNX(ctx, subjectKey(id), raw, subjectTTL) // a cache fill; losing it costs a Postgres read
-		}
+	if raw, err := json.Marshal(sub); err == nil && fill {
+		loadScript.Run(ctx, s.rdb, []string{subjectKey(id), dropsKey(id)}, raw, time.Now().Add(subjectTTL).Unix(), drops)
 	}
 	s.cacheSubject(sub)
 	return sub, nil
@@ -206,9 +222,14 @@ func (s *Settings) PutSubject(ctx context.Context, sub quota.Subject) error {
 	if err := s.src.PutSubject(ctx, sub); err != nil {
 		return err
 	}
+	// Postgres marked the subject stale; once Redis has the change it is
+	// not. If Redis does not get it (unreachable), or the mark stays (the
+	// second write failed), the next recovery drops Redis's copy.
 	if raw, err := json.Marshal(sub); err == nil && s.health.Up() {
 		if err := s.rdb.Set(ctx, subjectKey(sub.ID), raw, subjectTTL).Err(); err != nil {
 			s.health.Failed(err)
+		} else {
+			_ = s.src.SubjectsSynced(ctx, []quota.Subject{sub})
 		}
 	}
 	s.subjects.Del(sub.ID)
@@ -236,11 +257,40 @@ func (s *Settings) Invalidate(ctx context.Context, msg string) {
 		s.plans.Delete(arg)
 	case "subject":
 		s.subjects.Del(arg)
+	case "subjects":
+		s.subjects.Clear()
 	case "prices":
 		if s.OnPrices != nil {
 			s.OnPrices(ctx)
 		}
 	}
+}
+
+// DropStale drops Redis's copies of subjects whose settings changed in
+// Postgres while Redis was unreachable (they would be served for up to a
+// day), and tells every instance to drop the subjects in its L1: the
+// invalidations sent meanwhile were lost. It runs before Redis is used
+// again. A fill that read Postgres before the change does not store its
+// copy after the drop (see dropStaleCopy).
+func (s *Settings) DropStale(ctx context.Context) error {
+	subs, err := s.src.StaleSubjects(ctx)
+	if err != nil || len(subs) == 0 {
+		return err
+	}
+	pipe := s.rdb.Pipeline()
+	for _, sub := range subs {
+		dropStaleCopy(ctx, pipe, sub.ID, subjectKey(sub.ID))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("drop stale subjects: %w", err)
+	}
+	if err := s.src.SubjectsSynced(ctx, subs); err != nil {
+		return err
+	}
+	if s.bus != nil { // not waited for: the recovery holds direct writes back meanwhile
+		go s.bus.Publish(context.WithoutCancel(ctx), "subjects")
+	}
+	return nil
 }
 
 // Clear drops every L1 entry (Redis came back: messages may have been

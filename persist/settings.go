@@ -2,6 +2,7 @@ package persist
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -19,13 +20,25 @@ const (
 	selectSubject = `SELECT subject, plan, cycle_anchor, overrides FROM subjects WHERE subject = $1`
 	// provisionSubject inserts a subject unless one exists and returns the
 	// stored row either way. The no-op DO UPDATE makes RETURNING see the
-	// existing row, so two instances provisioning at once agree on it.
-	provisionSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides) VALUES ($1, $2, $3, $4)
+	// existing row, so two instances provisioning at once agree on it. A
+	// subject provisioned here (Redis unreachable) is stale in Redis: a
+	// copy another instance provisioned there meanwhile is dropped when
+	// Redis is back, so every instance ends up with this one.
+	provisionSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides, l2_stale) VALUES ($1, $2, $3, $4, true)
 		ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
 		RETURNING subject, plan, cycle_anchor, overrides`
-	upsertSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides) VALUES ($1, $2, $3, $4)
+	// upsertSubject is an admin change: stale in Redis until the change
+	// has been copied there (SubjectsSynced).
+	upsertSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides, l2_stale) VALUES ($1, $2, $3, $4, true)
 		ON CONFLICT (subject) DO UPDATE SET plan = EXCLUDED.plan, cycle_anchor = EXCLUDED.cycle_anchor,
-			overrides = EXCLUDED.overrides, updated_at = now()`
+			overrides = EXCLUDED.overrides, l2_stale = true, updated_at = now()`
+	selectStaleSubjects = `SELECT subject, plan, cycle_anchor, overrides FROM subjects WHERE l2_stale LIMIT 100000`
+	// subjectsSyncedSQL clears the flag only where the row still holds the
+	// settings Redis was given: a change that came after them stays stale.
+	subjectsSyncedSQL = `UPDATE subjects AS s SET l2_stale = false
+		FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) AS k(subject, plan, cycle_anchor, overrides)
+		WHERE s.subject = k.subject AND s.l2_stale AND s.plan = k.plan AND s.cycle_anchor = k.cycle_anchor
+			AND s.overrides = k.overrides::jsonb`
 
 	selectPrices = `SELECT model, input::text, output::text, cache_write::text, cache_read::text FROM prices ORDER BY model`
 	upsertPrice  = `INSERT INTO prices (model, input, output, cache_write, cache_read)
@@ -79,6 +92,32 @@ func (s *Store) ProvisionSubject(ctx context.Context, sub quota.Subject) (quota.
 // PutSubject implements quota.Subjects.
 func (s *Store) PutSubject(ctx context.Context, sub quota.Subject) error {
 	_, err := s.pool.Exec(ctx, upsertSubject, sub.ID, sub.Plan, sub.CycleAnchor, overrides(sub))
+	return translate(err)
+}
+
+// StaleSubjects lists subjects whose settings changed here since Redis's
+// copy was last dropped or written (see the l2_stale column).
+func (s *Store) StaleSubjects(ctx context.Context) ([]quota.Subject, error) {
+	rows, err := s.pool.Query(ctx, selectStaleSubjects)
+	if err != nil {
+		return nil, translate(err)
+	}
+	subs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.Subject, error) { return scanSubject(r) })
+	return subs, translate(err)
+}
+
+// SubjectsSynced marks subjects as matching Redis again, those whose row
+// still holds the given settings.
+func (s *Store) SubjectsSynced(ctx context.Context, subs []quota.Subject) error {
+	ids, plans, anchors, overs := make([]string, len(subs)), make([]string, len(subs)), make([]time.Time, len(subs)), make([]string, len(subs))
+	for i, sub := range subs {
+		raw, err := json.Marshal(overrides(sub))
+		if err != nil {
+			return err
+		}
+		ids[i], plans[i], anchors[i], overs[i] = sub.ID, sub.Plan, sub.CycleAnchor, string(raw)
+	}
+	_, err := s.pool.Exec(ctx, subjectsSyncedSQL, ids, plans, anchors, overs)
 	return translate(err)
 }
 

@@ -201,6 +201,63 @@ func TestProvisionSubjectFirstWins(t *testing.T) {
 	}
 }
 
+// TestStaleSubjects: a subject provisioned or changed in Postgres is stale
+// in Redis until marked synced with the settings Redis got; a change made
+// after those stays stale.
+func TestStaleSubjects(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	stale := func() []string {
+		t.Helper()
+		subs, err := st.StaleSubjects(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, s := range subs {
+			ids = append(ids, s.ID+"/"+s.Plan)
+		}
+		return ids
+	}
+	a := time.Date(2026, 1, 31, 10, 0, 0, 123456789, time.UTC) // nanoseconds: Postgres keeps microseconds
+	v1 := quota.Subject{ID: "user:st", Plan: "free", CycleAnchor: a}
+	if _, err := st.ProvisionSubject(ctx, v1); err != nil {
+		t.Fatal(err)
+	}
+	if got := stale(); !slices.Equal(got, []string{"user:st/free"}) {
+		t.Fatalf("after provisioning: %v", got)
+	}
+	if err := st.SubjectsSynced(ctx, []quota.Subject{v1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := stale(); len(got) != 0 {
+		t.Fatalf("after sync: %v", got)
+	}
+	if _, err := st.ProvisionSubject(ctx, v1); err != nil { // exists: not a change
+		t.Fatal(err)
+	}
+	if got := stale(); len(got) != 0 {
+		t.Fatalf("after provisioning an existing subject: %v", got)
+	}
+	v2 := v1
+	v2.Plan, v2.Overrides = "pro", map[string]quota.Limit{"tokens": {Limit: 5, Period: quota.PeriodDay}}
+	if err := st.PutSubject(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SubjectsSynced(ctx, []quota.Subject{v1}); err != nil { // Redis got v1: not the latest
+		t.Fatal(err)
+	}
+	if got := stale(); !slices.Equal(got, []string{"user:st/pro"}) {
+		t.Fatalf("synced with older settings: %v, want still stale", got)
+	}
+	if err := st.SubjectsSynced(ctx, []quota.Subject{v2}); err != nil {
+		t.Fatal(err)
+	}
+	if got := stale(); len(got) != 0 {
+		t.Fatalf("synced with the latest: %v", got)
+	}
+}
+
 func TestResetWritesLedger(t *testing.T) {
 	st := newStore(t)
 	ctx := context.Background()

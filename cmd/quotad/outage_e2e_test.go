@@ -292,3 +292,47 @@ func TestBothStoresDown(t *testing.T) {
 		})
 	}
 }
+
+// TestSubjectChangeDuringRedisOutage: a subject's plan changed through one
+// instance while Redis is unreachable is the plan every instance uses
+// once Redis is back, although Redis kept its copy of the old settings
+// (AOF) and the invalidation sent during the outage was lost.
+func TestSubjectChangeDuringRedisOutage(t *testing.T) {
+	pg := testenv.PostgresURL(t)
+	rs := testenv.StartRedis(t, testenv.RedisOptions{AOF: true})
+	a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rs.URL())
+	b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rs.URL())
+	const subject = "user:moved"
+	consumeN(t, a, subject, 1, 10) // provisioned on free, in Redis
+	checkPlan := func(q *quotad) (string, float64) {
+		_, v := q.call(t, "POST", "/v1/check", `{"subject":"`+subject+`"}`)
+		plan, _ := v["plan"].(string)
+		limit, _ := v["limit"].(float64)
+		return plan, limit
+	}
+	if plan, limit := checkPlan(b); plan != "free" || limit != 2500 {
+		t.Fatalf("B before: plan %q limit %v, want free 2500", plan, limit)
+	}
+
+	rs.Stop(t)
+	if status, v := a.call(t, "PUT", "/v1/subjects/"+subject, `{"plan":"pro"}`); status != 200 || v["plan"] != "pro" {
+		t.Fatalf("plan change while redis is down: %d %v", status, v)
+	}
+	rs.Start(t)
+	for _, q := range []*quotad{a, b} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			plan, limit := checkPlan(q)
+			if plan == "pro" && limit == 10000 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: plan %q limit %v 5 s after redis came back, want pro 10000", q.addr, plan, limit)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if status, v := b.call(t, "GET", "/v1/subjects/"+subject, ""); status != 200 || v["plan"] != "pro" {
+		t.Fatalf("B's view: %d %v", status, v)
+	}
+}

@@ -70,9 +70,13 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		}
 	}
 	health.Start(bg, func(ctx context.Context) error {
-		// Counters Postgres took directly while Redis was away are stale
-		// in Redis; and invalidations may have been missed.
+		// Counters and subject settings Postgres took directly while
+		// Redis was away are stale in Redis; and invalidations may have
+		// been missed.
 		if err := l2.DropStale(ctx); err != nil {
+			return err
+		}
+		if err := settings.DropStale(ctx); err != nil {
 			return err
 		}
 		snaps.Clear()
