@@ -3,6 +3,8 @@ package persist
 import (
 	"context"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Look is refreshStats for the tests: one look at the queue.
@@ -27,4 +29,9 @@ func (f *Flusher) SetFlushing(start time.Time) {
 // between pauses (0: none).
 func PaceEvery(rows, paceRows int, interval time.Duration) int {
 	return newPacer(rows, paceRows, interval).every
+}
+
+// RowsWritten is the flusher's rows-written counter of table.
+func (f *Flusher) RowsWritten(table string) prometheus.Counter {
+	return f.m.rows.WithLabelValues(table)
 }

@@ -721,7 +721,9 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 		if _, err := tx.Exec(ctx, sql, subjects, meters, starts, ends, sums); err != nil {
 			return fmt.Errorf("upsert counters: %w", err)
 		}
-		rows["counters"] += len(subjects)
+		if !resets { // the first statement has every counter; a reset one is not another row
+			rows["counters"] += len(subjects)
+		}
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/quotad/quotad/internal/testenv"
 	"github.com/quotad/quotad/persist"
 	"github.com/quotad/quotad/quota"
@@ -350,6 +352,33 @@ func TestLedgerRows(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("ledger rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestRowsWrittenMetric: quotad_flush_rows_written_total counts each
+// counter row a flush writes once, a reset one too (it goes through two
+// statements), and one ledger row per event.
+func TestRowsWrittenMetric(t *testing.T) {
+	st := newStore(t)
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
+	ctx := context.Background()
+	at := time.Now()
+	ev := func(id, subject string, kind quota.EventKind, amount int64) quota.Event {
+		return quota.Event{ID: id, Kind: kind, Subject: subject, Meter: "credits", Start: monthKey.Start, End: monthKey.End, Amount: amount, At: at}
+	}
+	if err := f.Write(ctx, []quota.Event{
+		ev("m1", "user:m-1", quota.EventConsume, 3), ev("m2", "user:m-1", quota.EventReset, 0), ev("m3", "user:m-1", quota.EventConsume, 2),
+		ev("m4", "user:m-2", quota.EventConsume, 1),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if used, _, _ := st.Stored(ctx, quota.CounterKey{Subject: "user:m-1", Meter: "credits", Start: monthKey.Start}); used != 2 {
+		t.Fatalf("user:m-1 has %d, want the 2 after its reset", used)
+	}
+	for table, want := range map[string]float64{"counters": 2, "usage_ledger": 4} {
+		if got := testutil.ToFloat64(f.RowsWritten(table)); got != want {
+			t.Errorf("rows written to %s: %v, want %v", table, got, want)
+		}
 	}
 }
 
