@@ -241,6 +241,17 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 		cell.update(used, at, s.ttl)
 	} else {
 		s.c.Set(h, &snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
+		// ristretto admits a new key through a buffer and drops a second
+		// insert of a key still in it: of stores racing to create the
+		// cell, one wins, not the largest, and a check would see the
+		// smaller count until the next consume or for a TTL. So a first
+		// store waits for the buffer and puts its answer into whichever
+		// cell the cache holds. Only first stores wait (a counter's first
+		// answer on this instance, or after a Clear or an eviction).
+		s.c.Wait()
+		if cell, ok := s.c.Get(h); ok && cell.is(key) {
+			cell.update(used, at, s.ttl)
+		}
 	}
 	if s.epoch.Load() != epoch {
 		s.c.Del(h)
@@ -255,11 +266,9 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 // cell of the same counter that a racing store created after this one
 // found none. Then the held cell takes the new answer (snapshot.update)
 // and stays: one cell per counter, so no store updates a cell the cache
-// has let go of. (cur is not shared yet: its fields need no lock.) Not
-// for a counter's first cell: ristretto admits a new key through a buffer
-// and drops a second insert of a key still in it, so of stores racing to
-// create the cell one wins, not the largest, and a check may see the
-// smaller count until the next consume or for a TTL.
+// has let go of. (cur is not shared yet: its fields need no lock.) Stores
+// racing to create a counter's first cell are merged by store itself:
+// ristretto drops all but one of them before they reach here.
 func newer(ttl int64) func(cur, prev *snapshot) bool {
 	return func(cur, prev *snapshot) bool {
 		if cur.subject != prev.subject || cur.meter != prev.meter || cur.start != prev.start {
