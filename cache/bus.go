@@ -64,24 +64,34 @@ func (b *Bus) Publish(ctx context.Context, msg string) {
 	}
 }
 
-// Run delivers messages to handle until ctx ends. It returns once the
+// Run delivers messages to handle until ctx ends, and calls resubscribed
+// whenever the subscription is made again after its connection broke:
+// messages sent meanwhile were missed (an instance whose own Redis calls
+// never failed would not know otherwise). It returns once the first
 // subscription is confirmed (or after a failed first try, while it keeps
 // reconnecting in the background).
-func (b *Bus) Run(ctx context.Context, handle func(msg string)) {
+func (b *Bus) Run(ctx context.Context, handle func(msg string), resubscribed func()) {
 	sub := b.rdb.Subscribe(ctx, b.channel)
 	if _, err := sub.Receive(ctx); err != nil {
 		b.log.Warn("subscribe to invalidations failed; retrying in the background", "err", err)
 	}
 	go func() {
 		defer sub.Close()
-		ch := sub.Channel()
+		ch := sub.ChannelWithSubscriptions()
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case m, ok := <-ch:
+			case v, ok := <-ch:
 				if !ok {
 					return
+				}
+				m, isMsg := v.(*redis.Message)
+				if !isMsg {
+					if s, isSub := v.(*redis.Subscription); isSub && s.Kind == "subscribe" && resubscribed != nil {
+						resubscribed()
+					}
+					continue
 				}
 				id, msg, _ := strings.Cut(m.Payload, " ")
 				handle(msg)

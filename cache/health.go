@@ -78,6 +78,20 @@ const DirectTimeout = 5 * time.Second
 // EndDirect ends a write started with BeginDirect.
 func (h *Health) EndDirect() { h.direct.RUnlock() }
 
+// UpAfterRecovery reports whether Redis is up, for a caller that has just
+// committed a change to Postgres that a recovery would pick up (a stale
+// mark) and now wants to copy it to Redis. A recovery under way may have
+// looked before the change committed: this waits for it to end, and
+// answers true once Redis is up. False means no recovery is under way:
+// the next one comes after the change and picks it up.
+func (h *Health) UpAfterRecovery() bool {
+	if h.Up() || h.BeginDirect() {
+		return true
+	}
+	h.EndDirect()
+	return false
+}
+
 // Failed reports whether err means Redis is unreachable; if so it marks
 // Redis down and starts probing. Errors Redis itself answered (a script
 // error, redis.Nil) do not count, except while it loads its data.

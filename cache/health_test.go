@@ -171,3 +171,45 @@ func TestRecoveryVoidsRunningLoads(t *testing.T) {
 		t.Fatalf("redis holds %d (%v), want 107 loaded", v, err)
 	}
 }
+
+// TestBusReportsResubscription: after Redis restarts, the bus subscribes
+// again and says so (quotad then clears its L1: invalidations sent while
+// the subscription was down were missed, even on an instance whose own
+// Redis calls never failed); messages flow again after that.
+func TestBusReportsResubscription(t *testing.T) {
+	rs := testenv.StartRedis(t, testenv.RedisOptions{})
+	opt, _ := redis.ParseURL(rs.URL())
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bus := cache.NewBus(rdb, 0, discard)
+	var resubscribed atomic.Int64
+	got := make(chan string, 16)
+	bus.Run(ctx, func(msg string) { got <- msg }, func() { resubscribed.Add(1) })
+	bus.Publish(ctx, "subject user:a")
+	if msg := <-got; msg != "subject user:a" {
+		t.Fatalf("got %q", msg)
+	}
+	if n := resubscribed.Load(); n != 0 {
+		t.Fatalf("resubscribed %d times before any break", n)
+	}
+	rs.Stop(t)
+	rs.Start(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for resubscribed.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no resubscription reported within 5 s of the restart")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	bus.Publish(ctx, "plan free")
+	select {
+	case msg := <-got:
+		if msg != "plan free" {
+			t.Fatalf("after the restart got %q", msg)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message after the resubscription")
+	}
+}

@@ -294,3 +294,28 @@ func TestNewerKeepsOneCellPerCounter(t *testing.T) {
 		t.Fatal("a cell of another counter did not replace the held one")
 	}
 }
+
+// BenchmarkStoreFirstCell: a store that creates a counter's first cell
+// (a new counter on this instance, or after a Clear): Set, then the wait
+// for ristretto's buffer that makes racing first stores keep the largest.
+func BenchmarkStoreFirstCell(b *testing.B) {
+	var now atomic.Int64
+	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := NewSnapshots(ctx, &fakeL2{}, nil, SnapshotConfig{TTL: time.Second, Now: func() time.Time { return time.Unix(0, now.Load()) }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.c.Close()
+	keys := make([]quota.CounterKey, b.N)
+	for i := range keys {
+		keys[i] = l1Key
+		keys[i].Subject = fmt.Sprintf("user:first-%d", i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		s.store(s.hash(keys[i]), keys[i], 1, now.Load(), s.epoch.Load())
+	}
+}

@@ -6,6 +6,7 @@ package cache
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,11 +28,10 @@ type Source interface {
 	quota.Counter
 	// Stored reads a counter and whether Postgres has a row for it.
 	Stored(ctx context.Context, key quota.CounterKey) (used int64, found bool, err error)
-	// StaleCounters lists counters changed in Postgres directly since their
-	// copy in Redis was last dropped.
-	StaleCounters(ctx context.Context) ([]quota.CounterKey, error)
-	// ClearStale marks the counters as matching Postgres again.
-	ClearStale(ctx context.Context, keys []quota.CounterKey) error
+	// TakeStaleCounters has drop drop Redis's copies of the counters
+	// changed in Postgres directly since their copy was last dropped, and
+	// marks them as matching again only if drop succeeds.
+	TakeStaleCounters(ctx context.Context, drop func([]quota.CounterKey) error) error
 	// StaleIdempotency lists idempotency keys taken in Postgres directly
 	// in the last 24 hours; ClearStaleIdempotency marks them copied.
 	StaleIdempotency(ctx context.Context) ([]quota.IdempotencyRecord, error)
@@ -132,21 +132,33 @@ func counterKey(k quota.CounterKey) string {
 	return "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
 }
 
-// dropsKey returns the Redis key counting the drops of a subject's stale
-// copies, counters or settings (see DropStale, Settings.DropStale and
-// Counter.load).
+// dropsKey returns the Redis key of a subject's drop mark, a token that
+// changes with every drop of the subject's stale copies, counters or
+// settings (see dropStale and Counter.load).
 func dropsKey(subject string) string { return "q:{" + subject + "}:drops" }
 
-// dropStaleCopy queues the drop of a subject's stale copy (a counter or
-// its settings) on pipe. The subject's drop count moves first: a load
-// that read Postgres before the change either stored its copy before this
-// (the DEL drops it) or finds the count moved (see Counter.load). The
-// count lives a day, far longer than a load (bounded by its request).
-func dropStaleCopy(ctx context.Context, pipe redis.Pipeliner, subject, key string) {
-	pipe.Incr(ctx, dropsKey(subject))
-	pipe.Expire(ctx, dropsKey(subject), 24*time.Hour)
-	pipe.Del(ctx, key)
+// dropStale drops stale copies (counters or subject settings) from Redis:
+// for each key in keys, of the subject subjects[i], the subject's drop
+// mark is set to a token no drop used before and the key deleted, in one
+// step (dropScript). A load that read Postgres before the change either
+// stored its copy before this (the DEL drops it) or finds the mark moved
+// (see Counter.load).
+func dropStale(ctx context.Context, rdb redis.UniversalClient, subjects, keys []string) error {
+	if err := dropScript.Load(ctx, rdb).Err(); err != nil {
+		return err
+	}
+	token := rand.Text()
+	pipe := rdb.Pipeline()
+	for i, key := range keys {
+		dropScript.EvalSha(ctx, pipe, []string{dropsKey(subjects[i]), key}, token, int64(dropsTTL/time.Second))
+	}
+	_, err := pipe.Exec(ctx)
+	return err
 }
+
+// dropsTTL is how long a drop mark lives: far longer than a load, which
+// its request bounds.
+const dropsTTL = 24 * time.Hour
 
 // expireAt is when Redis may drop a counter: a day after its period ends
 // (late flushes and checks near the boundary still find it), or 35 days
@@ -325,7 +337,7 @@ func (c *Counter) get(ctx context.Context, key string) (int64, error) {
 }
 
 // loading is what the tries to load one counter share: the horizon, the
-// subject's drop count when the horizon was read, and whether Postgres
+// subject's drop mark when the horizon was read, and whether Postgres
 // has a row for the counter (once known, so that a try before the stream
 // drained does not read Postgres again).
 type loading struct {
@@ -359,14 +371,14 @@ type loading struct {
 // Redis was unreachable (to this instance or another): one that commits
 // after the load read Postgres, and whose counter the recovery (DropStale)
 // dropped from Redis before the load stores it, would leave Redis short of
-// it for good. So each try reads the subject's drop count before Postgres
+// it for good. So each try reads the subject's drop mark before Postgres
 // and stores the counter only if no drop came in between (loadScript);
 // else a retry reads Postgres again, now with the write. A moved drop
 // count also means the counter may have been loaded, counted events past
 // the horizon and been dropped again while this load waited: the horizon
 // is read again.
 func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, ld *loading) (bool, error) {
-	// In this order: the horizon read after the drop count it goes with,
+	// In this order: the horizon read after the drop mark it goes with,
 	// the oldest entry after the horizon.
 	pipe := c.rdb.Pipeline()
 	dropsCmd := pipe.Get(ctx, dropsKey(key.Subject))
@@ -464,19 +476,17 @@ func (c *Counter) DropStale(ctx context.Context) error {
 	if err := c.restoreIdempotency(ctx); err != nil {
 		return err
 	}
-	keys, err := c.src.StaleCounters(ctx)
-	if err != nil || len(keys) == 0 {
-		return err
-	}
-	pipe := c.rdb.Pipeline()
-	for _, k := range keys {
-		dropStaleCopy(ctx, pipe, k.Subject, counterKey(k))
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("drop stale counters: %w", err)
-	}
-	c.log.Info("dropped counters changed while redis was unreachable", "counters", len(keys))
-	return c.src.ClearStale(ctx, keys)
+	return c.src.TakeStaleCounters(ctx, func(keys []quota.CounterKey) error {
+		subjects, names := make([]string, len(keys)), make([]string, len(keys))
+		for i, k := range keys {
+			subjects[i], names[i] = k.Subject, counterKey(k)
+		}
+		if err := dropStale(ctx, c.rdb, subjects, names); err != nil {
+			return fmt.Errorf("drop stale counters: %w", err)
+		}
+		c.log.Info("dropped counters changed while redis was unreachable", "counters", len(keys))
+		return nil
+	})
 }
 
 // restoreIdempotency copies the idempotency keys Postgres took while Redis

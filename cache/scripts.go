@@ -79,18 +79,35 @@ return out
 // loadScript stores a copy read from Postgres (a counter, a subject's
 // settings) unless Redis has one (another load was first) or the
 // subject's copies were dropped as stale since the load read the drop
-// count (what it read may miss a write Postgres took directly; see
+// mark (what it read may miss a write Postgres took directly; see
 // Counter.load). Answers 1 when the key is in Redis now, 0 when the drop
-// count moved.
+// mark moved.
 //
 //	KEYS[1] counter or settings
-//	KEYS[2] the subject's drop count  q:{S}:drops
+//	KEYS[2] the subject's drop mark  q:{S}:drops
 //	ARGV[1] the value read from Postgres
 //	ARGV[2] expire-at, unix seconds
-//	ARGV[3] the drop count read before Postgres ("" for none)
+//	ARGV[3] the drop mark read before Postgres ("" for none)
 var loadScript = redis.NewScript(`
 if (redis.call("GET", KEYS[2]) or "") ~= ARGV[3] then return 0 end
 redis.call("SET", KEYS[1], ARGV[1], "NX", "EXAT", ARGV[2])
+return 1
+`)
+
+// dropScript drops a subject's stale copy and moves its drop mark, in
+// one step: a load must never see the copy gone and the mark not yet
+// moved (its horizon could miss events counted on the copy before the
+// DEL; see Counter.load). The mark is a token no earlier drop used, not
+// a count: a count that expired and started again could repeat a value
+// a running load read.
+//
+//	KEYS[1] the subject's drop mark  q:{S}:drops
+//	KEYS[2] the stale copy (a counter or the subject's settings)
+//	ARGV[1] the token
+//	ARGV[2] the mark's time to live, seconds
+var dropScript = redis.NewScript(`
+redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
+redis.call("DEL", KEYS[2])
 return 1
 `)
 

@@ -170,7 +170,7 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 		}
 	}
 	// A cache fill, like a counter's load (Counter.load): the subject's
-	// drop count is read before Postgres, and the copy is stored only if
+	// drop mark is read before Postgres, and the copy is stored only if
 	// no drop of stale copies came in between (it may miss a change made
 	// while Redis was unreachable). Losing the fill costs a Postgres read.
 	drops, fill := "", s.health.Up()
@@ -194,27 +194,28 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 // ProvisionSubject implements quota.Subjects through Redis when it is up
 // (Postgres gets the subject from the flusher), else through Postgres.
 func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quota.Subject, error) {
-	if !s.health.Up() {
-		return s.src.ProvisionSubject(ctx, sub)
-	}
 	raw, err := json.Marshal(sub)
 	if err != nil {
 		return quota.Subject{}, err
 	}
 	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(sub.CycleAnchor), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
-	stored, err := provisionScript.Run(ctx, s.rdb, []string{subjectKey(sub.ID), PendingStream}, raw, ev, int64(subjectTTL/time.Second)).Text()
-	if err != nil {
-		if s.health.Failed(err) {
-			return s.src.ProvisionSubject(ctx, sub)
-		}
-		return quota.Subject{}, err
-	}
-	var got quota.Subject
-	if err := json.Unmarshal([]byte(stored), &got); err != nil {
-		return quota.Subject{}, fmt.Errorf("subject %s in redis: %w", sub.ID, err)
-	}
-	s.cacheSubject(got)
-	return got, nil
+	return redisOrDirect(ctx, s.health,
+		func() (quota.Subject, error) {
+			stored, err := provisionScript.Run(ctx, s.rdb, []string{subjectKey(sub.ID), PendingStream}, raw, ev, int64(subjectTTL/time.Second)).Text()
+			if err != nil {
+				return quota.Subject{}, err
+			}
+			var got quota.Subject
+			if err := json.Unmarshal([]byte(stored), &got); err != nil {
+				return quota.Subject{}, fmt.Errorf("subject %s in redis: %w", sub.ID, err)
+			}
+			s.cacheSubject(got)
+			return got, nil
+		},
+		// Marked stale in Postgres, within the health gate: the recovery
+		// that drops Redis's copies of stale subjects (one another instance
+		// may have provisioned there meanwhile) waits for it.
+		func(ctx context.Context) (quota.Subject, error) { return s.src.ProvisionSubject(ctx, sub) })
 }
 
 // PutSubject implements quota.Subjects: Postgres, then Redis, then every L1.
@@ -224,8 +225,10 @@ func (s *Settings) PutSubject(ctx context.Context, sub quota.Subject) error {
 	}
 	// Postgres marked the subject stale; once Redis has the change it is
 	// not. If Redis does not get it (unreachable), or the mark stays (the
-	// second write failed), the next recovery drops Redis's copy.
-	if raw, err := json.Marshal(sub); err == nil && s.health.Up() {
+	// second write failed), the next recovery drops Redis's copy; one
+	// under way, which may have listed the stale subjects before this
+	// write committed, is waited for, and the change then goes to Redis.
+	if raw, err := json.Marshal(sub); err == nil && s.health.UpAfterRecovery() {
 		if err := s.rdb.Set(ctx, subjectKey(sub.ID), raw, subjectTTL).Err(); err != nil {
 			s.health.Failed(err)
 		} else {
@@ -271,17 +274,19 @@ func (s *Settings) Invalidate(ctx context.Context, msg string) {
 // day), and tells every instance to drop the subjects in its L1: the
 // invalidations sent meanwhile were lost. It runs before Redis is used
 // again. A fill that read Postgres before the change does not store its
-// copy after the drop (see dropStaleCopy).
+// copy after the drop (see dropStale). The marks are cleared where the
+// row still holds the settings listed: a change made meanwhile stays
+// marked for the next recovery.
 func (s *Settings) DropStale(ctx context.Context) error {
 	subs, err := s.src.StaleSubjects(ctx)
 	if err != nil || len(subs) == 0 {
 		return err
 	}
-	pipe := s.rdb.Pipeline()
-	for _, sub := range subs {
-		dropStaleCopy(ctx, pipe, sub.ID, subjectKey(sub.ID))
+	ids, keys := make([]string, len(subs)), make([]string, len(subs))
+	for i, sub := range subs {
+		ids[i], keys[i] = sub.ID, subjectKey(sub.ID)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := dropStale(ctx, s.rdb, ids, keys); err != nil {
 		return fmt.Errorf("drop stale subjects: %w", err)
 	}
 	if err := s.src.SubjectsSynced(ctx, subs); err != nil {

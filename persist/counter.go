@@ -194,40 +194,41 @@ func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) e
 	return translate(err)
 }
 
-const (
-	selectStaleSQL = `SELECT subject, meter, period_start, period_end FROM counters WHERE l2_stale LIMIT 100000`
-	clearStaleSQL  = `UPDATE counters SET l2_stale = false
-		FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(subject, meter, period_start)
-		WHERE counters.subject = k.subject AND counters.meter = k.meter AND counters.period_start = k.period_start`
-)
+// takeStaleSQL clears the marks of (up to 100,000) counters changed here
+// directly and answers them; its transaction holds their rows until the
+// Redis copies are dropped (TakeStaleCounters).
+const takeStaleSQL = `UPDATE counters SET l2_stale = false
+	WHERE (subject, meter, period_start) IN (SELECT subject, meter, period_start FROM counters WHERE l2_stale LIMIT 100000 FOR UPDATE)
+	RETURNING subject, meter, period_start, period_end`
 
-// StaleCounters lists counters changed here directly since Redis's copy
-// was last dropped (see the l2_stale column).
-func (s *Store) StaleCounters(ctx context.Context) ([]quota.CounterKey, error) {
-	rows, err := s.pool.Query(ctx, selectStaleSQL)
-	if err != nil {
-		return nil, translate(err)
-	}
-	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.CounterKey, error) {
-		var k quota.CounterKey
-		var end *time.Time
-		err := r.Scan(&k.Subject, &k.Meter, &k.Start, &end)
-		k.Start = k.Start.UTC()
-		if end != nil {
-			k.End = end.UTC()
+// TakeStaleCounters hands drop the counters changed here directly since
+// Redis's copy was last dropped (see the l2_stale column), to drop those
+// copies, and clears their marks in the same transaction: only if drop
+// succeeds, and a direct write to one of these counters meanwhile
+// waits for the commit and marks it again (clearing after the drop, in a
+// second statement, could clear the mark of such a write, and Redis
+// would never drop the copy that misses it).
+func (s *Store) TakeStaleCounters(ctx context.Context, drop func([]quota.CounterKey) error) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, takeStaleSQL)
+		if err != nil {
+			return err
 		}
-		return k, err
+		keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (quota.CounterKey, error) {
+			var k quota.CounterKey
+			var end *time.Time
+			err := r.Scan(&k.Subject, &k.Meter, &k.Start, &end)
+			k.Start = k.Start.UTC()
+			if end != nil {
+				k.End = end.UTC()
+			}
+			return k, err
+		})
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		return drop(keys)
 	})
-	return keys, translate(err)
-}
-
-// ClearStale marks counters as matching Redis again.
-func (s *Store) ClearStale(ctx context.Context, keys []quota.CounterKey) error {
-	subjects, meters, starts := make([]string, len(keys)), make([]string, len(keys)), make([]time.Time, len(keys))
-	for i, k := range keys {
-		subjects[i], meters[i], starts[i] = k.Subject, k.Meter, k.Start
-	}
-	_, err := s.pool.Exec(ctx, clearStaleSQL, subjects, meters, starts)
 	return translate(err)
 }
 

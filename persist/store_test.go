@@ -382,6 +382,64 @@ func TestRowsWrittenMetric(t *testing.T) {
 	}
 }
 
+// TestTakeStaleCountersKeepsALaterMark: a direct write to a counter while
+// its stale copy is being dropped from Redis waits for the take to commit
+// and marks the counter again, so the next recovery drops the copy that
+// may miss it. (Clearing the marks in a statement after the drop cleared
+// the mark of such a write.)
+func TestTakeStaleCountersKeepsALaterMark(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	k := monthKey
+	k.Subject = "user:take"
+	if _, err := st.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "take-1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	take := func(during func()) []quota.CounterKey {
+		t.Helper()
+		var taken []quota.CounterKey
+		if err := st.TakeStaleCounters(ctx, func(keys []quota.CounterKey) error {
+			taken = keys
+			if during != nil {
+				during()
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return taken
+	}
+	wrote := make(chan error, 1)
+	if got := take(func() {
+		go func() {
+			_, err := st.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 2, EventID: "take-2", At: time.Now()})
+			wrote <- err
+		}()
+		time.Sleep(200 * time.Millisecond) // the write reaches the row, or commits if nothing holds it
+	}); len(got) != 1 || got[0].Subject != k.Subject {
+		t.Fatalf("first take: %v, want the counter", got)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if got := take(nil); len(got) != 1 || got[0].Subject != k.Subject {
+		t.Fatalf("second take: %v, want the counter the write marked again", got)
+	}
+	if got := take(nil); len(got) != 0 {
+		t.Fatalf("third take: %v, want none", got)
+	}
+	// A failed drop leaves the marks.
+	if _, err := st.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 3, EventID: "take-3", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.TakeStaleCounters(ctx, func([]quota.CounterKey) error { return errors.New("redis is gone") }); err == nil {
+		t.Fatal("a failed drop did not fail the take")
+	}
+	if got := take(nil); len(got) != 1 {
+		t.Fatalf("after a failed drop: %v, want the counter still marked", got)
+	}
+}
+
 // TestConcurrentFlushesDoNotDeadlock: two flushers (two quotad instances)
 // writing the same counters at once, their events in opposite orders, both
 // commit and count everything: each upserts its counters in key order, so

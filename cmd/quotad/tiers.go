@@ -89,6 +89,9 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	bus.Run(bg, func(msg string) {
 		snaps.Invalidate(msg)
 		settings.Invalidate(bg, msg)
+	}, func() {
+		snaps.Clear()
+		settings.Clear()
 	})
 
 	host, _ := os.Hostname()
