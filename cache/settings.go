@@ -298,11 +298,15 @@ func (s *Settings) DropStale(ctx context.Context) error {
 	return nil
 }
 
-// Clear drops every L1 entry (Redis came back: messages may have been
-// missed).
+// Clear drops every L1 entry and reloads the prices in the background
+// (Redis came back, or the invalidation subscription was made again:
+// messages may have been missed, "prices" ones too).
 func (s *Settings) Clear() {
 	s.plans.Clear()
 	s.subjects.Clear()
+	if s.OnPrices != nil {
+		go s.OnPrices(context.Background())
+	}
 }
 
 // Plan entries hold a value copy; a plan's Limits map is shared with

@@ -196,9 +196,11 @@ func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) e
 
 // takeStaleSQL clears the marks of (up to 100,000) counters changed here
 // directly and answers them; its transaction holds their rows until the
-// Redis copies are dropped (TakeStaleCounters).
+// Redis copies are dropped (TakeStaleCounters). It locks them in key
+// order, as a flush does (see addCountersSQL), so the two cannot deadlock.
 const takeStaleSQL = `UPDATE counters SET l2_stale = false
-	WHERE (subject, meter, period_start) IN (SELECT subject, meter, period_start FROM counters WHERE l2_stale LIMIT 100000 FOR UPDATE)
+	WHERE (subject, meter, period_start) IN (SELECT subject, meter, period_start FROM counters WHERE l2_stale
+		ORDER BY subject, meter, period_start LIMIT 100000 FOR UPDATE)
 	RETURNING subject, meter, period_start, period_end`
 
 // TakeStaleCounters hands drop the counters changed here directly since
@@ -209,6 +211,7 @@ const takeStaleSQL = `UPDATE counters SET l2_stale = false
 // second statement, could clear the mark of such a write, and Redis
 // would never drop the copy that misses it).
 func (s *Store) TakeStaleCounters(ctx context.Context, drop func([]quota.CounterKey) error) error {
+	var dropErr error // drop's own, not translated as a Postgres error
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, takeStaleSQL)
 		if err != nil {
@@ -227,8 +230,12 @@ func (s *Store) TakeStaleCounters(ctx context.Context, drop func([]quota.Counter
 		if err != nil || len(keys) == 0 {
 			return err
 		}
-		return drop(keys)
+		dropErr = drop(keys)
+		return dropErr
 	})
+	if dropErr != nil {
+		return dropErr
+	}
 	return translate(err)
 }
 
