@@ -28,9 +28,9 @@ type Source interface {
 	quota.Counter
 	// Stored reads a counter and whether Postgres has a row for it.
 	Stored(ctx context.Context, key quota.CounterKey) (used int64, found bool, err error)
-	// TakeStaleCounters has drop drop Redis's copies of the counters
-	// changed in Postgres directly since their copy was last dropped, and
-	// marks them as matching again only if drop succeeds.
+	// TakeStaleCounters calls drop with the counters changed in Postgres
+	// directly since their Redis copy was last dropped, and marks them as
+	// matching again only if drop succeeds.
 	TakeStaleCounters(ctx context.Context, drop func([]quota.CounterKey) error) error
 	// StaleIdempotency lists idempotency keys taken in Postgres directly
 	// in the last 24 hours; ClearStaleIdempotency marks them copied.
@@ -373,10 +373,11 @@ type loading struct {
 // dropped from Redis before the load stores it, would leave Redis short of
 // it for good. So each try reads the subject's drop mark before Postgres
 // and stores the counter only if no drop came in between (loadScript);
-// else a retry reads Postgres again, now with the write. A moved drop
-// count also means the counter may have been loaded, counted events past
-// the horizon and been dropped again while this load waited: the horizon
-// is read again.
+// else it answers false: a consume tries again and reads Postgres again,
+// now with the write (a check answers from Postgres). A moved drop mark
+// also means the counter may have been loaded, counted events past the
+// horizon and been dropped again while this load waited: the horizon is
+// read again.
 func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, ld *loading) (bool, error) {
 	// In this order: the horizon read after the drop mark it goes with,
 	// the oldest entry after the horizon.
