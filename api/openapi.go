@@ -180,6 +180,20 @@ func JSONFields(t reflect.Type) []JSONField {
 		if tag == "-" {
 			continue
 		}
+		if et := f.Type; f.Anonymous && tag == "" {
+			// encoding/json inlines an untagged embedded struct's fields;
+			// through a pointer they may all be missing.
+			if et.Kind() == reflect.Pointer {
+				et = et.Elem()
+			}
+			if et.Kind() == reflect.Struct {
+				for _, inner := range JSONFields(et) {
+					inner.Optional = inner.Optional || f.Type.Kind() == reflect.Pointer
+					out = append(out, inner)
+				}
+				continue
+			}
+		}
 		name, opts, _ := strings.Cut(tag, ",")
 		if name == "" {
 			name = f.Name

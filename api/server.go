@@ -135,7 +135,7 @@ type route struct {
 }
 
 func (s *Server) table() []route {
-	return []route{
+	rows := []route{
 		{"POST", "/v1/check", ScopeService, "Ask whether an amount may be spent now", quota.CheckRequest{}, quota.CheckResult{}, 200, s.check},
 		{"POST", "/v1/consume", ScopeService, "Record or enforce usage", quota.ConsumeRequest{}, quota.ConsumeResponse{}, 200, s.consume},
 		{"GET", "/v1/subjects/:subject", ScopeService, "A subject's plan and usage per meter", nil, quota.SubjectView{}, 200, s.getSubject},
@@ -149,6 +149,7 @@ func (s *Server) table() []route {
 		{"PUT", "/v1/pricing/:model", ScopeAdmin, "Create or replace a model's price", quota.Price{}, quota.Price{}, 200, s.putPrice},
 		{"POST", "/v1/keys", ScopeAdmin, "Mint an API key", keyRequest{}, keyAnswer{}, 201, s.createKey},
 	}
+	return append(rows, s.flowRoutes()...)
 }
 
 type resetRequest struct {

@@ -83,7 +83,7 @@ func TestLoadOnce(t *testing.T) {
 	}
 	wg.Wait()
 	used, err := instances[0].Used(ctx, quota.UsageRead{Key: key})
-	if err != nil || used != 140 {
+	if err != nil || used.Used != 140 {
 		t.Fatalf("used %d (%v), want 100 from postgres + 40", used, err)
 	}
 }
@@ -121,7 +121,7 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	ctx := context.Background()
 	c, k, ck := e.droppedCounter(t, "user:horizon")
 
-	if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used != 100 {
+	if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used.Used != 100 {
 		t.Fatalf("before the flush: %d (%v), want postgres's 100", used, err)
 	}
 	if n, _ := e.rdb.Exists(ctx, ck).Result(); n != 0 {
@@ -156,7 +156,7 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	if err := persist.NewFlusher(e.store, p, persist.FlusherConfig{}).Write(ctx, evs); err != nil {
 		t.Fatal(err)
 	}
-	if used, _ := c.Used(ctx, quota.UsageRead{Key: k}); used != 105 {
+	if used, _ := c.Used(ctx, quota.UsageRead{Key: k}); used.Used != 105 {
 		t.Fatalf("written, not yet acknowledged: %d, want 105 from postgres", used)
 	}
 	if n, _ := e.rdb.Exists(ctx, ck).Result(); n != 0 {
@@ -165,7 +165,7 @@ func TestLoadWaitsForItsEvents(t *testing.T) {
 	if err := p.Ack(ctx, evs); err != nil {
 		t.Fatal(err)
 	}
-	if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used != 105 {
+	if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used.Used != 105 {
 		t.Fatalf("after the flush: %d (%v), want 105", used, err)
 	}
 	if v, err := e.rdb.Get(ctx, ck).Int64(); err != nil || v != 105 {
@@ -309,7 +309,7 @@ func TestAckOnce(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("%d events left (%v)", n, err)
 	}
-	if used, _ := e.store.Used(ctx, quota.UsageRead{Key: key}); used != 10 {
+	if used, _ := e.store.Used(ctx, quota.UsageRead{Key: key}); used.Used != 10 {
 		t.Fatalf("postgres has %d, want 10 once", used)
 	}
 	if n := rowsWritten(t, reg, "usage_ledger"); n != 5 {
@@ -317,7 +317,7 @@ func TestAckOnce(t *testing.T) {
 	}
 	// With nothing unflushed the counter reloads from Postgres after loss.
 	e.rdb.FlushDB(ctx)
-	if used, err := c.Used(ctx, quota.UsageRead{Key: key}); err != nil || used != 10 {
+	if used, err := c.Used(ctx, quota.UsageRead{Key: key}); err != nil || used.Used != 10 {
 		t.Fatalf("after loss: %d (%v), want 10", used, err)
 	}
 }
@@ -336,7 +336,7 @@ func TestIdempotencyConflict(t *testing.T) {
 	if _, err := c.Consume(ctx, op); !errors.Is(err, quota.ErrConflict) {
 		t.Fatalf("reuse: %v, want ErrConflict", err)
 	}
-	if used, _ := c.Used(ctx, quota.UsageRead{Key: key}); used != 3 {
+	if used, _ := c.Used(ctx, quota.UsageRead{Key: key}); used.Used != 3 {
 		t.Fatalf("used %d, want 3", used)
 	}
 }
@@ -413,7 +413,7 @@ func TestOverflowFailsAlone(t *testing.T) {
 	if v, _ := e.rdb.Get(ctx, ck).Int64(); v != 1<<63-10 {
 		t.Fatalf("overflowed counter changed to %d", v)
 	}
-	if used, _ := c.Used(ctx, quota.UsageRead{Key: other}); used != 1+10*100 {
+	if used, _ := c.Used(ctx, quota.UsageRead{Key: other}); used.Used != 1+10*100 {
 		t.Fatalf("other counter %d, want 1001", used)
 	}
 	// The stream holds the events of every consume that counted, and none
@@ -490,7 +490,7 @@ func TestBatchedEntriesFlushOnce(t *testing.T) {
 		t.Fatalf("%d entries left (%v)", n, err)
 	}
 	for _, k := range keys {
-		if used, _ := e.store.Used(ctx, quota.UsageRead{Key: k}); used != 120+2*80 {
+		if used, _ := e.store.Used(ctx, quota.UsageRead{Key: k}); used.Used != 120+2*80 {
 			t.Fatalf("%s: postgres has %d, want 280", k.Subject, used)
 		}
 	}
@@ -511,8 +511,8 @@ func TestPeek(t *testing.T) {
 	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 5, EventID: "p1", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	used, ok, err := c.Peek(ctx, []quota.CounterKey{key, missing})
-	if err != nil || !ok[0] || used[0] != 5 || ok[1] {
+	used, ok, err := c.Peek(ctx, []quota.CounterKey{key, missing}, time.Now())
+	if err != nil || !ok[0] || used[0].Used != 5 || ok[1] {
 		t.Fatalf("peek: used %v ok %v (%v), want [5 _] [true false]", used, ok, err)
 	}
 	if n, _ := e.rdb.Exists(ctx, "q:{"+missing.Subject+"}:c:"+missing.Meter+":"+fmt.Sprint(missing.Start.Unix())).Result(); n != 0 {

@@ -16,10 +16,13 @@ import (
 // characters, ids and hashes are ours. It is written once per consume on
 // the hot path and read once per event by the flusher, so it costs a
 // fraction of JSON both ways.
+//
+// Version 2 added the reservation a consume committed as a last field;
+// version 1 events (without it) are still read.
 const (
-	eventVersion = "1"
+	eventVersion = "2"
 	sep          = '\x1f'
-	eventFields  = 19
+	eventFields  = 20
 )
 
 // A pending stream entry holds one or more records, separated by the ASCII
@@ -98,6 +101,7 @@ func appendEvent(b []byte, e *quota.Event) []byte {
 	} else {
 		b = append(b, sep, sep)
 	}
+	field(e.Reservation)
 	return b
 }
 
@@ -123,7 +127,8 @@ func decodeEvent(s string) (quota.Event, error) {
 		n++
 	}
 	f[n] = s
-	if n != eventFields-1 || f[0] != eventVersion || strings.IndexByte(s, sep) >= 0 {
+	v1 := n == eventFields-2 && f[0] == "1" // no reservation field
+	if (n != eventFields-1 || f[0] != eventVersion) && !v1 || strings.IndexByte(s, sep) >= 0 {
 		return quota.Event{}, fmt.Errorf("event %q: not a version %s event of %d fields", s, eventVersion, eventFields)
 	}
 	var err error
@@ -144,7 +149,7 @@ func decodeEvent(s string) (quota.Event, error) {
 	e := quota.Event{
 		ID: f[1], Kind: quota.EventKind(f[2]), Subject: f[3], Meter: f[4],
 		Start: instant(f[5]), End: instant(f[6]), Amount: integer(f[7]), Enforce: f[8] == "1",
-		IdempotencyKey: f[14], RequestHash: f[15], At: instant(f[16]),
+		IdempotencyKey: f[14], RequestHash: f[15], At: instant(f[16]), Reservation: f[19],
 	}
 	if f[9] != "" {
 		e.Usage = &quota.Usage{Model: f[9], InputTokens: integer(f[10]), OutputTokens: integer(f[11]),

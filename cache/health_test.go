@@ -163,7 +163,7 @@ func TestRecoveryVoidsRunningLoads(t *testing.T) {
 		t.Fatalf("redis holds %d after B's load, want nothing or 107", v)
 	}
 	for name, c := range map[string]*cache.Counter{"A": a, "B": b} {
-		if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used != 107 {
+		if used, err := c.Used(ctx, quota.UsageRead{Key: k}); err != nil || used.Used != 107 {
 			t.Fatalf("%s reads %d (%v), want postgres's 107", name, used, err)
 		}
 	}

@@ -67,18 +67,22 @@ type L2 interface {
 	quota.Counter
 	// Peek reads many counters in one round trip, without loading those
 	// that are missing (ok[i] false); refresh-ahead uses it.
-	Peek(ctx context.Context, keys []quota.CounterKey) (used []int64, ok []bool, err error)
+	Peek(ctx context.Context, keys []quota.CounterKey, at time.Time) (tallies []quota.Tally, ok []bool, err error)
+	quota.Holds
 }
 
-var _ quota.Counter = (*Snapshots)(nil)
+var (
+	_ quota.Counter = (*Snapshots)(nil)
+	_ quota.Holds   = (*Snapshots)(nil)
+)
 
-// snapshot is one counter's cell: which counter (fixed), and its count
-// and when that was read (under mu).
+// snapshot is one counter's cell: which counter (fixed), and its count,
+// what reservations held when it was read, and when that was (under mu).
 type snapshot struct {
 	subject, meter string
 	start          int64 // period start, unix nanoseconds
 	mu             sync.Mutex
-	used           int64
+	used, reserved int64
 	at             int64 // when it was read, unix nanoseconds
 }
 
@@ -86,10 +90,10 @@ func (c *snapshot) is(k quota.CounterKey) bool {
 	return c.start == k.Start.UnixNano() && c.subject == k.Subject && c.meter == k.Meter
 }
 
-func (c *snapshot) get() (used, at int64) {
+func (c *snapshot) get() (t quota.Tally, at int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.used, c.at
+	return quota.Tally{Used: c.used, Reserved: c.reserved}, c.at
 }
 
 // update takes a newer answer for the cell's counter. Answers about one
@@ -100,12 +104,14 @@ func (c *snapshot) get() (used, at int64) {
 // keeping it means a client's next check on this instance sees its own
 // consume. A cell older than ttl takes any answer: after Redis lost data
 // and reloaded a counter lower, checks get the larger count (the cautious
-// side) until it is ttl old, and the lower one after.
-func (c *snapshot) update(used, at, ttl int64) {
+// side) until it is ttl old, and the lower one after. Reservations come
+// and go, so what they hold is no clock: it is taken with the count it
+// was read with.
+func (c *snapshot) update(t quota.Tally, at, ttl int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if used >= c.used || at-c.at >= ttl {
-		c.used, c.at = used, max(at, c.at)
+	if t.Used >= c.used || at-c.at >= ttl {
+		c.used, c.reserved, c.at = t.Used, t.Reserved, max(at, c.at)
 	}
 }
 
@@ -203,29 +209,29 @@ func (s *Snapshots) hash(k quota.CounterKey) uint64 {
 }
 
 // Used implements quota.Counter.
-func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
+func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error) {
 	h := s.hash(r.Key)
 	now := r.At.UnixNano()
 	if r.At.IsZero() {
 		now = s.now().UnixNano()
 	}
 	if snap, ok := s.c.Get(h); ok && snap.is(r.Key) {
-		if used, at := snap.get(); now-at < s.ttl && r.Limit-used-r.Amount > r.Limit*s.near/1000 {
+		if t, at := snap.get(); now-at < s.ttl && r.Limit-t.Used-t.Reserved-r.Amount > r.Limit*s.near/1000 {
 			s.hits.Inc()
 			if now-at >= s.ttl/2 {
 				s.refreshAhead(h, r.Key)
 			}
-			return used, nil
+			return t, nil
 		}
 	}
 	s.miss.Inc()
 	epoch := s.epoch.Load()
-	used, err := s.next.Used(ctx, r)
+	t, err := s.next.Used(ctx, r)
 	if err != nil {
-		return 0, err
+		return quota.Tally{}, err
 	}
-	s.store(h, r.Key, used, now, epoch)
-	return used, nil
+	s.store(h, r.Key, t, now, epoch)
+	return t, nil
 }
 
 // store keeps a snapshot of key read at the given time, unless an
@@ -233,14 +239,14 @@ func (s *Snapshots) Used(ctx context.Context, r quota.UsageRead) (int64, error) 
 // whether none did. Of two answers about one counter the cell keeps the
 // larger count (see snapshot.update). An update that lands on a cell an
 // invalidation has just dropped changes nothing the cache still holds.
-func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch uint64) bool {
+func (s *Snapshots) store(h uint64, key quota.CounterKey, t quota.Tally, at int64, epoch uint64) bool {
 	if s.epoch.Load() != epoch {
 		return false
 	}
 	if cell, ok := s.c.Get(h); ok && cell.is(key) {
-		cell.update(used, at, s.ttl)
+		cell.update(t, at, s.ttl)
 	} else {
-		s.c.Set(h, &snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: used, at: at}, 1)
+		s.c.Set(h, &snapshot{subject: key.Subject, meter: key.Meter, start: key.Start.UnixNano(), used: t.Used, reserved: t.Reserved, at: at}, 1)
 		// ristretto admits a new key through a buffer and drops a second
 		// insert of a key still in it: of stores racing to create the
 		// cell, one wins, not the largest, and a check would see the
@@ -250,7 +256,7 @@ func (s *Snapshots) store(h uint64, key quota.CounterKey, used, at int64, epoch 
 		// answer on this instance, or after a Clear or an eviction).
 		s.c.Wait()
 		if cell, ok := s.c.Get(h); ok && cell.is(key) {
-			cell.update(used, at, s.ttl)
+			cell.update(t, at, s.ttl)
 		}
 	}
 	if s.epoch.Load() != epoch {
@@ -274,7 +280,7 @@ func newer(ttl int64) func(cur, prev *snapshot) bool {
 		if cur.subject != prev.subject || cur.meter != prev.meter || cur.start != prev.start {
 			return true
 		}
-		prev.update(cur.used, cur.at, ttl)
+		prev.update(quota.Tally{Used: cur.used, Reserved: cur.reserved}, cur.at, ttl)
 		return false
 	}
 }
@@ -323,9 +329,9 @@ func (s *Snapshots) refreshLoop(ctx context.Context, linger time.Duration) {
 		}
 		epoch := s.epoch.Load()
 		at := s.now().UnixNano() // the snapshots' age counts from before the read
-		used, ok, err := s.next.Peek(ctx, keys)
+		tallies, ok, err := s.next.Peek(ctx, keys, time.Unix(0, at))
 		for i, q := range batch {
-			if err == nil && ok[i] && s.store(q.h, q.key, used[i], at, epoch) {
+			if err == nil && ok[i] && s.store(q.h, q.key, tallies[i], at, epoch) {
 				s.refreshes.Inc()
 			}
 			s.inflight[q.h%inflightSlots].Store(0)
@@ -338,7 +344,38 @@ func (s *Snapshots) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Cons
 	epoch := s.epoch.Load()
 	res, err := s.next.Consume(ctx, op)
 	if err == nil && !res.Duplicate {
-		s.store(s.hash(op.Key), op.Key, res.Used, op.At.UnixNano(), epoch)
+		s.store(s.hash(op.Key), op.Key, quota.Tally{Used: res.Used, Reserved: res.Reserved}, op.At.UnixNano(), epoch)
+	}
+	return res, err
+}
+
+// Reserve implements quota.Holds and refreshes the snapshot, so that this
+// instance's next check counts the hold.
+func (s *Snapshots) Reserve(ctx context.Context, op quota.ReserveOp) (quota.ReserveResult, error) {
+	epoch := s.epoch.Load()
+	res, err := s.next.Reserve(ctx, op)
+	if err == nil {
+		s.store(s.hash(op.Key), op.Key, quota.Tally{Used: res.Used, Reserved: res.Reserved}, op.At.UnixNano(), epoch)
+	}
+	return res, err
+}
+
+// Commit implements quota.Holds and refreshes the snapshot.
+func (s *Snapshots) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitResult, error) {
+	epoch := s.epoch.Load()
+	res, err := s.next.Commit(ctx, op)
+	if err == nil && !res.Duplicate {
+		s.store(s.hash(op.Key), op.Key, quota.Tally{Used: res.Used, Reserved: res.Reserved}, op.At.UnixNano(), epoch)
+	}
+	return res, err
+}
+
+// Release implements quota.Holds and refreshes the snapshot.
+func (s *Snapshots) Release(ctx context.Context, key quota.CounterKey, id string, at time.Time) (quota.ReleaseResult, error) {
+	epoch := s.epoch.Load()
+	res, err := s.next.Release(ctx, key, id, at)
+	if err == nil {
+		s.store(s.hash(key), key, quota.Tally{Used: res.Used, Reserved: res.Reserved}, at.UnixNano(), epoch)
 	}
 	return res, err
 }

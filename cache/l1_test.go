@@ -18,25 +18,26 @@ import (
 // keeps), which no store takes part in.
 type fakeL2 struct {
 	quota.Counter
+	quota.Holds
 	used  atomic.Int64
 	reads atomic.Int64
 	gate  chan struct{} // when set, each read waits for a value from it
 }
 
-func (f *fakeL2) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
+func (f *fakeL2) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error) {
 	v := f.used.Load()
 	f.reads.Add(1)
 	if f.gate != nil {
 		<-f.gate
 	}
-	return v, nil
+	return quota.Tally{Used: v}, nil
 }
 
-func (f *fakeL2) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, []bool, error) {
+func (f *fakeL2) Peek(ctx context.Context, keys []quota.CounterKey, _ time.Time) ([]quota.Tally, []bool, error) {
 	f.reads.Add(1)
-	used, ok := make([]int64, len(keys)), make([]bool, len(keys))
+	used, ok := make([]quota.Tally, len(keys)), make([]bool, len(keys))
 	for i := range keys {
-		used[i], ok[i] = f.used.Load(), true
+		used[i], ok[i] = quota.Tally{Used: f.used.Load()}, true
 	}
 	return used, ok, nil
 }
@@ -62,7 +63,7 @@ func check(t *testing.T, s *Snapshots, now *atomic.Int64) int64 {
 		t.Fatal(err)
 	}
 	s.c.Wait() // ristretto applies sets asynchronously
-	return v
+	return v.Used
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -143,7 +144,7 @@ func TestStoreKeepsTheNewerSnapshot(t *testing.T) {
 	h := s.hash(l1Key)
 	store := func(used, at, want int64) {
 		t.Helper()
-		if !s.store(h, l1Key, used, at, s.epoch.Load()) {
+		if !s.store(h, l1Key, quota.Tally{Used: used}, at, s.epoch.Load()) {
 			t.Fatal("store dropped a snapshot with no invalidation")
 		}
 		s.c.Wait()
@@ -174,7 +175,7 @@ func TestConcurrentStoresKeepTheLargest(t *testing.T) {
 	now.Store(time.Unix(1_700_000_100, 0).UnixNano())
 	s := newTestSnapshots(t, &fakeL2{}, &now)
 	h := s.hash(l1Key)
-	s.store(h, l1Key, 0, now.Load(), s.epoch.Load())
+	s.store(h, l1Key, quota.Tally{Used: 0}, now.Load(), s.epoch.Load())
 	s.c.Wait()
 	for round := range 100 {
 		key, h := l1Key, h
@@ -185,7 +186,7 @@ func TestConcurrentStoresKeepTheLargest(t *testing.T) {
 		base := int64(1 + round*100)
 		var wg sync.WaitGroup
 		for i := range 64 {
-			wg.Go(func() { s.store(h, key, base+int64(i), now.Load(), s.epoch.Load()) })
+			wg.Go(func() { s.store(h, key, quota.Tally{Used: base + int64(i)}, now.Load(), s.epoch.Load()) })
 		}
 		wg.Wait()
 		s.c.Wait()
@@ -216,7 +217,7 @@ func TestHoldsManyCounters(t *testing.T) {
 		return k
 	}
 	for i := range n {
-		s.store(s.hash(key(i)), key(i), int64(i), now.Load(), s.epoch.Load())
+		s.store(s.hash(key(i)), key(i), quota.Tally{Used: int64(i)}, now.Load(), s.epoch.Load())
 		settings.cacheSubject(quota.Subject{ID: key(i).Subject, Plan: "free"})
 		if i%1000 == 999 { // sets pass a buffer that drops what it cannot take
 			s.c.Wait()
@@ -251,9 +252,9 @@ func TestStaleSnapshotTakesALowerCount(t *testing.T) {
 	l2 := &fakeL2{}
 	s := newTestSnapshots(t, l2, &now)
 	h := s.hash(l1Key)
-	s.store(h, l1Key, 11, t0, s.epoch.Load())
+	s.store(h, l1Key, quota.Tally{Used: 11}, t0, s.epoch.Load())
 	s.c.Wait()
-	s.store(h, l1Key, 5, t0+int64(time.Second/2), s.epoch.Load())
+	s.store(h, l1Key, quota.Tally{Used: 5}, t0+int64(time.Second/2), s.epoch.Load())
 	if snap, _ := s.c.Get(h); snap.used != 11 {
 		t.Fatalf("a lower count within TTL: snapshot holds %d, want 11", snap.used)
 	}
@@ -282,7 +283,7 @@ func TestNewerKeepsOneCellPerCounter(t *testing.T) {
 	if should(cell(l1Key, 12, 90), held) {
 		t.Fatal("a new cell replaced the held cell of the same counter")
 	}
-	if used, at := held.get(); used != 12 || at != 100 {
+	if used, at := held.get(); used.Used != 12 || at != 100 {
 		t.Fatalf("held cell after a larger answer: %d at %d, want 12 at 100", used, at)
 	}
 	if should(cell(l1Key, 11, 200), held); held.used != 12 {
@@ -316,6 +317,6 @@ func BenchmarkStoreFirstCell(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		s.store(s.hash(keys[i]), keys[i], 1, now.Load(), s.epoch.Load())
+		s.store(s.hash(keys[i]), keys[i], quota.Tally{Used: 1}, now.Load(), s.epoch.Load())
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -28,11 +29,12 @@ import (
 )
 
 type call struct {
-	consume bool // a consume op (keys: counter, idempotency; 6 args); else a GET of keys[0]
+	consume bool // a consume op (keys: counter, idempotency, holds; 7 args); else a read (see get)
 	keys    []string
 	args    []any
 	val     any // a GET's reply, or a consume op's first answer value
-	val2    any // a consume op's second answer value
+	val2    any // a consume op's second answer value, or the live holds a read found
+	val3    any // a consume op's third answer value
 	err     error
 	done    chan struct{}
 }
@@ -59,26 +61,28 @@ func newBatcher(ctx context.Context, rdb redis.UniversalClient, workers, maxBatc
 }
 
 // consume runs one consume op (see consumeScript) and returns its answer's
-// two values.
-func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, any, error) {
+// three values.
+func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, any, any, error) {
 	c, err := b.do(ctx, true, keys, args)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	v1, v2, v3 := c.val, c.val2, c.val3
+	b.release(c)
+	return v1, v2, v3, nil
+}
+
+// get reads a counter and its live holds (the members of holds scored
+// after now, unix milliseconds) through a pipeline: GET's reply, and
+// ZRANGEBYSCORE's.
+func (b *batcher) get(ctx context.Context, counter, holds string, now int64) (any, any, error) {
+	c, err := b.do(ctx, false, []string{counter, holds}, []any{"(" + strconv.FormatInt(now, 10)})
 	if err != nil {
 		return nil, nil, err
 	}
-	v1, v2 := c.val, c.val2
+	v, h := c.val, c.val2
 	b.release(c)
-	return v1, v2, nil
-}
-
-// get reads key through a pipeline.
-func (b *batcher) get(ctx context.Context, key string) (any, error) {
-	c, err := b.do(ctx, false, []string{key}, nil)
-	if err != nil {
-		return nil, err
-	}
-	v := c.val
-	b.release(c)
-	return v, nil
+	return v, h, nil
 }
 
 // do queues a call and waits for its answer; the caller releases the
@@ -101,7 +105,7 @@ func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []an
 }
 
 func (b *batcher) release(c *call) {
-	c.keys, c.args, c.val, c.val2, c.err = nil, nil, nil, nil, nil
+	c.keys, c.args, c.val, c.val2, c.val3, c.err = nil, nil, nil, nil, nil, nil
 	callPool.Put(c)
 }
 
@@ -152,12 +156,13 @@ func (b *batcher) send(batch []*call) {
 		args  []any
 		cmd   *redis.Cmd
 	}
-	var gets []*redis.Cmd
+	var gets, holds []*redis.Cmd
 	var groups []*group
 	var g *group
 	for _, c := range batch {
 		if !c.consume {
 			gets = append(gets, pipe.Do(ctx, "GET", c.keys[0]))
+			holds = append(holds, pipe.Do(ctx, "ZRANGEBYSCORE", c.keys[1], c.args[0], "+inf"))
 			continue
 		}
 		if g == nil || len(g.calls) == maxOpsPerScript {
@@ -176,6 +181,9 @@ func (b *batcher) send(batch []*call) {
 	for _, c := range batch {
 		if !c.consume {
 			c.val, c.err = gets[n].Val(), gets[n].Err()
+			if c.err == nil {
+				c.val2, c.err = holds[n].Val(), holds[n].Err()
+			}
 			n++
 		}
 	}
@@ -188,8 +196,8 @@ func (b *batcher) send(batch []*call) {
 			switch {
 			case err != nil:
 				c.err = err
-			case 2*i+1 < len(replies):
-				c.val, c.val2 = replies[2*i], replies[2*i+1]
+			case 3*i+2 < len(replies):
+				c.val, c.val2, c.val3 = replies[3*i], replies[3*i+1], replies[3*i+2]
 			default:
 				c.err = errShortReply
 			}

@@ -67,7 +67,10 @@ type Counter struct {
 	reads prometheus.Counter
 }
 
-var _ quota.Counter = (*Counter)(nil)
+var (
+	_ quota.Counter = (*Counter)(nil)
+	_ quota.Holds   = (*Counter)(nil)
+)
 
 // NewCounter returns the Redis counter over src. Its pipelining worker
 // runs until ctx ends. One worker, not several: Redis runs one command at
@@ -132,6 +135,34 @@ func counterKey(k quota.CounterKey) string {
 	return "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
 }
 
+// holdsKey returns the Redis key of a counter's live reservations (see
+// reserveScript).
+func holdsKey(k quota.CounterKey) string {
+	return "q:{" + k.Subject + "}:h:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
+}
+
+// recordKey returns the Redis key of a reservation's record.
+func recordKey(subject, id string) string { return "q:{" + subject + "}:r:" + id }
+
+// holdMember is a hold's member in its counter's holds set.
+func holdMember(amount int64, id string) string { return strconv.FormatInt(amount, 10) + ":" + id }
+
+// sumHolds adds up the amounts of hold members ("<amount>:<id>").
+func sumHolds(reply any) (int64, error) {
+	members, _ := reply.([]any)
+	var sum int64
+	for _, m := range members {
+		s, _ := m.(string)
+		a, _, ok := strings.Cut(s, ":")
+		n, err := strconv.ParseInt(a, 10, 64)
+		if !ok || err != nil {
+			return 0, fmt.Errorf("hold %q is malformed", s)
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
 // dropsKey returns the Redis key of a subject's drop mark, a token that
 // changes with every drop of the subject's stale copies, counters or
 // settings (see dropStale and Counter.load).
@@ -172,29 +203,33 @@ func expireAt(k quota.CounterKey, now time.Time) int64 {
 
 // Used implements quota.Counter: the Redis value, loaded from Postgres when
 // missing.
-func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
+func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error) {
 	if !c.health.Up() {
 		return c.src.Used(ctx, r)
 	}
-	ck := counterKey(r.Key)
+	ck, hk := counterKey(r.Key), holdsKey(r.Key)
+	at := r.At
+	if at.IsZero() {
+		at = time.Now()
+	}
 	for range 2 {
-		v, err := c.get(ctx, ck)
+		t, err := c.get(ctx, ck, hk, at.UnixMilli())
 		if err == nil {
 			c.reads.Inc()
-			return v, nil
+			return t, nil
 		}
 		if !errors.Is(err, redis.Nil) {
 			if c.health.Failed(err) {
 				return c.src.Used(ctx, r)
 			}
-			return 0, err
+			return quota.Tally{}, err
 		}
 		loaded, err := c.load(ctx, r.Key, time.Now(), &loading{})
 		if err != nil {
 			if c.health.Failed(err) {
 				return c.src.Used(ctx, r)
 			}
-			return 0, err
+			return quota.Tally{}, err
 		}
 		if !loaded { // events maybe unflushed in the way: Postgres plus what is pending is not knowable cheaply
 			return c.src.Used(ctx, r)
@@ -203,11 +238,12 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
 	return c.src.Used(ctx, r)
 }
 
-// Peek reads counters with one MGET and loads none: ok[i] is false for a
-// counter Redis does not hold. It answers an error while Redis is down
-// (Postgres is not asked: refresh-ahead, its caller, then just lets the
-// snapshots expire).
-func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, []bool, error) {
+// Peek reads counters with one MGET, and their live holds at the given
+// time, in one round trip, and loads none: ok[i] is false for a counter
+// Redis does not hold. It answers an error while Redis is down (Postgres
+// is not asked: refresh-ahead, its caller, then just lets the snapshots
+// expire).
+func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey, at time.Time) ([]quota.Tally, []bool, error) {
 	if !c.health.Up() {
 		return nil, nil, fmt.Errorf("peek: redis is down: %w", quota.ErrUnavailable)
 	}
@@ -215,23 +251,32 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey) ([]int64, [
 	for i, k := range keys {
 		names[i] = counterKey(k)
 	}
-	vals, err := c.rdb.MGet(ctx, names...).Result()
+	pipe := c.rdb.Pipeline()
+	mget := pipe.MGet(ctx, names...)
+	live := "(" + strconv.FormatInt(at.UnixMilli(), 10)
+	holds := make([]*redis.Cmd, len(keys))
+	for i, k := range keys {
+		holds[i] = pipe.Do(ctx, "ZRANGEBYSCORE", holdsKey(k), live, "+inf")
+	}
+	_, err := pipe.Exec(ctx)
 	if err != nil {
 		c.health.Failed(err)
 		return nil, nil, translate(err)
 	}
-	used, ok := make([]int64, len(keys)), make([]bool, len(keys))
+	tallies, ok := make([]quota.Tally, len(keys)), make([]bool, len(keys))
 	n := 0
-	for i, v := range vals {
+	for i, v := range mget.Val() {
 		if s, isString := v.(string); isString {
-			if u, err := strconv.ParseInt(s, 10, 64); err == nil {
-				used[i], ok[i] = u, true
+			u, err1 := strconv.ParseInt(s, 10, 64)
+			r, err2 := sumHolds(holds[i].Val())
+			if err1 == nil && err2 == nil {
+				tallies[i], ok[i] = quota.Tally{Used: u, Reserved: r}, true
 				n++
 			}
 		}
 	}
 	c.reads.Add(float64(n))
-	return used, ok, nil
+	return tallies, ok, nil
 }
 
 // Consume implements quota.Counter with one script call (two more when the
@@ -279,43 +324,61 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	if op.Enforce {
 		enforce = "1"
 	}
-	keys := []string{ck, ik}
-	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev}
-	deadline := time.Now().Add(c.loadWait)
-	var ld loading
-	for {
-		v1, v2, err := c.batch.consume(ctx, keys, args)
+	keys := []string{ck, ik, holdsKey(op.Key)}
+	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev, op.At.UnixMilli()}
+	var res quota.ConsumeResult
+	err := c.withCounter(ctx, op.Key, op.At, func() (bool, error) {
+		v1, v2, v3, err := c.batch.consume(ctx, keys, args)
 		if err != nil {
-			return quota.ConsumeResult{}, translate(err)
+			return false, translate(err)
 		}
+		reserved, _ := v3.(int64)
 		if applied, ok := v1.(int64); ok {
 			used, ok := v2.(int64)
 			if !ok {
-				return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
+				return false, fmt.Errorf("consume script answered %v, %v", v1, v2)
 			}
-			return quota.ConsumeResult{Applied: applied == 1, Amount: op.Amount, Used: used}, nil
+			res = quota.ConsumeResult{Applied: applied == 1, Amount: op.Amount, Used: used, Reserved: reserved}
+			return false, nil
 		}
 		switch v1 {
 		case "dup":
 			prev, _ := v2.(string)
-			return firstAnswer(prev, op)
+			res, err = firstAnswer(prev, op)
+			res.Reserved = reserved
+			return false, err
 		case "err":
-			return quota.ConsumeResult{}, translate(fmt.Errorf("consume: %v", v2))
+			return false, translate(fmt.Errorf("consume: %v", v2))
 		case "load": // the counter is not in Redis
-		default:
-			return quota.ConsumeResult{}, fmt.Errorf("consume script answered %v, %v", v1, v2)
+			return true, nil
 		}
-		loaded, err := c.load(ctx, op.Key, op.At, &ld)
+		return false, fmt.Errorf("consume script answered %v, %v", v1, v2)
+	})
+	return res, err
+}
+
+// withCounter runs try, which answers missing when it found key's counter
+// missing from Redis; then it loads the counter from Postgres (see load)
+// and tries again, for up to loadWait.
+func (c *Counter) withCounter(ctx context.Context, key quota.CounterKey, at time.Time, try func() (missing bool, err error)) error {
+	deadline := time.Now().Add(c.loadWait)
+	var ld loading
+	for {
+		missing, err := try()
+		if err != nil || !missing {
+			return err
+		}
+		loaded, err := c.load(ctx, key, at, &ld)
 		if err != nil {
-			return quota.ConsumeResult{}, err
+			return err
 		}
 		if !loaded && time.Now().After(deadline) {
 			// The events in the way have not reached Postgres in time (is
 			// the flusher failing?). Not a direct write to Postgres: a load
 			// of the same counter elsewhere could read Postgres before it
 			// commits and leave Redis short of it for good.
-			return quota.ConsumeResult{}, fmt.Errorf("counter %s of %s cannot be loaded yet: usage of it may still wait to be written to postgres, retry later: %w",
-				op.Key.Meter, op.Key.Subject, quota.ErrUnavailable)
+			return fmt.Errorf("counter %s of %s cannot be loaded yet: usage of it may still wait to be written to postgres, retry later: %w",
+				key.Meter, key.Subject, quota.ErrUnavailable)
 		}
 		if !loaded {
 			time.Sleep(50 * time.Millisecond)
@@ -323,17 +386,23 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	}
 }
 
-// get reads a counter through the batcher; redis.Nil when it is missing.
-func (c *Counter) get(ctx context.Context, key string) (int64, error) {
-	reply, err := c.batch.get(ctx, key)
+// get reads a counter and its live holds at now (unix milliseconds)
+// through the batcher; redis.Nil when the counter is missing.
+func (c *Counter) get(ctx context.Context, key, holds string, now int64) (quota.Tally, error) {
+	reply, held, err := c.batch.get(ctx, key, holds, now)
 	if err != nil {
-		return 0, err
+		return quota.Tally{}, err
 	}
 	s, ok := reply.(string)
 	if !ok {
-		return 0, fmt.Errorf("counter %s holds %v", key, reply)
+		return quota.Tally{}, fmt.Errorf("counter %s holds %v", key, reply)
 	}
-	return strconv.ParseInt(s, 10, 64)
+	used, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return quota.Tally{}, err
+	}
+	reserved, err := sumHolds(held)
+	return quota.Tally{Used: used, Reserved: reserved}, err
 }
 
 // loading is what the tries to load one counter share: the horizon, the

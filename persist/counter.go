@@ -60,8 +60,10 @@ const (
 )
 
 // Used implements quota.Counter.
-func (s *Store) Used(ctx context.Context, r quota.UsageRead) (int64, error) {
-	return usedIn(ctx, s.pool, r.Key)
+// Postgres keeps no reservations (they live in Redis), so Reserved is 0.
+func (s *Store) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error) {
+	used, err := usedIn(ctx, s.pool, r.Key)
+	return quota.Tally{Used: used}, err
 }
 
 // Consume implements quota.Counter in one transaction.

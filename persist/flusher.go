@@ -434,7 +434,7 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 // ledgerColumns are the usage_ledger columns the flusher writes, in the
 // order of ledgerRow.row.
 var ledgerColumns = []string{"event_id", "kind", "subject", "meter", "period_start", "amount", "mode",
-	"model", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "idempotency_key", "created_at"}
+	"model", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "idempotency_key", "created_at", "reservation_id"}
 
 var insertLedgerInSQL = `INSERT INTO usage_ledger (` + strings.Join(ledgerColumns, ", ") + `)
 		SELECT ` + strings.Join(ledgerColumns, ", ") + ` FROM ledger_in
@@ -545,16 +545,16 @@ func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, event
 // them pgx dereferences with reflect, boxing the value all the same: ten
 // allocations per ledger row before).
 type ledgerRow struct {
-	id, kind, subject, meter, mode, model, idem pgtype.Text
-	start, at                                   pgtype.Timestamptz
-	amount, in, out, cw, cr                     pgtype.Int8
+	id, kind, subject, meter, mode, model, idem, rsv pgtype.Text
+	start, at                                        pgtype.Timestamptz
+	amount, in, out, cw, cr                          pgtype.Int8
 }
 
 // row answers the row's values in the order of ledgerColumns; they point
 // into r, so each fill changes them.
 func (r *ledgerRow) row() []any {
 	return []any{&r.id, &r.kind, &r.subject, &r.meter, &r.start, &r.amount, &r.mode,
-		&r.model, &r.in, &r.out, &r.cw, &r.cr, &r.idem, &r.at}
+		&r.model, &r.in, &r.out, &r.cw, &r.cr, &r.idem, &r.at, &r.rsv}
 }
 
 // fill sets r to e's ledger columns.
@@ -569,6 +569,7 @@ func (r *ledgerRow) fill(e *quota.Event) {
 	}
 	r.mode = text(mode, e.Kind == quota.EventConsume)
 	r.idem = text(e.IdempotencyKey, e.IdempotencyKey != "")
+	r.rsv = text(e.Reservation, e.Reservation != "")
 	u := e.Usage
 	if u == nil {
 		u = &quota.Usage{}

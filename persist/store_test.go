@@ -96,7 +96,8 @@ func TestEnforceConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	used, err := st.Used(ctx, quota.UsageRead{Key: monthKey})
+	tally, err := st.Used(ctx, quota.UsageRead{Key: monthKey})
+	used := tally.Used
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestIdempotencyConcurrent(t *testing.T) {
 	if firsts.Load() != 1 {
 		t.Fatalf("%d answers were not duplicates, want 1", firsts.Load())
 	}
-	if used, _ := st.Used(ctx, quota.UsageRead{Key: monthKey}); used != 7 {
+	if used, _ := st.Used(ctx, quota.UsageRead{Key: monthKey}); used.Used != 7 {
 		t.Fatalf("used %d, want 7", used)
 	}
 	var rows int
@@ -269,7 +270,7 @@ func TestResetWritesLedger(t *testing.T) {
 	if err := st.Reset(ctx, monthKey, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if used, _ := st.Used(ctx, quota.UsageRead{Key: monthKey}); used != 0 {
+	if used, _ := st.Used(ctx, quota.UsageRead{Key: monthKey}); used.Used != 0 {
 		t.Fatalf("used %d after reset", used)
 	}
 	var n int

@@ -2,6 +2,12 @@ package quota
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -114,6 +120,7 @@ type ReserveResult struct {
 	Amount             int64
 	ExpiresAt          time.Time
 	Used, Reserved     int64
+	Expired            []string // ids of expired holds this call dropped
 }
 
 // CommitOp settles reservation ID of Key with Amount (0: the held amount).
@@ -148,4 +155,80 @@ type Holds interface {
 	Reserve(ctx context.Context, op ReserveOp) (ReserveResult, error)
 	Commit(ctx context.Context, op CommitOp) (CommitResult, error)
 	Release(ctx context.Context, key CounterKey, id string, at time.Time) (ReleaseResult, error)
+}
+
+// reservationPrefix starts every reservation id.
+const reservationPrefix = "rsv_"
+
+// NewReservationID returns a new id for a hold of amount on key expiring
+// at expires. The id carries all of them (so commit and release need no
+// lookup to find the hold) and 96 random bits (so it cannot be guessed);
+// a store keeps a record under the whole id, so an id edited to say
+// something else names no reservation.
+func NewReservationID(key CounterKey, amount int64, expires time.Time) string {
+	var rnd [12]byte
+	_, _ = rand.Read(rnd[:])
+	b := make([]byte, 0, 128)
+	b = append(b, key.Subject...)
+	b = append(append(b, '\x1f'), key.Meter...)
+	b = strconv.AppendInt(append(b, '\x1f'), key.Start.Unix(), 10)
+	b = append(b, '\x1f')
+	if !key.End.IsZero() {
+		b = strconv.AppendInt(b, key.End.Unix(), 10)
+	}
+	b = strconv.AppendInt(append(b, '\x1f'), amount, 10)
+	b = strconv.AppendInt(append(b, '\x1f'), expires.UnixMilli(), 10)
+	b = append(append(b, '\x1f'), hex.EncodeToString(rnd[:])...)
+	return reservationPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// ReservationRef is what a reservation id says.
+type ReservationRef struct {
+	ID        string
+	Key       CounterKey
+	Amount    int64
+	ExpiresAt time.Time
+}
+
+// errUnknownReservation answers every id that does not decode: to a
+// caller it is a reservation that does not exist.
+var errUnknownReservation = fmt.Errorf("unknown reservation: %w", ErrNotFound)
+
+// ParseReservationID decodes an id made by NewReservationID; anything else
+// is ErrNotFound.
+func ParseReservationID(id string) (ReservationRef, error) {
+	rest, ok := strings.CutPrefix(id, reservationPrefix)
+	if !ok || len(id) > 512 {
+		return ReservationRef{}, errUnknownReservation
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil {
+		return ReservationRef{}, errUnknownReservation
+	}
+	f := strings.Split(string(raw), "\x1f")
+	if len(f) != 7 || len(f[6]) != 24 {
+		return ReservationRef{}, errUnknownReservation
+	}
+	if _, err := ParseSubject(f[0]); err != nil {
+		return ReservationRef{}, errUnknownReservation
+	}
+	if ValidMeter(f[1]) != nil {
+		return ReservationRef{}, errUnknownReservation
+	}
+	start, err1 := strconv.ParseInt(f[2], 10, 64)
+	amount, err2 := strconv.ParseInt(f[4], 10, 64)
+	expires, err3 := strconv.ParseInt(f[5], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || amount < 1 || amount > MaxAmount {
+		return ReservationRef{}, errUnknownReservation
+	}
+	ref := ReservationRef{ID: id, Amount: amount, ExpiresAt: time.UnixMilli(expires).UTC(),
+		Key: CounterKey{Subject: f[0], Meter: f[1], Start: time.Unix(start, 0).UTC()}}
+	if f[3] != "" {
+		end, err := strconv.ParseInt(f[3], 10, 64)
+		if err != nil {
+			return ReservationRef{}, errUnknownReservation
+		}
+		ref.Key.End = time.Unix(end, 0).UTC()
+	}
+	return ref, nil
 }

@@ -24,6 +24,7 @@ type Stores struct {
 	Subjects Subjects
 	Prices   Prices
 	Counter  Counter
+	Holds    Holds // nil: reservations are unavailable (they need Redis)
 }
 
 // Service answers every quota operation. It holds no usage itself: every
@@ -34,6 +35,8 @@ type Service struct {
 	subjects Subjects
 	prices   Prices
 	counter  Counter
+	holds    Holds
+	notifier Notifier
 	now      func() time.Time
 	margin   Decimal
 	book     atomic.Pointer[CostBook]
@@ -46,13 +49,17 @@ type Service struct {
 // logged and counted. Call it before serving.
 func (s *Service) FailOpen(onOpen func(op, subject string, err error)) { s.onOpen = onOpen }
 
+// SetNotifier makes the service tell n about every change it makes (see
+// Change). Call it before serving.
+func (s *Service) SetNotifier(n Notifier) { s.notifier = n }
+
 // NewService returns a Service over stores. now is the clock (time.Now when
 // nil); margin is the cost book's margin. Call ReloadPrices before pricing.
 func NewService(st Stores, now func() time.Time, margin Decimal) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	s := &Service{plans: st.Plans, subjects: st.Subjects, prices: st.Prices, counter: st.Counter, now: now, margin: margin}
+	s := &Service{plans: st.Plans, subjects: st.Subjects, prices: st.Prices, counter: st.Counter, holds: st.Holds, now: now, margin: margin}
 	s.book.Store(NewCostBook(margin, nil))
 	return s
 }
@@ -192,17 +199,18 @@ func (s *Service) check(ctx context.Context, req CheckRequest) (CheckResult, err
 		return CheckResult{}, err
 	}
 	key := counterKey(&sub, meter, lim.Period, now)
-	used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount, At: now})
+	t, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount, At: now})
 	if err != nil {
 		return CheckResult{}, fmt.Errorf("read usage: %w", err)
 	}
 	return CheckResult{
 		Subject:   req.Subject,
 		Meter:     meter,
-		Allowed:   lim.Overage || used <= lim.Limit-amount,
-		Used:      used,
+		Allowed:   lim.Overage || t.Used+t.Reserved <= lim.Limit-amount,
+		Used:      t.Used,
+		Reserved:  t.Reserved,
 		Limit:     lim.Limit,
-		Remaining: remaining(lim.Limit, used),
+		Remaining: remaining(lim.Limit, t),
 		ResetsAt:  Time{key.End},
 		Plan:      plan,
 	}, nil
@@ -237,20 +245,9 @@ func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 	if err := validIdempotencyKey(req.IdempotencyKey); err != nil {
 		return ConsumeResponse{}, err
 	}
-	amount := req.Amount
-	switch {
-	case req.Usage != nil && amount != 0:
-		return ConsumeResponse{}, Invalid("amount", "give either amount or usage, not both")
-	case req.Usage != nil:
-		amount, err = s.book.Load().Credits(*req.Usage)
-		if err != nil {
-			return ConsumeResponse{}, err
-		}
-		if amount == 0 {
-			return ConsumeResponse{}, Invalid("usage", "prices to 0 credits: at least one token count must be positive")
-		}
-	case amount < 1 || amount > MaxAmount:
-		return ConsumeResponse{}, errAmount
+	amount, err := s.price(req.Amount, req.Usage)
+	if err != nil {
+		return ConsumeResponse{}, err
 	}
 	now := s.now()
 	sub, _, lim, err := s.resolve(ctx, req.Subject, kind, meter)
@@ -274,16 +271,46 @@ func (s *Service) consume(ctx context.Context, req ConsumeRequest) (ConsumeRespo
 	if err != nil {
 		return ConsumeResponse{}, fmt.Errorf("consume: %w", err)
 	}
+	if res.Applied && !res.Duplicate {
+		s.notifyUsage(op.Key, "consumed", "", res.Amount, Tally{res.Used, res.Reserved}, lim.Limit, now)
+	}
+	return consumeAnswer(res, lim.Limit, op.Key), nil
+}
+
+// consumeAnswer is the API's answer to a consume (or a commit) of key.
+func consumeAnswer(res ConsumeResult, limit int64, key CounterKey) ConsumeResponse {
 	return ConsumeResponse{
 		Applied:   res.Applied,
 		Duplicate: res.Duplicate,
 		Amount:    res.Amount,
 		Used:      res.Used,
-		Limit:     lim.Limit,
-		Remaining: remaining(lim.Limit, res.Used),
-		Exceeded:  res.Used > lim.Limit || !res.Applied,
-		ResetsAt:  Time{op.Key.End},
-	}, nil
+		Reserved:  res.Reserved,
+		Limit:     limit,
+		Remaining: remaining(limit, Tally{res.Used, res.Reserved}),
+		Exceeded:  res.Used > limit || !res.Applied,
+		ResetsAt:  Time{key.End},
+	}
+}
+
+// price answers the credits of a request that gives either amount or
+// usage (priced by the cost book).
+func (s *Service) price(amount int64, u *Usage) (int64, error) {
+	switch {
+	case u != nil && amount != 0:
+		return 0, Invalid("amount", "give either amount or usage, not both")
+	case u != nil:
+		credits, err := s.book.Load().Credits(*u)
+		if err != nil {
+			return 0, err
+		}
+		if credits == 0 {
+			return 0, Invalid("usage", "prices to 0 credits: at least one token count must be positive")
+		}
+		return credits, nil
+	case amount < 1 || amount > MaxAmount:
+		return 0, errAmount
+	}
+	return amount, nil
 }
 
 // Subject returns a subject's settings and the usage of every meter its plan
@@ -336,7 +363,11 @@ func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (S
 	if err := s.subjects.PutSubject(ctx, sub); err != nil {
 		return SubjectView{}, fmt.Errorf("put subject: %w", err)
 	}
-	return s.view(ctx, &sub)
+	v, err := s.view(ctx, &sub)
+	if err == nil {
+		s.notifyView(ChangePlan, "plan", &v)
+	}
+	return v, err
 }
 
 // Reset sets the current period's usage of meter (every meter when empty)
@@ -364,7 +395,11 @@ func (s *Service) Reset(ctx context.Context, id, meter string) (SubjectView, err
 			return SubjectView{}, fmt.Errorf("reset %s: %w", m, err)
 		}
 	}
-	return s.view(ctx, &sub)
+	v, err := s.view(ctx, &sub)
+	if err == nil {
+		s.notifyView(ChangeReset, "reset", &v, meters...)
+	}
+	return v, err
 }
 
 // Plans returns every plan.
@@ -480,18 +515,19 @@ func (s *Service) view(ctx context.Context, sub *Subject) (SubjectView, error) {
 	for _, m := range meterNames(sub, &plan) {
 		lim, _ := sub.Limit(&plan, m)
 		key := counterKey(sub, m, lim.Period, now)
-		used, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1, At: now})
+		t, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1, At: now})
 		if err != nil {
 			return SubjectView{}, fmt.Errorf("read usage of %s: %w", m, err)
 		}
 		v.Meters = append(v.Meters, MeterStatus{
 			Meter:     m,
-			Used:      used,
+			Used:      t.Used,
+			Reserved:  t.Reserved,
 			Limit:     lim.Limit,
-			Remaining: remaining(lim.Limit, used),
+			Remaining: remaining(lim.Limit, t),
 			Period:    lim.Period,
 			ResetsAt:  Time{key.End},
-			Overage:   max(0, used-lim.Limit),
+			Overage:   max(0, t.Used-lim.Limit),
 		})
 	}
 	return v, nil
@@ -544,7 +580,14 @@ func validIdempotencyKey(k string) error {
 	return nil
 }
 
-func remaining(limit, used int64) int64 { return max(0, limit-used) }
+// remaining is what may still be spent: max(0, limit - used - reserved),
+// without overflow for any counts.
+func remaining(limit int64, t Tally) int64 {
+	if t.Used >= limit || t.Reserved >= limit-t.Used {
+		return 0
+	}
+	return limit - t.Used - t.Reserved
+}
 
 // requestHash fingerprints what an idempotent consume asked for, so that a
 // key reused for a different request is a conflict rather than a silent

@@ -27,10 +27,12 @@ func (m *memStores) Subject(context.Context, string) (quota.Subject, error) {
 func (m *memStores) ProvisionSubject(_ context.Context, s quota.Subject) (quota.Subject, error) {
 	return s, nil
 }
-func (m *memStores) PutSubject(context.Context, quota.Subject) error      { return nil }
-func (m *memStores) Prices(context.Context) ([]quota.Price, error)        { return nil, nil }
-func (m *memStores) PutPrice(context.Context, quota.Price) error          { return nil }
-func (m *memStores) Used(context.Context, quota.UsageRead) (int64, error) { return 42, nil }
+func (m *memStores) PutSubject(context.Context, quota.Subject) error { return nil }
+func (m *memStores) Prices(context.Context) ([]quota.Price, error)   { return nil, nil }
+func (m *memStores) PutPrice(context.Context, quota.Price) error     { return nil }
+func (m *memStores) Used(context.Context, quota.UsageRead) (quota.Tally, error) {
+	return quota.Tally{Used: 42}, nil
+}
 func (m *memStores) Consume(_ context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	return quota.ConsumeResult{Applied: true, Amount: op.Amount, Used: 42}, nil
 }

@@ -69,6 +69,13 @@ type ConsumeResult struct {
 	Duplicate bool  // an earlier op with the same idempotency key answered
 	Amount    int64 // the amount of the (first) op
 	Used      int64 // usage of the period after the (first) op
+	Reserved  int64 // units held by live reservations of the counter
+}
+
+// Tally is a counter's state: what was used, and what live reservations
+// hold (see Holds).
+type Tally struct {
+	Used, Reserved int64
 }
 
 // UsageRead asks for the usage of Key. Limit and Amount tell a cache how
@@ -84,8 +91,9 @@ type UsageRead struct {
 
 // Counter counts usage per CounterKey.
 type Counter interface {
-	// Used returns the usage counted for r.Key, 0 if none.
-	Used(ctx context.Context, r UsageRead) (int64, error)
+	// Used returns the usage counted for r.Key, 0 if none, and what live
+	// reservations of it hold (0 for stores that keep none).
+	Used(ctx context.Context, r UsageRead) (Tally, error)
 	// Consume applies op atomically. A repeated idempotency key with a
 	// different RequestHash is ErrConflict; a sum past the int64 range is
 	// ErrInvalid.
@@ -116,6 +124,7 @@ type Event struct {
 	End            time.Time `json:"pe,omitzero"`
 	Amount         int64     `json:"a,omitempty"`
 	Enforce        bool      `json:"en,omitempty"`
+	Reservation    string    `json:"rsv,omitempty"` // the reservation a consume committed
 	Usage          *Usage    `json:"u,omitempty"`
 	IdempotencyKey string    `json:"ik,omitempty"`
 	RequestHash    string    `json:"rh,omitempty"`

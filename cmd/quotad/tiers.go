@@ -110,7 +110,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		flusher.Run(bg)
 	}()
 	return tiers{
-		stores:      quota.Stores{Plans: settings, Subjects: settings, Prices: settings, Counter: snaps},
+		stores:      quota.Stores{Plans: settings, Subjects: settings, Prices: settings, Counter: snaps, Holds: snaps},
 		settings:    settings,
 		health:      health,
 		flusher:     flusher,
