@@ -40,20 +40,23 @@ func (s *Server) OpenAPI() map[string]any {
 		}
 		if r.body != nil {
 			op["requestBody"] = map[string]any{
-				"required": r.method != http.MethodPost || !strings.HasSuffix(r.path, "/reset"),
+				"required": !optionalBody[r.method+" "+r.path],
 				"content":  map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.body))}},
 			}
 		}
-		op["responses"] = map[string]any{
-			strconv.Itoa(r.status): map[string]any{
-				"description": http.StatusText(r.status),
-				"content":     map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.answer))}},
-			},
+		responses := map[string]any{
 			"default": map[string]any{
 				"description": "An error (400, 401, 403, 404, 409, 413, 415, 503)",
 				"content":     map[string]any{"application/problem+json": map[string]any{"schema": problemRef}},
 			},
 		}
+		for _, status := range append([]int{r.status}, alsoAnswers[r.method+" "+r.path]...) {
+			responses[strconv.Itoa(status)] = map[string]any{
+				"description": http.StatusText(status),
+				"content":     map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.answer))}},
+			}
+		}
+		op["responses"] = responses
 		if r.scope != "" {
 			op["security"] = []any{map[string]any{"bearer": []string{}}}
 			op["x-scope"] = r.scope
@@ -79,6 +82,19 @@ func (s *Server) OpenAPI() map[string]any {
 			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
 		},
 	}
+}
+
+// optionalBody lists the operations whose body may be left out: a reset
+// of every meter, a commit of the held amount.
+var optionalBody = map[string]bool{
+	"POST /v1/subjects/:subject/reset": true,
+	"POST /v1/reservations/:id/commit": true,
+}
+
+// alsoAnswers lists operations that answer their schema with more 2xx
+// statuses than their route's: a refused reservation is a 200.
+var alsoAnswers = map[string][]int{
+	"POST /v1/reservations": {http.StatusOK},
 }
 
 // OpenAPIPath turns an echo path (/v1/plans/:name) into an OpenAPI one

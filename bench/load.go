@@ -175,7 +175,7 @@ type worker struct {
 	resp     *fasthttp.Response
 }
 
-func (w *worker) record(lat time.Duration, status int, consume bool) {
+func (w *worker) record(lat time.Duration, status int, consumes int64) {
 	us := lat.Microseconds()
 	if us < HistMin {
 		us = HistMin
@@ -195,8 +195,8 @@ func (w *worker) record(lat time.Duration, status int, consume bool) {
 		}
 		w.other[status]++
 	}
-	if consume && status/100 == 2 {
-		w.consumes++
+	if status/100 == 2 {
+		w.consumes += consumes
 	}
 	w.done.Add(1)
 }
@@ -239,7 +239,9 @@ func (w *worker) send(c *LoadClient, r Request) (int, error) {
 	uri, ok := w.uris[r.Path]
 	if !ok {
 		uri = c.base + r.Path
-		w.uris[r.Path] = uri
+		if len(w.uris) < maxURIs { // paths with ids are new each time
+			w.uris[r.Path] = uri
+		}
 	}
 	w.req.SetRequestURI(uri)
 	w.req.SetBody(r.Body)
@@ -247,6 +249,32 @@ func (w *worker) send(c *LoadClient, r Request) (int, error) {
 		return 0, err
 	}
 	return w.resp.StatusCode(), nil
+}
+
+// maxURIs bounds a worker's cache of request URIs.
+const maxURIs = 64
+
+// exchange sends r and the follow-ups its answers ask for (Request.Then),
+// recording each answer; r's latency counts from since, a follow-up's
+// from when it was sent.
+func (w *worker) exchange(c *LoadClient, r Request, since time.Time) error {
+	for {
+		status, err := w.send(c, r)
+		if err != nil {
+			return err
+		}
+		w.record(time.Since(since), status, r.consumes())
+		if r.Then == nil || status/100 != 2 {
+			return nil
+		}
+		next, ok := r.Then(w.resp.Body(), w.body[:0])
+		if !ok {
+			return nil
+		}
+		w.body = next.Body
+		w.sent++
+		r, since = next, time.Now()
+	}
 }
 
 // bodyCap is the initial capacity of a worker's request body buffer.
@@ -403,15 +431,11 @@ func (w *worker) closed(ctx context.Context, c *LoadClient, sc Scenario, end tim
 		r := sc.Next(w.gen, w.body[:0])
 		w.body = r.Body
 		w.sent++
-		t0 := time.Now()
-		status, err := w.send(c, r)
-		if err != nil {
+		if err := w.exchange(c, r, time.Now()); err != nil {
 			w.transportError(err)
 			// A dead server answers at once: do not spin.
 			time.Sleep(10 * time.Millisecond)
-			continue
 		}
-		w.record(time.Since(t0), status, r.Consume)
 	}
 }
 
@@ -436,12 +460,9 @@ func (w *worker) open(ctx context.Context, c *LoadClient, sc Scenario,
 		r := sc.Next(w.gen, w.body[:0])
 		w.body = r.Body
 		w.sent++
-		status, err := w.send(c, r)
-		if err != nil {
+		if err := w.exchange(c, r, due); err != nil {
 			w.transportError(err)
-			continue
 		}
-		w.record(time.Since(due), status, r.Consume)
 	}
 }
 

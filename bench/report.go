@@ -356,7 +356,7 @@ func fmtRows(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
 
 // Columns of the result table.
 var tableHeader = []string{
-	"target", "scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+	"target", "scenario", "req/s", "consumes/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
 	"errors", "L1 hit", "redis rt/req", "redis cmd/req", "PG rows/1k consumes", "flush lag max s", "paced", "quotad CPU",
 }
 
@@ -369,7 +369,7 @@ func TableRows(runs []RunReport) [][]string {
 			rowsCell += "*"
 		}
 		rows = append(rows, []string{
-			r.Target, r.Scenario, fmtInt(r.RPS),
+			r.Target, r.Scenario, fmtInt(r.RPS), consumesCell(r),
 			fmtMS(r.Latency.P50), fmtMS(r.Latency.P90), fmtMS(r.Latency.P99), fmtMS(r.Latency.P999), fmtMS(r.Latency.Max),
 			fmtInt(float64(r.Errors())),
 			fmtOpt(r.Server.L1HitRatio, fmtPct),
@@ -382,6 +382,15 @@ func TableRows(runs []RunReport) [][]string {
 		})
 	}
 	return rows
+}
+
+// consumesCell is the consumes acknowledged per second (a batch counts
+// each item), or a dash for a run without consumes.
+func consumesCell(r RunReport) string {
+	if r.Consumes == 0 || r.ElapsedSec <= 0 {
+		return dash
+	}
+	return fmtInt(float64(r.Consumes) / r.ElapsedSec)
 }
 
 // Table renders the runs as an aligned text table: the first two columns

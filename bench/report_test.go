@@ -41,7 +41,7 @@ func TestLatencyOfKnownHistogram(t *testing.T) {
 	// A value past the range is clamped by the worker, not dropped.
 	var w worker
 	w.hist = NewHistogram()
-	w.record(2*time.Minute, 200, false)
+	w.record(2*time.Minute, 200, 0)
 	if w.hist.TotalCount() != 1 || w.max != 120_000_000 {
 		t.Errorf("clamped record: count %d max %d", w.hist.TotalCount(), w.max)
 	}
@@ -168,6 +168,33 @@ func deref(p *float64) any {
 	return *p
 }
 
+// checkScenarioBody checks one request (or batch item) body.
+func checkScenarioBody(t *testing.T, name string, cfg GenConfig, b []byte) {
+	t.Helper()
+	var body struct {
+		Subject string `json:"subject"`
+		Amount  *int64 `json:"amount"`
+		Mode    string `json:"mode"`
+		Usage   *struct {
+			Model        string `json:"model"`
+			InputTokens  int64  `json:"input_tokens"`
+			OutputTokens int64  `json:"output_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal(b, &body); err != nil {
+		t.Fatalf("%s: %s: %v", name, b, err)
+	}
+	if !strings.HasPrefix(body.Subject, HotPrefix) && !strings.HasPrefix(body.Subject, NearPrefix) {
+		t.Fatalf("%s: subject %q", name, body.Subject)
+	}
+	if body.Usage != nil && (body.Usage.Model != cfg.Model || body.Usage.InputTokens != 1000 || body.Usage.OutputTokens != 200) {
+		t.Fatalf("%s: usage %+v", name, *body.Usage)
+	}
+	if body.Usage == nil && (body.Amount == nil || *body.Amount != 1) {
+		t.Fatalf("%s: amount missing in %s", name, b)
+	}
+}
+
 func TestScenarioBodiesAreValidJSON(t *testing.T) {
 	for _, dist := range []string{"uniform", "zipf"} {
 		cfg := DefaultGenConfig()
@@ -176,30 +203,31 @@ func TestScenarioBodiesAreValidJSON(t *testing.T) {
 			g := NewGen(cfg, 7)
 			for range 300 {
 				r := sc.Next(g, make([]byte, 0, bodyCap))
-				var body struct {
-					Subject string `json:"subject"`
-					Amount  *int64 `json:"amount"`
-					Mode    string `json:"mode"`
-					Usage   *struct {
-						Model        string `json:"model"`
-						InputTokens  int64  `json:"input_tokens"`
-						OutputTokens int64  `json:"output_tokens"`
-					} `json:"usage"`
+				bodies := [][]byte{r.Body}
+				if r.Path == "/v1/consume/batch" {
+					var batch struct{ Events []json.RawMessage }
+					if err := json.Unmarshal(r.Body, &batch); err != nil || len(batch.Events) != BatchItems || r.Items != BatchItems {
+						t.Fatalf("%s: %d events, %d items (%v)", sc.Name, len(batch.Events), r.Items, err)
+					}
+					bodies = bodies[:0]
+					for _, e := range batch.Events {
+						bodies = append(bodies, e)
+					}
 				}
-				if err := json.Unmarshal(r.Body, &body); err != nil {
-					t.Fatalf("%s: %s: %v", sc.Name, r.Body, err)
+				for _, b := range bodies {
+					checkScenarioBody(t, sc.Name, cfg, b)
 				}
-				if !strings.HasPrefix(body.Subject, HotPrefix) && !strings.HasPrefix(body.Subject, NearPrefix) {
-					t.Fatalf("%s: subject %q", sc.Name, body.Subject)
-				}
-				if r.Consume != (r.Path == "/v1/consume") {
+				if want := r.Path == "/v1/consume" || r.Path == "/v1/consume/batch"; r.Consume != want {
 					t.Fatalf("%s: path %s consume %v", sc.Name, r.Path, r.Consume)
 				}
-				if body.Usage != nil && (body.Usage.Model != cfg.Model || body.Usage.InputTokens != 1000 || body.Usage.OutputTokens != 200) {
-					t.Fatalf("%s: usage %+v", sc.Name, *body.Usage)
-				}
-				if body.Usage == nil && (body.Amount == nil || *body.Amount != 1) {
-					t.Fatalf("%s: amount missing in %s", sc.Name, r.Body)
+				if r.Then != nil {
+					next, ok := r.Then([]byte(`{"id":"rsv_abc","granted":true}`), nil)
+					if !ok || next.Path != "/v1/reservations/rsv_abc/commit" || !next.Consume || string(next.Body) != `{"amount":1}` {
+						t.Fatalf("%s: follow-up %s %s consume %v", sc.Name, next.Path, next.Body, next.Consume)
+					}
+					if _, ok := r.Then([]byte(`{"granted":false}`), nil); ok {
+						t.Fatalf("%s: a refused reservation led to a commit", sc.Name)
+					}
 				}
 			}
 		}

@@ -19,6 +19,19 @@ type Request struct {
 	Path    string
 	Body    []byte
 	Consume bool // a consume: counts in "Postgres rows per 1,000 consumes"
+	Items   int  // consumes the request carries when more than one (a batch)
+	// Then, when set, makes the request's 2xx answer lead to a second
+	// request of the same operation (a reservation's commit): it appends
+	// that request's body to dst, or answers false to stop.
+	Then func(answer, dst []byte) (Request, bool)
+}
+
+// consumes is how many consumes a 2xx answer to r counted.
+func (r *Request) consumes() int64 {
+	if !r.Consume {
+		return 0
+	}
+	return int64(max(1, r.Items))
 }
 
 // Scenario produces the requests of one benchmark case.
@@ -44,6 +57,8 @@ var Scenarios = []Scenario{
 	{"consume-enforce", `POST /v1/consume {"subject":"user:hot-<i>","amount":A,"mode":"enforce"}`, nextConsumeEnforce},
 	{"mixed", `90% check-hot, 10% consume-record, drawn per request`, nextMixed},
 	{"consume-priced", `POST /v1/consume {"subject":"user:hot-<i>","usage":{"model":M,"input_tokens":I,"output_tokens":O}}`, nextConsumePriced},
+	{"reserve-commit", `POST /v1/reservations {"subject":"user:hot-<i>","amount":A,"idempotency_key":K}, then POST /v1/reservations/<id>/commit {"amount":A}: two requests per operation`, nextReserveCommit},
+	{"consume-batch", `POST /v1/consume/batch with 100 record consumes of random user:hot-<i>, each with a unique idempotency key`, nextConsumeBatch},
 }
 
 // PostgresScenarios are the scenarios the suite runs on the Postgres-only
@@ -231,4 +246,57 @@ func nextConsumePriced(g *Gen, dst []byte) Request {
 func nextFloor(g *Gen, dst []byte) Request {
 	b := appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount)
 	return Request{Path: "/v1/floor", Body: append(b, '}')}
+}
+
+// appendKey appends a unique idempotency key, as a billing client sends
+// with every consume: 16 random hex digits of the worker's generator.
+func appendKey(dst []byte, g *Gen) []byte {
+	dst = append(dst, `,"idempotency_key":"`...)
+	dst = strconv.AppendUint(dst, g.rng.Uint64(), 16)
+	return append(dst, '"')
+}
+
+func nextReserveCommit(g *Gen, dst []byte) Request {
+	b := appendKey(appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount), g)
+	amount := g.cfg.Amount
+	return Request{Path: "/v1/reservations", Body: append(b, '}'), Then: func(answer, dst []byte) (Request, bool) {
+		id, ok := reservationID(answer)
+		if !ok {
+			return Request{}, false
+		}
+		dst = append(dst, `{"amount":`...)
+		dst = strconv.AppendInt(dst, amount, 10)
+		return Request{Path: "/v1/reservations/" + id + "/commit", Body: append(dst, '}'), Consume: true}, true
+	}}
+}
+
+// reservationID finds the id in a reservation's answer without decoding
+// all of it (ids hold no quotes or escapes).
+func reservationID(answer []byte) (string, bool) {
+	const field = `"id":"`
+	i := strings.Index(string(answer), field)
+	if i < 0 {
+		return "", false
+	}
+	rest := string(answer[i+len(field):])
+	j := strings.IndexByte(rest, '"')
+	if j < 0 {
+		return "", false
+	}
+	return rest[:j], true
+}
+
+// BatchItems is how many consumes a consume-batch request holds.
+const BatchItems = 100
+
+func nextConsumeBatch(g *Gen, dst []byte) Request {
+	b := append(dst, `{"events":[`...)
+	for i := range BatchItems {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendKey(appendAmount(appendSubject(b, HotPrefix, g.Subject()), g.cfg.Amount), g)
+		b = append(b, '}')
+	}
+	return Request{Path: "/v1/consume/batch", Body: append(b, "]}"...), Consume: true, Items: BatchItems}
 }
