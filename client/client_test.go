@@ -346,3 +346,127 @@ func TestFailMode(t *testing.T) {
 		}
 	})
 }
+
+// TestReservations runs a hold's life through the client: reserve,
+// refusal when it does not fit, commit above the estimate, release, and
+// the 404 and 409 of the contract.
+func TestReservations(t *testing.T) {
+	q := quotadtest.Start(t)
+	c := adminClient(q)
+	ctx := context.Background()
+	const subject = "anon:reservations" // 1,000 credits a month
+
+	rv, err := c.Reserve(ctx, quota.ReserveRequest{Subject: subject, Amount: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rv.Granted || rv.ID == "" || rv.Amount != 600 || rv.Reserved != 600 || rv.Remaining != 400 || rv.ExpiresAt == nil {
+		t.Fatalf("reserve = %+v", rv)
+	}
+	refused, err := c.Reserve(ctx, quota.ReserveRequest{Subject: subject, Amount: 500})
+	if err != nil || refused.Granted || refused.ID != "" || refused.Remaining != 400 || refused.Limit != 1000 {
+		t.Errorf("reserve past the limit = %+v, %v; want refused, remaining 400", refused, err)
+	}
+	if m := meter(t, c, subject); m.Reserved != 600 || m.Used != 0 {
+		t.Errorf("while held: %+v; want reserved 600", m)
+	}
+
+	cm, err := c.Commit(ctx, rv.ID, quota.CommitRequest{Amount: 900})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cm.Reservation != quota.ReservationCommitted || cm.Amount != 900 || cm.Used != 900 || cm.Reserved != 0 {
+		t.Errorf("commit above the estimate = %+v; want 900 recorded in full", cm)
+	}
+	again, err := c.Commit(ctx, rv.ID, quota.CommitRequest{Amount: 900})
+	if err != nil || !again.Duplicate || again.Used != 900 {
+		t.Errorf("second commit = %+v, %v; want the first answer", again, err)
+	}
+	if _, err := c.Release(ctx, rv.ID); !client.IsConflict(err) {
+		t.Errorf("release after commit: %v; want 409", err)
+	}
+
+	rv2, err := c.Reserve(ctx, quota.ReserveRequest{Subject: subject, Amount: 50, TTLSeconds: 60})
+	if err != nil || !rv2.Granted {
+		t.Fatalf("reserve = %+v, %v", rv2, err)
+	}
+	rel, err := c.Release(ctx, rv2.ID)
+	if err != nil || rel.Reservation != quota.ReservationReleased || rel.Reserved != 0 || rel.Used != 900 {
+		t.Errorf("release = %+v, %v", rel, err)
+	}
+	if _, err := c.Commit(ctx, rv2.ID, quota.CommitRequest{}); !client.IsConflict(err) {
+		t.Errorf("commit after release: %v; want 409", err)
+	}
+	if _, err := c.Commit(ctx, "rsv_nonsense", quota.CommitRequest{}); !client.IsNotFound(err) {
+		t.Errorf("commit of an unknown id: %v; want 404", err)
+	}
+
+	t.Run("a lost answer holds once", func(t *testing.T) {
+		p := newProxy(t, q.URL)
+		pc := client.New(p.srv.URL, quotadtest.AdminKey, fast)
+		p.fail("/v1/reservations", dropAns)
+		rv, err := pc.Reserve(ctx, quota.ReserveRequest{Subject: "user:reserve-retry", Amount: 30})
+		if err != nil || !rv.Granted || !rv.Duplicate {
+			t.Fatalf("reserve = %+v, %v; want the first try's hold", rv, err)
+		}
+		if m := meter(t, c, "user:reserve-retry"); m.Reserved != 30 {
+			t.Errorf("reserved = %d; want 30 (held once)", m.Reserved)
+		}
+		// A commit whose answer is lost is retried too, by id.
+		p.fail("/v1/reservations/"+rv.ID+"/commit", dropAns)
+		cm, err := pc.Commit(ctx, rv.ID, quota.CommitRequest{Amount: 40})
+		if err != nil || cm.Used != 40 {
+			t.Fatalf("commit = %+v, %v", cm, err)
+		}
+		if m := meter(t, c, "user:reserve-retry"); m.Used != 40 || m.Reserved != 0 {
+			t.Errorf("after the retried commit: %+v; want used 40, reserved 0", m)
+		}
+	})
+}
+
+// TestConsumeBatch checks that a batch answers in order, that one refused
+// event is its own result's *Error, and that a lost answer is retried
+// without counting twice.
+func TestConsumeBatch(t *testing.T) {
+	q := quotadtest.Start(t)
+	p := newProxy(t, q.URL)
+	c := client.New(p.srv.URL, quotadtest.AdminKey, fast)
+	ctx := context.Background()
+	events := []quota.ConsumeRequest{
+		{Subject: "user:batch-a", Amount: 10},
+		{Subject: "bob", Amount: 1},
+		{Subject: "user:batch-b", Usage: &quota.Usage{Model: "claude-3-5-sonnet", InputTokens: 1_000_000}},
+		{Subject: "user:batch-a", Amount: 5},
+	}
+	p.fail("/v1/consume/batch", dropAns)
+	res, err := c.ConsumeBatch(ctx, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 4 {
+		t.Fatalf("%d results; want 4", len(res))
+	}
+	if res[0].Err != nil || !res[0].Duplicate || res[0].Used != 10 {
+		t.Errorf("result 0 = %+v; want used 10, duplicate (the retry of the lost answer)", res[0])
+	}
+	if res[1].Err == nil || res[1].Err.Status != 400 || res[1].Err.Field != "subject" {
+		t.Errorf("result 1 = %+v; want a 400 on subject", res[1])
+	}
+	if res[2].Err != nil || res[2].Amount != 360 {
+		t.Errorf("result 2 = %+v; want 360 credits", res[2])
+	}
+	if res[3].Err != nil || res[3].Used != 15 {
+		t.Errorf("result 3 = %+v; want used 15", res[3])
+	}
+	if events[0].IdempotencyKey != "" {
+		t.Error("ConsumeBatch changed the caller's events")
+	}
+	reqs := p.requests("/v1/consume/batch")
+	if len(reqs) != 2 || string(reqs[0].body) != string(reqs[1].body) {
+		t.Errorf("tries: %d, bodies equal: %v; want 2 identical tries", len(reqs), len(reqs) == 2 && string(reqs[0].body) == string(reqs[1].body))
+	}
+	admin := adminClient(q)
+	if m := meter(t, admin, "user:batch-a"); m.Used != 15 {
+		t.Errorf("user:batch-a used %d; want 15", m.Used)
+	}
+}

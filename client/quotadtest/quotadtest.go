@@ -2,11 +2,11 @@
 // callers (package client, the examples), so that what they claim about
 // quotad is checked against quotad itself, never a stand-in.
 //
-// Each Start builds nothing new: the binary is built once per test binary
-// (go build of ./cmd/quotad, on first use) and each server gets a fresh
-// Postgres database and Redis keyspace of its own from testenv, on a free
-// port. It is for tests only; a test package that uses it calls Main from
-// TestMain:
+// The binary is built once per test binary (go build of ./cmd/quotad, on
+// first use; QUOTADTEST_BIN names a prebuilt one instead) and each server
+// gets a fresh Postgres database and Redis keyspace of its own from
+// testenv, on a free port. It is for tests only; a test package that uses
+// it calls Main from TestMain:
 //
 //	func TestMain(m *testing.M) { quotadtest.Main(m) }
 package quotadtest
@@ -46,8 +46,14 @@ func Main(m *testing.M) {
 	}
 }
 
+// binary returns the quotad binary: QUOTADTEST_BIN when set (a binary
+// built elsewhere, e.g. from a clean checkout while the working tree is
+// mid-edit), else one built from this module.
 func binary(tb testing.TB) string {
 	tb.Helper()
+	if bin := os.Getenv("QUOTADTEST_BIN"); bin != "" {
+		return bin
+	}
 	build.once.Do(func() {
 		build.dir, build.err = os.MkdirTemp("", "quotadtest-")
 		if build.err != nil {
