@@ -110,12 +110,10 @@ func (c *Counter) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitRe
 		ID: op.EventID, Kind: quota.EventConsume, Subject: op.Key.Subject, Meter: op.Key.Meter,
 		Start: op.Key.Start, End: op.Key.End, Amount: op.Amount, Usage: op.Usage, Reservation: op.ID, At: op.At,
 	})
-	flag := "0"
-	if expired {
-		flag = "1"
-	}
+	recordUntil := op.ExpiresAt.Add(holdRecordTTL)
 	keys := []string{counterKey(op.Key), holdsKey(op.Key), recordKey(op.Key.Subject, op.ID), PendingStream}
-	args := []any{op.Amount, holdMember(ref.Amount, op.ID), op.At.UnixMilli(), flag, ev}
+	args := []any{op.Amount, holdMember(ref.Amount, op.ID), op.At.UnixMilli(), flag(expired), ev,
+		flag(op.At.Before(recordUntil)), recordUntil.UnixMilli()}
 	var res quota.CommitResult
 	err = c.withCounter(ctx, op.Key, op.At, func() (bool, error) {
 		reply, err := c.run(ctx, commitScript, keys, args)
@@ -144,6 +142,13 @@ func (c *Counter) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitRe
 		return false, fmt.Errorf("commit script answered %v", reply)
 	})
 	return res, err
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 var errUnknownHold = fmt.Errorf("unknown reservation (never made, or settled more than a day after it expired): %w", quota.ErrNotFound)

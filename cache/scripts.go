@@ -264,14 +264,24 @@ return {granted, used, reserved, gone}
 //	KEYS[1] counter; KEYS[2] holds; KEYS[3] record; KEYS[4] pending stream
 //	ARGV    amount; the hold's member; now (unix ms); "1" if committed
 //	        after the expiry; the event (appendEvent), without the
-//	        counter's new value
+//	        counter's new value; "1" while the record should still exist
+//	        (up to a day after the expiry); the record's expire-at (unix ms)
+//
+// A record that should exist but does not was lost with Redis's data (or
+// the id was made up by a caller who could consume for the subject
+// anyway): the work happened, so it is recorded all the same, and the
+// record written so that a retry counts once.
 //
 // Answers {"ok", used, held} or {"dup", "<amount>|<used>|<expired>", held},
 // {"unknown"}, {"released"} or {"load"}.
 var commitScript = redis.NewScript(heldLua + `
 local ck, hk, rk = KEYS[1], KEYS[2], KEYS[3]
 local rec = redis.call("GET", rk)
-if not rec then return {"unknown"} end
+if not rec then
+  if ARGV[6] ~= "1" then return {"unknown"} end
+  redis.call("SET", rk, "held", "PXAT", ARGV[7])
+  rec = "held"
+end
 if rec == "released" then return {"released"} end
 if string.sub(rec, 1, 2) == "c|" then return {"dup", string.sub(rec, 3), held(hk, ARGV[3])} end
 if not redis.call("GET", ck) then return {"load"} end

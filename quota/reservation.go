@@ -19,6 +19,9 @@ import (
 //   - Commit records the actual amount (the held one when none is given) as
 //     a record consume, even above the estimate or after expiry, and frees
 //     the hold, in one step. A second commit answers the first commit.
+//     A commit of a reservation the store has no record of, within a day
+//     of its expiry, is recorded all the same (Redis lost it: the work
+//     still happened); later it is ErrNotFound.
 //   - Release frees the hold without consuming. A release after a commit,
 //     or a commit after a release, is ErrConflict saying which happened.
 //   - A hold not settled by its expiry stops counting as reserved at that
@@ -207,6 +210,9 @@ func ParseReservationID(id string) (ReservationRef, error) {
 	}
 	f := strings.Split(string(raw), "\x1f")
 	if len(f) != 7 || len(f[6]) != 24 {
+		return ReservationRef{}, errUnknownReservation
+	}
+	if _, err := hex.DecodeString(f[6]); err != nil {
 		return ReservationRef{}, errUnknownReservation
 	}
 	if _, err := ParseSubject(f[0]); err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/quotad/quotad/internal/testenv"
 )
@@ -308,4 +309,34 @@ func TestBatchMatchesSingle(t *testing.T) {
 			t.Fatalf("batch of %d bytes: %d %v", len(body), status, p)
 		}
 	}
+}
+
+// TestCommitOfALostReservation: when Redis lost a reservation (its data
+// was flushed), a commit within a day of its expiry still records the
+// work, once; a release of it is a 404 (there is nothing to free).
+func TestCommitOfALostReservation(t *testing.T) {
+	pg, rd := testenv.PostgresURL(t), testenv.RedisURL(t)
+	a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
+	const subject = "user:lost-hold"
+	_, res := a.call(t, "POST", "/v1/reservations", `{"subject":"`+subject+`","amount":25}`)
+	id := res["id"].(string)
+	rdb := redis.NewClient(mustParse(t, rd))
+	defer rdb.Close()
+	keys, err := rdb.Keys(context.Background(), "q:{"+subject+"}:[rh]:*").Result()
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("reservation keys %v (%v), want a record and a holds set", keys, err)
+	}
+	if err := rdb.Del(context.Background(), keys...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if status, p := a.call(t, "DELETE", "/v1/reservations/"+id, ""); status != 404 {
+		t.Fatalf("release of a lost reservation: %d %v", status, p)
+	}
+	for i := range 2 {
+		status, c := a.call(t, "POST", "/v1/reservations/"+id+"/commit", `{"amount":30}`)
+		if status != 200 || num(t, c, "used") != 30 || c["duplicate"] != (i == 1) {
+			t.Fatalf("commit %d of a lost reservation: %d %v", i+1, status, c)
+		}
+	}
+	waitFlushed(t, pg, subject, 30)
 }
