@@ -40,7 +40,8 @@ type Events struct {
 
 	body   io.ReadCloser
 	r      *bufio.Reader
-	lastID string
+	lastID string        // of the last event dispatched: where a reconnect resumes
+	idBuf  string        // the last id field read
 	retry  time.Duration // the server's "retry:" advice, 0 when none
 	fails  uint          // connects failed in a row
 	cur    quota.Change
@@ -114,10 +115,11 @@ func (e *Events) Next() bool {
 		ch, ok, err := e.read()
 		if err != nil {
 			// The stream ended or broke: reconnect from e.lastID,
-			// after the server's advice if it gave one.
+			// after the server's advice if it gave one (and never in
+			// a tight loop if it keeps ending at once).
 			e.body.Close()
 			e.body, e.r = nil, nil
-			e.wait(e.retry)
+			e.wait(max(e.retry, e.c.initialBackoff))
 			continue
 		}
 		if ok {
@@ -208,6 +210,7 @@ func (e *Events) connect() error {
 		}
 		return backoff.Permanent(p)
 	}
+	e.idBuf = e.lastID
 	e.body = cancelOnClose{resp.Body, cancel}
 	e.r = bufio.NewReader(e.body)
 	return nil
@@ -239,6 +242,9 @@ func (e *Events) read() (ch quota.Change, ok bool, err error) {
 		}
 		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 		if line == "" {
+			// Dispatch: the id counts only now, so that a reconnect
+			// never skips an event that was cut off.
+			e.lastID = e.idBuf
 			break
 		}
 		if line[0] == ':' {
@@ -254,7 +260,7 @@ func (e *Events) read() (ch quota.Change, ok bool, err error) {
 			data.WriteByte('\n')
 		case "id":
 			if !strings.ContainsRune(value, 0) {
-				e.lastID = value
+				e.idBuf = value
 			}
 		case "retry":
 			if ms, err := strconv.ParseInt(value, 10, 64); err == nil && ms >= 0 {
