@@ -11,7 +11,7 @@ help: ## list the targets
 build: ## build bin/quotad
 	$(GO) build -o bin/quotad ./cmd/quotad
 
-run: build ## install what is missing, start Postgres and Redis under .data/, serve on :8080
+run: build ## install what is missing, start Postgres and Redis under .data/, serve on 127.0.0.1:8080 (dev mode)
 	@scripts/stack.sh install
 	@scripts/stack.sh start
 	@eval "$$(scripts/stack.sh env)"; \
@@ -20,7 +20,7 @@ run: build ## install what is missing, start Postgres and Redis under .data/, se
 	  echo "quotad on http://localhost:8080   dev admin key: $$QUOTAD_ADMIN_KEY" && \
 	  echo "try:  curl -s localhost:8080/v1/check -H 'Authorization: Bearer $$QUOTAD_ADMIN_KEY' -H 'Content-Type: application/json' -d '{\"subject\":\"user:42\"}'" && \
 	  echo "Ctrl-C stops quotad; make stop stops Postgres and Redis." && echo "" && \
-	  exec bin/quotad serve
+	  QUOTAD_DEV=1 exec bin/quotad serve
 
 stop: ## stop the Postgres and Redis that make run started
 	@scripts/stack.sh stop

@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -348,14 +351,24 @@ func (s *Server) createKey(c echo.Context) error {
 	if req.Scope != ScopeService && req.Scope != ScopeAdmin {
 		return fieldProblem("scope", `must be "service" or "admin"`)
 	}
-	if len(req.Name) > 128 {
-		return fieldProblem("name", "must be at most 128 characters")
+	if err := validKeyName(req.Name); err != nil {
+		return err
 	}
 	key, err := s.auth.keys.CreateKey(c.Request().Context(), req.Scope, req.Name)
 	if err != nil {
 		return err
 	}
 	return c.JSON(http.StatusCreated, keyAnswer{Key: key, Scope: req.Scope, Name: req.Name})
+}
+
+// validKeyName allows a key's label up to 128 characters of UTF-8 text
+// without control characters: Postgres text cannot hold a NUL, and a
+// label is shown in listings and logs.
+func validKeyName(name string) error {
+	if !utf8.ValidString(name) || utf8.RuneCountInString(name) > 128 || strings.ContainsFunc(name, unicode.IsControl) {
+		return fieldProblem("name", "must be at most 128 characters of text without control characters")
+	}
+	return nil
 }
 
 func (s *Server) readyz(c echo.Context) error {

@@ -341,6 +341,9 @@ func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (S
 		return SubjectView{}, err
 	}
 	if u.Plan != nil {
+		if validName(*u.Plan) != nil {
+			return SubjectView{}, errSubjectPlan
+		}
 		if _, err := s.plans.Plan(ctx, *u.Plan); errors.Is(err, ErrNotFound) {
 			return SubjectView{}, Invalid("plan", "unknown plan %q", *u.Plan)
 		} else if err != nil {
@@ -610,7 +613,8 @@ func requestHash(meter string, amount int64, enforce bool, u *Usage) string {
 }
 
 var (
-	errAmount  = Invalid("amount", "must be between 1 and %d", MaxAmount)
-	errMode    = Invalid("mode", `must be "record" or "enforce"`)
-	errIdemKey = Invalid("idempotency_key", "must be at most 255 bytes without control characters")
+	errAmount      = Invalid("amount", "must be between 1 and %d", MaxAmount)
+	errMode        = Invalid("mode", `must be "record" or "enforce"`)
+	errSubjectPlan = Invalid("plan", "must be 1-64 characters of a-z 0-9 _ . -")
+	errIdemKey     = Invalid("idempotency_key", "must be at most 255 bytes without control characters")
 )

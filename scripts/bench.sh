@@ -193,7 +193,7 @@ mkdir -p "$RAW"
 start_quotad() { # name addr debug [VAR=value...]
 	local name="$1" addr="$2" debug="$3"
 	shift 3
-	env -u GOMAXPROCS -u GOGC QUOTAD_ADDR="$addr" QUOTAD_DEBUG_ADDR="$debug" QUOTAD_ADMIN_KEY="$KEY" QUOTAD_LOG_LEVEL=warn \
+	env -u GOMAXPROCS -u GOGC QUOTAD_ADDR="$addr" QUOTAD_DEBUG_ADDR="$debug" QUOTAD_ADMIN_KEY="$KEY" QUOTAD_DEV=1 QUOTAD_LOG_LEVEL=warn \
 		QUOTAD_POSTGRES_URL="$BENCH_POSTGRES_URL" QUOTAD_REDIS_URL="$BENCH_REDIS_URL" \
 		"${SERVER_ENV[@]}" "$@" "${SERVER_PIN[@]}" bin/quotad serve >"$RAW/quotad-$name.log" 2>&1 &
 	QUOTAD_PIDS+=($!)

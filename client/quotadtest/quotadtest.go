@@ -96,6 +96,7 @@ func Start(tb testing.TB, env ...string) *Server {
 	s.env = append([]string{
 		"QUOTAD_ADDR=" + s.Addr,
 		"QUOTAD_ADMIN_KEY=" + AdminKey,
+		"QUOTAD_DEV=1", // AdminKey is well-known
 		"QUOTAD_LOG_LEVEL=warn",
 		"QUOTAD_POSTGRES_URL=" + testenv.PostgresURL(tb),
 		"QUOTAD_REDIS_URL=" + testenv.RedisURL(tb),

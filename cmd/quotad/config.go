@@ -15,7 +15,8 @@ import (
 // Config is everything quotad reads at start, from flags and QUOTAD_*
 // variables (a flag wins over its variable).
 type Config struct {
-	Addr            string        // QUOTAD_ADDR, --addr; default ":8080"
+	Addr            string        // QUOTAD_ADDR, --addr; default ":8080", "127.0.0.1:8080" with Dev
+	Dev             bool          // QUOTAD_DEV, --dev; default false: a local dev stack (loopback address by default, well-known or short admin keys allowed)
 	PostgresURL     string        // QUOTAD_POSTGRES_URL, --postgres-url; default the make run stack
 	RedisURL        string        // QUOTAD_REDIS_URL, --redis-url; default the make run stack
 	AdminKey        string        // QUOTAD_ADMIN_KEY, --admin-key; default none (no admin key)
@@ -49,7 +50,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	}
 	var c Config
 	var migrate, conns, shutdown string
-	fs.StringVar(&c.Addr, "addr", env("QUOTAD_ADDR", ":8080"), "listen address")
+	fs.StringVar(&c.Addr, "addr", env("QUOTAD_ADDR", ""), `listen address (default ":8080", "127.0.0.1:8080" with --dev)`)
+	var dev string
+	fs.StringVar(&dev, "dev", env("QUOTAD_DEV", "false"), "a local dev stack: listen on 127.0.0.1 unless --addr says otherwise, allow a well-known or short admin key")
 	fs.StringVar(&c.PostgresURL, "postgres-url", env("QUOTAD_POSTGRES_URL", "postgres://postgres@127.0.0.1:25432/quotad?sslmode=disable"), "Postgres URL")
 	fs.StringVar(&c.RedisURL, "redis-url", env("QUOTAD_REDIS_URL", "redis://127.0.0.1:26379/0"), "Redis URL")
 	fs.StringVar(&c.AdminKey, "admin-key", env("QUOTAD_ADMIN_KEY", ""), "admin API key")
@@ -81,6 +84,15 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 		return Config{}, err
 	}
 	var err error
+	if c.Dev, err = strconv.ParseBool(dev); err != nil {
+		return Config{}, fmt.Errorf("dev: %w", err)
+	}
+	if c.Addr == "" {
+		c.Addr = ":8080"
+		if c.Dev {
+			c.Addr = "127.0.0.1:8080"
+		}
+	}
 	if c.BenchFloor, err = strconv.ParseBool(floor); err != nil {
 		return Config{}, fmt.Errorf("bench-floor: %w", err)
 	}
@@ -145,6 +157,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("addr", c.Addr),
+		slog.Bool("dev", c.Dev),
 		slog.String("postgres_url", maskURL(c.PostgresURL)),
 		slog.String("redis_url", maskURL(c.RedisURL)),
 		slog.String("admin_key", mask(c.AdminKey)),
@@ -167,6 +180,29 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("bench_floor", c.BenchFloor),
 		slog.String("debug_addr", c.DebugAddr),
 	)
+}
+
+// minAdminKey is the shortest admin key serve accepts outside dev mode:
+// 128 bits written in hex, so that the key cannot be guessed.
+const minAdminKey = 32
+
+// wellKnownKeys are admin keys printed in this repository (README, make
+// run, tests): anyone may know them.
+var wellKnownKeys = map[string]bool{"dev-admin-key": true, "test-admin-key": true, "quotadtest-admin-key": true}
+
+// checkAdminKey refuses an admin key anyone could guess, unless the
+// config is a dev stack's: the admin key may do everything.
+func checkAdminKey(c Config) error {
+	if c.AdminKey == "" || c.Dev {
+		return nil
+	}
+	if wellKnownKeys[c.AdminKey] {
+		return fmt.Errorf("admin key: %q is printed in quotad's documentation and tests; set QUOTAD_ADMIN_KEY to a random key (openssl rand -hex 32), or QUOTAD_DEV=1 for a local dev stack", c.AdminKey)
+	}
+	if len(c.AdminKey) < minAdminKey {
+		return fmt.Errorf("admin key: %d characters, at least %d are needed (openssl rand -hex 32); or QUOTAD_DEV=1 for a local dev stack", len(c.AdminKey), minAdminKey)
+	}
+	return nil
 }
 
 func mask(secret string) string {

@@ -72,3 +72,38 @@ func parseEnv(env map[string]string) (Config, error) {
 	fs.SetOutput(io.Discard)
 	return parseConfig(fs, nil, func(k string) string { return env[k] })
 }
+
+// TestDevMode: a dev stack listens on the loopback address unless told
+// otherwise, and only a dev stack may use a well-known or short admin key.
+func TestDevMode(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		addr string
+		ok   bool // checkAdminKey accepts the key
+	}{
+		{"production default", map[string]string{}, ":8080", true},
+		{"dev default", map[string]string{"QUOTAD_DEV": "1"}, "127.0.0.1:8080", true},
+		{"dev, told otherwise", map[string]string{"QUOTAD_DEV": "true", "QUOTAD_ADDR": ":9000"}, ":9000", true},
+		{"well-known key", map[string]string{"QUOTAD_ADMIN_KEY": "dev-admin-key"}, ":8080", false},
+		{"well-known key in dev", map[string]string{"QUOTAD_DEV": "1", "QUOTAD_ADMIN_KEY": "dev-admin-key"}, "127.0.0.1:8080", true},
+		{"short key", map[string]string{"QUOTAD_ADMIN_KEY": "0123456789abcdef0123456789abcde"}, ":8080", false},
+		{"random key", map[string]string{"QUOTAD_ADMIN_KEY": "0123456789abcdef0123456789abcdef"}, ":8080", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseEnv(tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Addr != tt.addr {
+				t.Errorf("addr %q, want %q", cfg.Addr, tt.addr)
+			}
+			if err := checkAdminKey(cfg); (err == nil) != tt.ok {
+				t.Errorf("checkAdminKey: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+	if _, err := parseEnv(map[string]string{"QUOTAD_DEV": "maybe"}); err == nil {
+		t.Error("QUOTAD_DEV=maybe accepted")
+	}
+}

@@ -72,7 +72,8 @@ func (o *output) String() string {
 func startQuotad(tb testing.TB, env ...string) *quotad {
 	tb.Helper()
 	q := &quotad{addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb))}
-	q.env = append([]string{"QUOTAD_ADDR=" + q.addr, "QUOTAD_ADMIN_KEY=" + adminKey, "QUOTAD_LOG_LEVEL=warn"}, env...)
+	// QUOTAD_DEV: the tests' admin keys are well-known and short.
+	q.env = append([]string{"QUOTAD_ADDR=" + q.addr, "QUOTAD_ADMIN_KEY=" + adminKey, "QUOTAD_DEV=1", "QUOTAD_LOG_LEVEL=warn"}, env...)
 	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "QUOTAD_REDIS_URL=") }) {
 		q.env = append(q.env, "QUOTAD_REDIS_URL="+testenv.RedisURL(tb))
 	}

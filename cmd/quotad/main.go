@@ -68,6 +68,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		if err != nil {
 			return err
 		}
+		if err := checkAdminKey(cfg); err != nil {
+			return err
+		}
 		return serve(ctx, cfg, stdout)
 	case "migrate":
 		cfg, err := parseConfig(fs, args, getenv)
