@@ -12,7 +12,7 @@ package cache
 //     entries in stream order, and an entry's id is its SSE id.
 //   - Gating: while no instance has a subscriber, Notify is one atomic
 //     load. An instance with subscribers keeps q:events:watchers alive
-//     (PX 3 × Poll); its value is when the current watch began, on Redis's
+//     (PX 3 × Poll, at least 1 s); its value is when the current watch began, on Redis's
 //     clock. Every Feed reads the key each Poll, so all of them publish
 //     within gateDelay of a watch beginning; Subscribe returns only after
 //     that, so nothing after the caller's snapshot goes unpublished.
@@ -21,7 +21,9 @@ package cache
 //     publishing has not paused since (it was published at least gateDelay
 //     into the current watch); replayed and live entries meet with no gap
 //     and no duplicate. Otherwise Subscribe says so and the caller sends a
-//     snapshot. Live delivery is at least once relative to that snapshot.
+//     snapshot. Live delivery is at least once relative to that snapshot:
+//     for one subject it starts Lookback before it, so that a snapshot
+//     read from a cache is brought up to date.
 //   - Loss: a change is a notification, not the record. One dropped (queue
 //     full, XADD failed, outcome unknown) is followed by a gap entry; a
 //     watch that lapsed while subscribed writes one too; and a reader that
@@ -78,6 +80,12 @@ type FeedConfig struct {
 	// Queue is how many changes wait to be published before Notify drops
 	// them: 8,192.
 	Queue int
+	// Lookback makes a subject's subscription that does not replay begin
+	// with the subject's changes of this long before it: the snapshot a
+	// caller sends first may be this old (quotad's snapshots come from
+	// L1, up to its TTL old), and those changes bring it up to date.
+	// 0 for none.
+	Lookback time.Duration
 }
 
 func (c *FeedConfig) defaults() {
@@ -465,7 +473,8 @@ func (s *Subscription) deliver(it Item) (cut bool) {
 // Subscribe starts a subscription to the changes of subject ("" for every
 // subject). With a lastEventID inside the replay window (see the file's
 // opening comment) it first delivers the changes after it; otherwise
-// Replayed is false and only changes from now on are delivered. It waits,
+// Replayed is false and only changes from now on are delivered (for one
+// subject, from Lookback before now). It waits,
 // when a watch has just begun, until every instance publishes. Errors
 // wrap quota.ErrUnavailable: Redis did not answer, or the feed has
 // disconnected.
@@ -504,6 +513,11 @@ func (f *Feed) Subscribe(ctx context.Context, subject, lastEventID string) (*Sub
 		return nil, fmt.Errorf("events stream: %w: %w", quota.ErrUnavailable, err)
 	}
 	from, replay := f.replayable(lastEventID, start, info)
+	lookback := !replay && subject != "" && f.cfg.Lookback > 0
+	if lookback {
+		since := now + max(f.gateDelay.Milliseconds()-(now-start), 0) - f.cfg.Lookback.Milliseconds()
+		from = streamID{ms: uint64(max(since, 0))}
+	}
 
 	f.mu.Lock()
 	if f.ended {
@@ -517,19 +531,20 @@ func (f *Feed) Subscribe(ctx context.Context, subject, lastEventID string) (*Sub
 		go f.read(info.last)
 	}
 	s.after = f.pos
-	if replay {
+	if replay || lookback {
 		s.after = from
 	}
 	f.register(s)
 	f.mu.Unlock()
 
-	if replay {
+	if replay || lookback {
 		items, last, ok, err := f.rangeAfter(ctx, from, subject)
 		if err == nil && ok {
-			// Entries trimmed while the pages were read may be a gap.
+			// Entries trimmed while the pages were read may be a gap
+			// (which a lookback, followed by a snapshot, can afford).
 			var after streamInfo
-			if after, err = f.info(ctx); err == nil && !after.trimmedAfter(from) {
-				s.finishReplay(items, last)
+			if after, err = f.info(ctx); err == nil && (lookback || !after.trimmedAfter(from)) {
+				s.finishReplay(items, last, replay)
 				return s, nil
 			}
 		}
@@ -549,11 +564,12 @@ func (f *Feed) Subscribe(ctx context.Context, subject, lastEventID string) (*Sub
 }
 
 // finishReplay queues items ahead of the live ones and drops the live
-// ones they already hold.
-func (s *Subscription) finishReplay(items []Item, last streamID) {
+// ones they already hold; replayed says whether they are a replay after
+// the caller's lastEventID (or a lookback).
+func (s *Subscription) finishReplay(items []Item, last streamID, replayed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.replay, s.replayed = items, true
+	s.replay, s.replayed = items, replayed
 	if s.after.less(last) {
 		s.after = last
 	}

@@ -360,6 +360,41 @@ func waitUnwatched(tb testing.TB, rdb *redis.Client) {
 	}
 }
 
+// TestFeedLookback: a subject's subscription without a replay begins with
+// the subject's changes of the last Lookback (what a snapshot read from a
+// cache may lack), then goes on live with none twice.
+func TestFeedLookback(t *testing.T) {
+	url := testenv.RedisURL(t)
+	a := newFeed(t, url, cache.FeedConfig{Poll: feedPoll})
+	b := newFeed(t, url, cache.FeedConfig{Poll: feedPoll, Lookback: time.Second})
+	keep := subscribe(t, a, "user:keep", "")
+	a.Notify(change("user:old", 1))
+	a.Notify(change("user:l", 1))
+	time.Sleep(1500 * time.Millisecond) // older than Lookback by now
+	a.Notify(change("user:l", 2))
+	a.Notify(change("user:other", 2))
+	a.Notify(change("user:l", 3))
+	time.Sleep(100 * time.Millisecond) // published before the subscription
+	s := subscribe(t, b, "user:l", "")
+	if s.Replayed() {
+		t.Fatal("a lookback is not a replay")
+	}
+	a.Notify(change("user:l", 4))
+	for _, want := range []int64{2, 3, 4} {
+		if _, c := nextChange(t, s); c.Used != want || c.Subject != "user:l" {
+			t.Fatalf("got %+v, want used %d", c, want)
+		}
+	}
+	none(t, s, 3*feedPoll)
+	// Every subject: no lookback (there is no snapshot to bring up to date).
+	all := subscribe(t, b, "", "")
+	a.Notify(change("user:l", 5))
+	if _, c := nextChange(t, all); c.Used != 5 {
+		t.Fatalf("every subject: got %+v first, want used 5", c)
+	}
+	keep.Close()
+}
+
 // TestFeedSlowSubscriber: a subscriber that never reads is cut off with
 // a final Overflow item once its buffer is full, while another on the
 // same instance gets every change and Notify never blocks.
