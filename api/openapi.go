@@ -57,6 +57,9 @@ func (s *Server) OpenAPI() map[string]any {
 			}
 		}
 		op["responses"] = responses
+		if _, ok := r.answer.(eventStream); ok {
+			describeStream(op, g)
+		}
 		if r.scope != "" {
 			op["security"] = []any{map[string]any{"bearer": []string{}}}
 			op["x-scope"] = r.scope

@@ -48,6 +48,12 @@ type Config struct {
 	// answers a small JSON body with no quota work and no auth
 	// (QUOTAD_BENCH_FLOOR). Not part of the contract.
 	Floor bool
+	// Feed serves the events streams; nil (the Postgres-only tiers)
+	// answers them 503.
+	Feed Feed
+	// EventsHeartbeat is how often a quiet events stream sends a
+	// comment: 15 s when 0.
+	EventsHeartbeat time.Duration
 }
 
 // Server is the HTTP face of a quota.Service.
@@ -59,6 +65,7 @@ type Server struct {
 	ready   func(ctx context.Context) Readiness
 	metrics *httpMetrics
 	routes  []route
+	events  events
 }
 
 // Scopes of API keys. An admin key may do everything a service key may.
@@ -78,6 +85,7 @@ func New(cfg Config) *Server {
 		log:     cfg.Logger,
 		ready:   cfg.Ready,
 		metrics: newHTTPMetrics(cfg.Registry),
+		events:  newEvents(cfg),
 	}
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.metrics.middleware)
@@ -152,7 +160,8 @@ func (s *Server) table() []route {
 		{"PUT", "/v1/pricing/:model", ScopeAdmin, "Create or replace a model's price", quota.Price{}, quota.Price{}, 200, s.putPrice},
 		{"POST", "/v1/keys", ScopeAdmin, "Mint an API key", keyRequest{}, keyAnswer{}, 201, s.createKey},
 	}
-	return append(rows, s.flowRoutes()...)
+	rows = append(rows, s.flowRoutes()...)
+	return append(rows, s.eventRoutes()...)
 }
 
 type resetRequest struct {
