@@ -200,6 +200,9 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	if err := svc.ReloadPrices(ctx); err != nil {
 		return err
 	}
+	if t.feed != nil {
+		svc.SetNotifier(t.feed)
+	}
 	if cfg.FailMode == "open" {
 		svc.FailOpen(func(op, subject string, err error) {
 			failOpen.WithLabelValues(op).Inc()
@@ -214,6 +217,7 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		Logger:   log,
 		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
 		Floor:    cfg.BenchFloor,
+		Feed:     t.events(),
 	})
 	if cfg.DebugAddr != "" {
 		go serveDebug(cfg.DebugAddr, log)
@@ -224,6 +228,11 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	if t.feed != nil {
+		// Events streams never finish on their own: end them when the
+		// shutdown begins, or Shutdown would wait for them.
+		httpSrv.RegisterOnShutdown(t.feed.Disconnect)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- httpSrv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "tiers", cfg.Tiers)

@@ -25,6 +25,7 @@ type tiers struct {
 	flusher     *persist.Flusher
 	flusherDone chan struct{}
 	rdb         *redis.Client
+	feed        *cache.Feed // live changes; nil for the Postgres-only tiers
 }
 
 // postgresTiers puts every request on Postgres: the benchmark baseline.
@@ -109,6 +110,11 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		defer close(done)
 		flusher.Run(bg)
 	}()
+	// A stream's first snapshot comes through L1, up to a TTL old: its
+	// subscription starts that far back (and a little more, for the
+	// clocks of quotad and Redis).
+	feed := cache.NewFeed(bg, rdb, cache.FeedConfig{Lookback: cfg.CacheTTL + 250*time.Millisecond}, log)
+	feed.Register(reg)
 	return tiers{
 		stores:      quota.Stores{Plans: settings, Subjects: settings, Prices: settings, Counter: snaps, Holds: snaps},
 		settings:    settings,
@@ -116,7 +122,35 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		flusher:     flusher,
 		flusherDone: done,
 		rdb:         rdb,
+		feed:        feed,
 	}, nil
+}
+
+// events returns the feed as the API serves it; nil without one.
+func (t tiers) events() api.Feed {
+	if t.feed == nil {
+		return nil
+	}
+	return eventsFeed{t.feed}
+}
+
+// eventsFeed adapts cache.Feed to api.Feed (adapters do not import each
+// other).
+type eventsFeed struct{ f *cache.Feed }
+
+func (e eventsFeed) Subscribe(ctx context.Context, subject, lastEventID string) (api.Subscription, error) {
+	s, err := e.f.Subscribe(ctx, subject, lastEventID)
+	if err != nil {
+		return nil, err
+	}
+	return eventsSub{s}, nil
+}
+
+type eventsSub struct{ *cache.Subscription }
+
+func (s eventsSub) Next() (api.Event, bool) {
+	it, ok := s.Subscription.Next()
+	return api.Event{ID: it.ID, Type: it.Type, Subject: it.Subject, Data: it.Data, Missed: it.Missed, Overflow: it.Overflow}, ok
 }
 
 func (t tiers) close() {
