@@ -139,10 +139,8 @@ func (s *Server) stream(c echo.Context, subject string) error {
 	beat := time.NewTicker(s.events.heartbeat)
 	defer beat.Stop()
 	for {
-		if s.drain(ctx, out, sub, subject) {
-			return nil
-		}
-		if err := out.flush(); err != nil {
+		end := s.drain(ctx, out, sub, subject)
+		if err := out.flush(); err != nil || end {
 			return nil
 		}
 		select {
