@@ -380,7 +380,8 @@ type Subscription struct {
 	mu     sync.Mutex
 	after  streamID // deliver only entries after this one
 	replay []Item
-	ring   []Item // live items; the last slot is kept for the Overflow item
+	ring   []Item // live items, a ring that grows up to limit+1
+	limit  int    // items held before the subscription is cut off
 	head   int
 	n      int
 	ended  bool
@@ -445,8 +446,16 @@ func (s *Subscription) signal() {
 	}
 }
 
-// push appends it to the ring; s.mu is held and there is room.
+// push appends it to the ring, growing it (most subscriptions never hold
+// more than a few items, and thousands may be open); s.mu is held.
 func (s *Subscription) push(it Item) {
+	if s.n == len(s.ring) {
+		grown := make([]Item, min(2*len(s.ring), s.limit+1))
+		for i := range s.n {
+			grown[i] = s.ring[(s.head+i)%len(s.ring)]
+		}
+		s.ring, s.head = grown, 0
+	}
 	s.ring[(s.head+s.n)%len(s.ring)] = it
 	s.n++
 }
@@ -459,7 +468,7 @@ func (s *Subscription) deliver(it Item) (cut bool) {
 	if s.ended || it.pos != (streamID{}) && !s.after.less(it.pos) {
 		return false
 	}
-	if s.n == len(s.ring)-1 {
+	if s.n == s.limit {
 		s.push(Item{Overflow: true})
 		s.end()
 		s.signal()
@@ -480,7 +489,7 @@ func (s *Subscription) deliver(it Item) (cut bool) {
 // disconnected.
 func (f *Feed) Subscribe(ctx context.Context, subject, lastEventID string) (*Subscription, error) {
 	s := &Subscription{feed: f, subject: subject, ready: make(chan struct{}, 1), done: make(chan struct{}),
-		ring: make([]Item, f.cfg.Buffer+1)}
+		ring: make([]Item, 4), limit: f.cfg.Buffer}
 	// Counted as watching from here, so that the watch is renewed while
 	// this call waits for it to reach every instance.
 	f.mu.Lock()

@@ -169,8 +169,9 @@ type CostResult struct {
 	USD     Decimal `json:"usd"`
 }
 
-// Check answers whether req.Amount more may be spent now. It never writes
-// usage; a subject seen for the first time is provisioned. Errors:
+// Check answers whether req.Amount more may be spent now. It never writes:
+// a subject never seen is answered from its kind's default plan with
+// nothing used, and stays unprovisioned. Errors:
 // ErrInvalid for a bad subject, meter or amount, or a meter without a limit.
 func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
 	res, err := s.check(ctx, req)
@@ -194,14 +195,20 @@ func (s *Service) check(ctx context.Context, req CheckRequest) (CheckResult, err
 		return CheckResult{}, errAmount
 	}
 	now := s.now()
-	sub, plan, lim, err := s.resolve(ctx, req.Subject, kind, meter)
+	sub, seen, err := s.subject(ctx, req.Subject, kind, false)
+	if err != nil {
+		return CheckResult{}, err
+	}
+	plan, lim, err := s.limit(ctx, &sub, meter)
 	if err != nil {
 		return CheckResult{}, err
 	}
 	key := counterKey(&sub, meter, lim.Period, now)
-	t, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount, At: now})
-	if err != nil {
-		return CheckResult{}, fmt.Errorf("read usage: %w", err)
+	var t Tally // a subject never seen has counted nothing: no store is asked
+	if seen {
+		if t, err = s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: amount, At: now}); err != nil {
+			return CheckResult{}, fmt.Errorf("read usage: %w", err)
+		}
 	}
 	return CheckResult{
 		Subject:   req.Subject,
@@ -314,29 +321,32 @@ func (s *Service) price(amount int64, u *Usage) (int64, error) {
 }
 
 // Subject returns a subject's settings and the usage of every meter its plan
-// or overrides define. An unseen subject is provisioned.
+// or overrides define. A subject never seen is shown as it would be
+// provisioned now, and stays unprovisioned.
 func (s *Service) Subject(ctx context.Context, id string) (SubjectView, error) {
-	sub, err := s.parseAndLoad(ctx, id)
+	sub, seen, err := s.parseAndLoad(ctx, id, false)
 	if err != nil {
 		return SubjectView{}, err
 	}
-	return s.view(ctx, &sub)
+	return s.view(ctx, &sub, seen)
 }
 
-// parseAndLoad validates a subject id from a path and loads the subject,
-// provisioning it when new.
-func (s *Service) parseAndLoad(ctx context.Context, id string) (Subject, error) {
+// parseAndLoad validates a subject id from a path and loads the subject
+// (see subject).
+func (s *Service) parseAndLoad(ctx context.Context, id string, provision bool) (Subject, bool, error) {
 	kind, err := ParseSubject(id)
 	if err != nil {
-		return Subject{}, err
+		return Subject{}, false, err
 	}
-	return s.subject(ctx, id, kind)
+	return s.subject(ctx, id, kind, provision)
 }
 
-// PutSubject changes a subject's plan, overrides or cycle anchor. Errors:
+// PutSubject changes a subject's plan, overrides or cycle anchor. A
+// subject never seen is provisioned first (an admin's write is what makes
+// it exist; its anchor is now unless the update sets one). Errors:
 // ErrInvalid for a bad subject, an unknown plan or bad limits.
 func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (SubjectView, error) {
-	sub, err := s.parseAndLoad(ctx, id)
+	sub, _, err := s.parseAndLoad(ctx, id, true)
 	if err != nil {
 		return SubjectView{}, err
 	}
@@ -366,7 +376,7 @@ func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (S
 	if err := s.subjects.PutSubject(ctx, sub); err != nil {
 		return SubjectView{}, fmt.Errorf("put subject: %w", err)
 	}
-	v, err := s.view(ctx, &sub)
+	v, err := s.view(ctx, &sub, true)
 	if err == nil {
 		s.notifyView(ChangePlan, "plan", &v)
 	}
@@ -374,9 +384,11 @@ func (s *Service) PutSubject(ctx context.Context, id string, u SubjectUpdate) (S
 }
 
 // Reset sets the current period's usage of meter (every meter when empty)
-// to 0. Errors: ErrInvalid for a bad subject or a meter without a limit.
+// to 0. A subject never seen has nothing to reset: it is answered like a
+// read, and nothing is stored. Errors: ErrInvalid for a bad subject or a
+// meter without a limit.
 func (s *Service) Reset(ctx context.Context, id, meter string) (SubjectView, error) {
-	sub, err := s.parseAndLoad(ctx, id)
+	sub, seen, err := s.parseAndLoad(ctx, id, false)
 	if err != nil {
 		return SubjectView{}, err
 	}
@@ -391,6 +403,9 @@ func (s *Service) Reset(ctx context.Context, id, meter string) (SubjectView, err
 		}
 		meters = []string{meter}
 	}
+	if !seen {
+		return s.view(ctx, &sub, false)
+	}
 	now := s.now()
 	for _, m := range meters {
 		lim, _ := sub.Limit(&plan, m)
@@ -398,7 +413,7 @@ func (s *Service) Reset(ctx context.Context, id, meter string) (SubjectView, err
 			return SubjectView{}, fmt.Errorf("reset %s: %w", m, err)
 		}
 	}
-	v, err := s.view(ctx, &sub)
+	v, err := s.view(ctx, &sub, true)
 	if err == nil {
 		s.notifyView(ChangeReset, "reset", &v, meters...)
 	}
@@ -459,43 +474,51 @@ func (s *Service) PutPrice(ctx context.Context, p Price) (Price, error) {
 	}
 }
 
-// resolve returns the subject (provisioned if new), its plan's name and the
-// limit that applies to meter.
+// resolve returns the subject (provisioned if new: it is about to spend),
+// its plan's name and the limit that applies to meter.
 func (s *Service) resolve(ctx context.Context, id string, kind Kind, meter string) (Subject, string, Limit, error) {
-	sub, err := s.subject(ctx, id, kind)
+	sub, _, err := s.subject(ctx, id, kind, true)
 	if err != nil {
 		return Subject{}, "", Limit{}, err
 	}
+	plan, lim, err := s.limit(ctx, &sub, meter)
+	return sub, plan, lim, err
+}
+
+// limit returns the name of sub's plan and the limit that applies to meter.
+func (s *Service) limit(ctx context.Context, sub *Subject, meter string) (string, Limit, error) {
 	plan, err := s.plan(ctx, sub.Plan)
 	if err != nil {
-		return Subject{}, "", Limit{}, err
+		return "", Limit{}, err
 	}
 	lim, ok := sub.Limit(&plan, meter)
 	if !ok {
-		return Subject{}, "", Limit{}, Invalid("meter", "plan %q has no limit for meter %q", plan.Name, meter)
+		return "", Limit{}, Invalid("meter", "plan %q has no limit for meter %q", plan.Name, meter)
 	}
-	return sub, plan.Name, lim, nil
+	return plan.Name, lim, nil
 }
 
-// subject loads a subject, provisioning it with its kind's default plan and
-// a cycle anchor of now when it was never seen.
-func (s *Service) subject(ctx context.Context, id string, kind Kind) (Subject, error) {
-	sub, err := s.subjects.Subject(ctx, id)
+// subject loads a subject. One never seen gets its kind's default plan and
+// a cycle anchor of now: stored (provisioned) when provision is set, for
+// the writes that make a subject exist (its first consume or reservation,
+// an admin's change); else only answered, with seen false, so that reads
+// never write and a caller cannot create subjects by asking about them.
+func (s *Service) subject(ctx context.Context, id string, kind Kind, provision bool) (sub Subject, seen bool, err error) {
+	sub, err = s.subjects.Subject(ctx, id)
 	if err == nil {
-		return sub, nil
+		return sub, true, nil
 	}
 	if !errors.Is(err, ErrNotFound) {
-		return Subject{}, fmt.Errorf("load subject: %w", err)
+		return Subject{}, false, fmt.Errorf("load subject: %w", err)
 	}
-	sub, err = s.subjects.ProvisionSubject(ctx, Subject{
-		ID:          id,
-		Plan:        kind.DefaultPlan(),
-		CycleAnchor: s.now().UTC().Truncate(time.Second),
-	})
-	if err != nil {
-		return Subject{}, fmt.Errorf("provision subject: %w", err)
+	sub = Subject{ID: id, Plan: kind.DefaultPlan(), CycleAnchor: s.now().UTC().Truncate(time.Second)}
+	if !provision {
+		return sub, false, nil
 	}
-	return sub, nil
+	if sub, err = s.subjects.ProvisionSubject(ctx, sub); err != nil {
+		return Subject{}, false, fmt.Errorf("provision subject: %w", err)
+	}
+	return sub, true, nil
 }
 
 func (s *Service) plan(ctx context.Context, name string) (Plan, error) {
@@ -508,7 +531,9 @@ func (s *Service) plan(ctx context.Context, name string) (Plan, error) {
 	return p, nil
 }
 
-func (s *Service) view(ctx context.Context, sub *Subject) (SubjectView, error) {
+// view answers sub's settings and usage; seen false (a subject never
+// seen) answers nothing used without asking the counter.
+func (s *Service) view(ctx context.Context, sub *Subject, seen bool) (SubjectView, error) {
 	plan, err := s.plan(ctx, sub.Plan)
 	if err != nil {
 		return SubjectView{}, err
@@ -518,9 +543,11 @@ func (s *Service) view(ctx context.Context, sub *Subject) (SubjectView, error) {
 	for _, m := range meterNames(sub, &plan) {
 		lim, _ := sub.Limit(&plan, m)
 		key := counterKey(sub, m, lim.Period, now)
-		t, err := s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1, At: now})
-		if err != nil {
-			return SubjectView{}, fmt.Errorf("read usage of %s: %w", m, err)
+		var t Tally
+		if seen {
+			if t, err = s.counter.Used(ctx, UsageRead{Key: key, Limit: lim.Limit, Amount: 1, At: now}); err != nil {
+				return SubjectView{}, fmt.Errorf("read usage of %s: %w", m, err)
+			}
 		}
 		v.Meters = append(v.Meters, MeterStatus{
 			Meter:     m,

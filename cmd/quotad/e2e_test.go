@@ -376,6 +376,10 @@ func TestContractErrors(t *testing.T) {
 func TestProvisioningAndPricing(t *testing.T) {
 	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(t))
 	before := time.Now().UTC().Truncate(time.Second)
+	// The first consume provisions a subject, anchored then (reads do not).
+	if _, status, ok := q.consume(`{"subject":"user:new-1","amount":1}`); !ok {
+		t.Fatalf("first consume: %d", status)
+	}
 	_, user := q.call(t, "GET", "/v1/subjects/user:new-1", "")
 	after := time.Now().UTC()
 	if user["plan"] != "free" {
