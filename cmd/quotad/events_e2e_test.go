@@ -4,9 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -338,4 +344,123 @@ func TestEventsShutdown(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream did not end")
 	}
+}
+
+// BenchmarkEventsFanout measures what one instance's streams cost: it
+// opens QUOTAD_BENCH_STREAMS streams (1,000 unless set) of one subject on
+// a quotad, then each iteration consumes once (on the same instance) and
+// waits until every stream has the change. It reports the delivery
+// latency (from the consume's start to the change's arrival: median, p99
+// and last stream) and quotad's RSS before and with the streams open.
+//
+//	QUOTAD_BENCH_STREAMS=10000 go test -run '^$' -bench EventsFanout -benchtime 20x ./cmd/quotad
+func BenchmarkEventsFanout(b *testing.B) {
+	n := 1000
+	if v, err := strconv.Atoi(os.Getenv("QUOTAD_BENCH_STREAMS")); err == nil && v > 0 {
+		n = v
+	}
+	q := startQuotad(b, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(b))
+	const subject = "user:fanout"
+	consume(b, q, subject, 1)
+	rssBefore := rss(b, q)
+
+	arrivals := make(chan time.Time, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tr := &http.Transport{MaxIdleConnsPerHost: -1}
+	hc := &http.Client{Transport: tr}
+	var opened sync.WaitGroup
+	var openErr atomic.Value
+	sem := make(chan struct{}, 32)
+	start := time.Now()
+	for range n {
+		opened.Add(1)
+		sem <- struct{}{}
+		go func() {
+			ok := false
+			defer func() {
+				if !ok {
+					opened.Done()
+				}
+			}()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+q.addr+"/v1/subjects/"+subject+"/events", nil)
+			req.Header.Set("Authorization", "Bearer "+adminKey)
+			resp, err := hc.Do(req)
+			<-sem
+			if err != nil || resp.StatusCode != 200 {
+				openErr.Store(fmt.Sprint(err, resp))
+				return
+			}
+			defer resp.Body.Close()
+			r := bufio.NewReader(resp.Body)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				switch {
+				case strings.HasPrefix(line, "event: snapshot") && !ok:
+					ok = true
+					opened.Done()
+				case strings.HasPrefix(line, "event: usage"):
+					arrivals <- time.Now()
+				}
+			}
+		}()
+	}
+	opened.Wait()
+	if e := openErr.Load(); e != nil {
+		b.Fatalf("opening streams: %v", e)
+	}
+	b.Logf("%d streams open in %v", n, time.Since(start).Round(time.Millisecond))
+	// The lookback may bring the setup's consume to some streams: let it
+	// pass.
+	time.Sleep(2 * time.Second)
+	for len(arrivals) > 0 {
+		<-arrivals
+	}
+
+	var lat []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		consume(b, q, subject, 1)
+		for range n {
+			select {
+			case at := <-arrivals:
+				lat = append(lat, at.Sub(t0))
+			case <-time.After(30 * time.Second):
+				b.Fatalf("a change reached only some of %d streams", n)
+			}
+		}
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(n), "streams")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+	b.ReportMetric(float64(rssBefore)/(1<<20), "rss-before-MB")
+	b.ReportMetric(float64(rss(b, q))/(1<<20), "rss-MB")
+	cancel()
+}
+
+// rss returns the resident set size of q's process, in bytes.
+func rss(tb testing.TB, q *quotad) int64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", q.cmd.Process.Pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	tb.Fatal("no VmRSS")
+	return 0
 }
