@@ -139,9 +139,12 @@ func (s *Server) stream(c echo.Context, subject string) error {
 	beat := time.NewTicker(s.events.heartbeat)
 	defer beat.Stop()
 	for {
-		end := s.drain(ctx, out, sub, subject)
+		n, end := s.drain(ctx, out, sub, subject)
 		if err := out.flush(); err != nil || end {
 			return nil
+		}
+		if n == drainMax {
+			continue // more may be waiting
 		}
 		select {
 		case <-ctx.Done():
@@ -150,38 +153,47 @@ func (s *Server) stream(c echo.Context, subject string) error {
 		case <-sub.Done():
 			// What was queued before the end goes out (an Overflow
 			// event last, if that was why).
-			s.drain(ctx, out, sub, subject)
-			_ = out.flush()
-			return nil
+			for {
+				n, end := s.drain(ctx, out, sub, subject)
+				if err := out.flush(); err != nil || end || n < drainMax {
+					return nil
+				}
+			}
 		case <-beat.C:
 			out.buf = append(out.buf, ": ping\n\n"...)
 		}
 	}
 }
 
-// drain buffers the events waiting in sub and reports whether the stream
-// must end (it was cut off, or a snapshot could not be read).
-func (s *Server) drain(ctx context.Context, out *sseWriter, sub Subscription, subject string) (end bool) {
-	for {
+// drainMax bounds the events written in one write, so that a busy
+// stream is flushed as it goes.
+const drainMax = 256
+
+// drain buffers the events waiting in sub, up to drainMax, and returns
+// how many it took and whether the stream must end (it was cut off, or a
+// snapshot could not be read).
+func (s *Server) drain(ctx context.Context, out *sseWriter, sub Subscription, subject string) (n int, end bool) {
+	for ; n < drainMax; n++ {
 		ev, ok := sub.Next()
 		switch {
 		case !ok:
-			return false
+			return n, false
 		case ev.Overflow:
 			out.event("", "overflow", overflowData)
-			return true
+			return n + 1, true
 		case ev.Missed && subject == "":
 			out.event(ev.ID, "gap", gapData)
 		case ev.Missed:
 			data, err := s.snapshot(ctx, subject)
 			if err != nil {
-				return true // the answer has begun: the client reconnects
+				return n, true // the answer has begun: the client reconnects
 			}
 			out.event(ev.ID, "snapshot", data)
 		default:
 			out.event(ev.ID, ev.Type, ev.Data)
 		}
 	}
+	return n, false
 }
 
 // snapshotEvent is the name of the event a stream starts with when it

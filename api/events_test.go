@@ -169,6 +169,21 @@ func TestEventsFraming(t *testing.T) {
 	}
 }
 
+// TestEventsBurst: a burst longer than one write goes out whole and in
+// order.
+func TestEventsBurst(t *testing.T) {
+	sub := newQueueSub()
+	var want []string
+	for i := range 1000 {
+		id := fmt.Sprintf("%d-0", i+1)
+		sub.push(api.Event{ID: id, Type: "usage", Data: []byte(`{}`)})
+		want = append(want, "id: "+id, "event: usage", "data: {}")
+	}
+	srv := eventsServer(t, &queueFeed{sub: sub, replayed: true})
+	_, in := lines(t, srv)
+	expect(t, in, want...)
+}
+
 func TestEventsReplayHasNoHello(t *testing.T) {
 	sub := newQueueSub()
 	sub.push(api.Event{ID: "9-1", Type: "usage", Data: []byte(`{}`)})
