@@ -211,7 +211,7 @@ func (c *Counter) run(ctx context.Context, script *redis.Script, keys []string, 
 	if !c.health.Up() {
 		return nil, fmt.Errorf("reservations: redis is unreachable: %w", quota.ErrUnavailable)
 	}
-	reply, err := script.Run(ctx, c.rdb, keys, args...).Slice()
+	reply, err := c.batch.script(ctx, script, keys, args)
 	if err != nil {
 		if c.health.Failed(err) {
 			return nil, fmt.Errorf("reservations: redis is unreachable, the outcome is unknown, retry: %w", quota.ErrUnavailable)

@@ -29,14 +29,16 @@ import (
 )
 
 type call struct {
-	consume bool // a consume op (keys: counter, idempotency, holds; 7 args); else a read (see get)
-	keys    []string
-	args    []any
-	val     any // a GET's reply, or a consume op's first answer value
-	val2    any // a consume op's second answer value, or the live holds a read found
-	val3    any // a consume op's third answer value
-	err     error
-	done    chan struct{}
+	consume bool          // a consume op (keys: counter, idempotency, holds; 7 args)
+	script  *redis.Script // else a call of its own of this script (see script)
+	// else a read (see get)
+	keys []string
+	args []any
+	val  any // a GET's reply, or a consume op's first answer value
+	val2 any // a consume op's second answer value, or the live holds a read found
+	val3 any // a consume op's third answer value
+	err  error
+	done chan struct{}
 }
 
 // maxOpsPerScript bounds how many consumes one script call runs, so that
@@ -72,6 +74,23 @@ func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, 
 	return v1, v2, v3, nil
 }
 
+// script runs one call of s (a reservation script) in a pipeline, as its
+// own command, and returns its reply.
+func (b *batcher) script(ctx context.Context, s *redis.Script, keys []string, args []any) ([]any, error) {
+	c := callPool.Get().(*call)
+	c.script = s
+	c, err := b.queue(ctx, c, false, keys, args)
+	if err != nil {
+		return nil, err
+	}
+	reply, ok := c.val.([]any)
+	b.release(c)
+	if !ok {
+		return nil, errShortReply
+	}
+	return reply, nil
+}
+
 // get reads a counter and its live holds (the members of holds scored
 // after now, unix milliseconds) through a pipeline: GET's reply, and
 // ZRANGEBYSCORE's.
@@ -88,7 +107,10 @@ func (b *batcher) get(ctx context.Context, counter, holds string, now int64) (an
 // do queues a call and waits for its answer; the caller releases the
 // call when it has read it (only when do answered no error).
 func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []any) (*call, error) {
-	c := callPool.Get().(*call)
+	return b.queue(ctx, callPool.Get().(*call), consume, keys, args)
+}
+
+func (b *batcher) queue(ctx context.Context, c *call, consume bool, keys []string, args []any) (*call, error) {
 	c.consume, c.keys, c.args = consume, keys, args
 	select {
 	case b.calls <- c:
@@ -105,7 +127,7 @@ func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []an
 }
 
 func (b *batcher) release(c *call) {
-	c.keys, c.args, c.val, c.val2, c.val3, c.err = nil, nil, nil, nil, nil, nil
+	c.script, c.keys, c.args, c.val, c.val2, c.val3, c.err = nil, nil, nil, nil, nil, nil, nil
 	callPool.Put(c)
 }
 
@@ -156,10 +178,14 @@ func (b *batcher) send(batch []*call) {
 		args  []any
 		cmd   *redis.Cmd
 	}
-	var gets, holds []*redis.Cmd
+	var gets, holds, scripts []*redis.Cmd
 	var groups []*group
 	var g *group
 	for _, c := range batch {
+		if c.script != nil {
+			scripts = append(scripts, c.script.EvalSha(ctx, pipe, c.keys, c.args...))
+			continue
+		}
 		if !c.consume {
 			gets = append(gets, pipe.Do(ctx, "GET", c.keys[0]))
 			holds = append(holds, pipe.Do(ctx, "ZRANGEBYSCORE", c.keys[1], c.args[0], "+inf"))
@@ -177,8 +203,17 @@ func (b *batcher) send(batch []*call) {
 		g.cmd = consumeScript.EvalSha(ctx, pipe, g.keys, g.args...)
 	}
 	_, _ = pipe.Exec(ctx) // errors are per command
-	n := 0
+	n, m := 0, 0
 	for _, c := range batch {
+		if c.script != nil {
+			cmd := scripts[m]
+			m++
+			if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+				cmd = c.script.Run(ctx, b.rdb, c.keys, c.args...)
+			}
+			c.val, c.err = cmd.Val(), cmd.Err()
+			continue
+		}
 		if !c.consume {
 			c.val, c.err = gets[n].Val(), gets[n].Err()
 			if c.err == nil {
