@@ -359,7 +359,8 @@ func BenchmarkEventsFanout(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("QUOTAD_BENCH_STREAMS")); err == nil && v > 0 {
 		n = v
 	}
-	q := startQuotad(b, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(b))
+	// Every stream is a connection: room for them and the consumes.
+	q := startQuotad(b, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(b), fmt.Sprintf("QUOTAD_MAX_CONNS=%d", n+100))
 	const subject = "user:fanout"
 	consume(b, q, subject, 1)
 	rssBefore := rss(b, q)
