@@ -54,9 +54,9 @@ func (c *Counter) Reserve(ctx context.Context, op quota.ReserveOp) (quota.Reserv
 			return false, fmt.Errorf("reserve script answered %v", reply)
 		}
 		granted, _ := reply[0].(int64)
-		used, err1 := strconv.ParseInt(fmt.Sprint(reply[1]), 10, 64)
-		reserved, ok := reply[2].(int64)
-		if err1 != nil || !ok {
+		used, ok1 := count(reply[1])
+		reserved, ok2 := count(reply[2])
+		if !ok1 || !ok2 {
 			return false, fmt.Errorf("reserve script answered %v", reply)
 		}
 		res = quota.ReserveResult{Granted: granted == 1, Amount: op.Amount, Used: used, Reserved: reserved}
@@ -88,7 +88,7 @@ func firstReserve(reply []any, op quota.ReserveOp) (quota.ReserveResult, error) 
 	amount, err1 := strconv.ParseInt(parts[2], 10, 64)
 	used, err2 := strconv.ParseInt(parts[3], 10, 64)
 	expires, err3 := strconv.ParseInt(parts[5], 10, 64)
-	reserved, ok := reply[2].(int64)
+	reserved, ok := count(reply[2])
 	if err1 != nil || err2 != nil || err3 != nil || !ok {
 		return quota.ReserveResult{}, fmt.Errorf("idempotency record %q is malformed", stored)
 	}
@@ -114,6 +114,9 @@ func (c *Counter) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitRe
 	keys := []string{counterKey(op.Key), holdsKey(op.Key), recordKey(op.Key.Subject, op.ID), PendingStream}
 	args := []any{op.Amount, holdMember(ref.Amount, op.ID), op.At.UnixMilli(), flag(expired), ev,
 		flag(op.At.Before(recordUntil)), recordUntil.UnixMilli()}
+	if err := c.admit(); err != nil {
+		return quota.CommitResult{}, err
+	}
 	var res quota.CommitResult
 	err = c.withCounter(ctx, op.Key, op.At, func() (bool, error) {
 		reply, err := c.run(ctx, commitScript, keys, args)
@@ -131,8 +134,8 @@ func (c *Counter) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitRe
 			res, err = firstCommit(reply)
 			return false, err
 		case "ok":
-			used, ok1 := reply[1].(int64)
-			reserved, ok2 := reply[2].(int64)
+			used, ok1 := count(reply[1])
+			reserved, ok2 := count(reply[2])
 			if !ok1 || !ok2 {
 				return false, fmt.Errorf("commit script answered %v", reply)
 			}
@@ -158,7 +161,7 @@ var errUnknownHold = fmt.Errorf("unknown reservation (never made, or settled mor
 func firstCommit(reply []any) (quota.CommitResult, error) {
 	stored := fmt.Sprint(reply[1])
 	parts := strings.Split(stored, "|")
-	reserved, ok := reply[2].(int64)
+	reserved, ok := count(reply[2])
 	if len(parts) != 3 || !ok {
 		return quota.CommitResult{}, fmt.Errorf("reservation record %q is malformed", stored)
 	}
@@ -188,7 +191,7 @@ func (c *Counter) Release(ctx context.Context, key quota.CounterKey, id string, 
 		return quota.ReleaseResult{}, fmt.Errorf("reservation was committed, it cannot be released: %w", quota.ErrConflict)
 	}
 	before, ok1 := reply[0].(int64)
-	reserved, ok2 := reply[2].(int64)
+	reserved, ok2 := count(reply[2])
 	if len(reply) != 3 || !ok1 || !ok2 {
 		return quota.ReleaseResult{}, fmt.Errorf("release script answered %v", reply)
 	}

@@ -41,30 +41,30 @@ import "github.com/redis/go-redis/v9"
 // "load", "" when the counter is not in Redis (the caller loads it from
 // Postgres, see Counter.load, and retries); "err", message. The third is
 // what live reservations hold; enforce counts it against the limit.
-var consumeScript = redis.NewScript(heldLua + `
+// Counts are answered as decimal strings (see exactLua).
+var consumeScript = redis.NewScript(exactLua + heldLua + `
 local out, recs = {}, {}
 local function apply(i)
   local ck, ik, hk = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
   local a = 7 * i
-  local amount, enforce, limit = tonumber(ARGV[a + 1]), ARGV[a + 2] == "1", tonumber(ARGV[a + 3])
-  local idem = ARGV[a + 4] ~= ""
-  local reserved = held(hk, ARGV[a + 7])
+  local amount, idem = ARGV[a + 1], ARGV[a + 4] ~= ""
+  local hh, hl = held(hk, ARGV[a + 7])
   local prev = idem and redis.call("GET", ik)
-  if prev then return "dup", prev, reserved end
+  if prev then return "dup", prev, dec(hh, hl) end
   local used = redis.call("GET", ck)
-  if not used then return "load", "", 0 end
-  used = tonumber(used)
+  if not used then return "load", "", "0" end
   local applied = 1
-  if enforce and used + reserved + amount > limit then
+  if ARGV[a + 2] == "1" and not fits(used, hh, hl, amount, ARGV[a + 3]) then
     applied = 0
   else
-    used = redis.call("INCRBY", ck, amount) -- keeps the expiry the load or reset set
-    recs[#recs + 1] = ARGV[a + 6] .. "\31" .. string.format("%d", used)
+    redis.call("INCRBY", ck, amount) -- keeps the expiry the load or reset set
+    used = plus(used, amount) -- what INCRBY made it, exactly: its reply is a Lua number
+    recs[#recs + 1] = ARGV[a + 6] .. "\31" .. used
   end
   if idem then
-    redis.call("SET", ik, ARGV[a + 5] .. "|" .. applied .. "|" .. ARGV[a + 1] .. "|" .. string.format("%d", used), "EX", 86400)
+    redis.call("SET", ik, ARGV[a + 5] .. "|" .. applied .. "|" .. amount .. "|" .. used, "EX", 86400)
   end
-  return applied, used, reserved
+  return applied, used, dec(hh, hl)
 end
 for i = 0, (#KEYS - 1) / 3 - 1 do
   -- pcall: an op that fails (INCRBY past the int64 range) fails alone, and
@@ -202,14 +202,60 @@ return redis.call("GET", KEYS[1])
 // hold by a day, so a late commit is still recorded and a late retry
 // still answered.
 
-// heldLua defines held(hk, now): what the live holds of a counter hold.
+// exactLua defines exact arithmetic on counts. Counts reach the int64
+// range, but a Lua 5.1 number is a double, exact only up to 2^53: past it
+// an INCRBY's reply, a sum or a comparison with the limit would be
+// rounded. So a count is read as the decimal string Redis keeps, split
+// into two exact parts, hi * 10^9 + lo, to be added and compared, and
+// answered as a decimal string again, never as a Lua number. Counts,
+// amounts and limits are never negative.
+//
+//	split(s)           the parts of decimal string s
+//	add(ah, al, bh, bl) the parts of a + b
+//	dec(h, l)          the decimal string of parts h, l
+//	plus(a, b)         the decimal string of a + b, decimal strings
+//	fits(used, hh, hl, amount, limit)  used + held + amount <= limit
+const exactLua = `
+local E9 = 1000000000
+local function split(s)
+  local n = #s
+  if n <= 9 then return 0, tonumber(s) end
+  return tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))
+end
+local function add(ah, al, bh, bl)
+  local l = al + bl
+  if l >= E9 then return ah + bh + 1, l - E9 end
+  return ah + bh, l
+end
+local function dec(h, l)
+  if h == 0 then return string.format("%d", l) end
+  return string.format("%d%09d", h, l)
+end
+local function plus(a, b)
+  local ah, al = split(a)
+  local bh, bl = split(b)
+  return dec(add(ah, al, bh, bl))
+end
+local function fits(used, hh, hl, amount, limit)
+  local th, tl = split(used)
+  th, tl = add(th, tl, hh, hl)
+  local ah, al = split(amount)
+  th, tl = add(th, tl, ah, al)
+  local lh, ll = split(limit)
+  return th < lh or (th == lh and tl <= ll)
+end
+`
+
+// heldLua defines held(hk, now): what the live holds of a counter hold,
+// as exact parts (see exactLua, which it needs).
 const heldLua = `
 local function held(hk, now)
-  local sum = 0
+  local h, l = 0, 0
   for _, m in ipairs(redis.call("ZRANGEBYSCORE", hk, "(" .. now, "+inf")) do
-    sum = sum + tonumber(string.sub(m, 1, string.find(m, ":", 1, true) - 1))
+    local mh, ml = split(string.sub(m, 1, string.find(m, ":", 1, true) - 1))
+    h, l = add(h, l, mh, ml)
   end
-  return sum
+  return h, l
 end
 local function sweep(hk, now)
   local gone = redis.call("ZRANGEBYSCORE", hk, "-inf", now)
@@ -229,33 +275,35 @@ end
 //
 // Answers {granted (0 or 1), used, held after it, expired members} or
 // {"dup", "<hash>|<granted>|<amount>|<used>|<id>|<expiry>", held} or
-// {"load"} when the counter is not in Redis.
-var reserveScript = redis.NewScript(heldLua + `
+// {"load"} when the counter is not in Redis; counts as decimal strings
+// (see exactLua).
+var reserveScript = redis.NewScript(exactLua + heldLua + `
 local ck, hk, rk, ik = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local amount, limit, now = tonumber(ARGV[1]), tonumber(ARGV[3]), ARGV[4]
+local now = ARGV[4]
 local idem = ARGV[7] ~= ""
 if idem then
   local prev = redis.call("GET", ik)
-  if prev then return {"dup", prev, held(hk, now)} end
+  if prev then return {"dup", prev, dec(held(hk, now))} end
 end
 local used = redis.call("GET", ck)
 if not used then return {"load"} end
 local gone = sweep(hk, now)
-local reserved = held(hk, now)
+local hh, hl = held(hk, now)
 local granted = 1
-if ARGV[2] == "1" and tonumber(used) + reserved + amount > limit then
+if ARGV[2] == "1" and not fits(used, hh, hl, ARGV[1], ARGV[3]) then
   granted = 0
 else
   redis.call("ZADD", hk, ARGV[5], ARGV[1] .. ":" .. ARGV[6])
   local last = redis.call("ZRANGE", hk, -1, -1, "WITHSCORES")
   redis.call("PEXPIREAT", hk, math.max(tonumber(last[2]), tonumber(ARGV[5])) + 60000)
   redis.call("SET", rk, "held", "PXAT", ARGV[9])
-  reserved = reserved + amount
+  local ah, al = split(ARGV[1])
+  hh, hl = add(hh, hl, ah, al)
 end
 if idem then
   redis.call("SET", ik, ARGV[8] .. "|" .. granted .. "|" .. ARGV[1] .. "|" .. used .. "|" .. ARGV[6] .. "|" .. ARGV[5], "EX", 86400)
 end
-return {granted, used, reserved, gone}
+return {granted, used, dec(hh, hl), gone}
 `)
 
 // commitScript records a reservation's actual cost and frees its hold in
@@ -273,8 +321,9 @@ return {granted, used, reserved, gone}
 // record written so that a retry counts once.
 //
 // Answers {"ok", used, held} or {"dup", "<amount>|<used>|<expired>", held},
-// {"unknown"}, {"released"} or {"load"}.
-var commitScript = redis.NewScript(heldLua + `
+// {"unknown"}, {"released"} or {"load"}; counts as decimal strings (see
+// exactLua).
+var commitScript = redis.NewScript(exactLua + heldLua + `
 local ck, hk, rk = KEYS[1], KEYS[2], KEYS[3]
 local rec = redis.call("GET", rk)
 if not rec then
@@ -283,13 +332,15 @@ if not rec then
   rec = "held"
 end
 if rec == "released" then return {"released"} end
-if string.sub(rec, 1, 2) == "c|" then return {"dup", string.sub(rec, 3), held(hk, ARGV[3])} end
-if not redis.call("GET", ck) then return {"load"} end
+if string.sub(rec, 1, 2) == "c|" then return {"dup", string.sub(rec, 3), dec(held(hk, ARGV[3]))} end
+local used = redis.call("GET", ck)
+if not used then return {"load"} end
 redis.call("ZREM", hk, ARGV[2])
-local used = redis.call("INCRBY", ck, ARGV[1])
-redis.call("XADD", KEYS[4], "*", "e", ARGV[5] .. "\31" .. string.format("%d", used))
-redis.call("SET", rk, "c|" .. ARGV[1] .. "|" .. string.format("%d", used) .. "|" .. ARGV[4], "KEEPTTL")
-return {"ok", used, held(hk, ARGV[3])}
+redis.call("INCRBY", ck, ARGV[1])
+used = plus(used, ARGV[1])
+redis.call("XADD", KEYS[4], "*", "e", ARGV[5] .. "\31" .. used)
+redis.call("SET", rk, "c|" .. ARGV[1] .. "|" .. used .. "|" .. ARGV[4], "KEEPTTL")
+return {"ok", used, dec(held(hk, ARGV[3]))}
 `)
 
 // releaseScript frees a hold without consuming; a second release changes
@@ -299,13 +350,14 @@ return {"ok", used, held(hk, ARGV[3])}
 //	ARGV    the hold's member; now (unix ms)
 //
 // Answers {released before (0 or 1), used ("" when the counter is not in
-// Redis), held} or {"unknown"} or {"committed"}.
-var releaseScript = redis.NewScript(heldLua + `
+// Redis), held} or {"unknown"} or {"committed"}; counts as decimal strings
+// (see exactLua).
+var releaseScript = redis.NewScript(exactLua + heldLua + `
 local rec = redis.call("GET", KEYS[3])
 if not rec then return {"unknown"} end
 if string.sub(rec, 1, 2) == "c|" then return {"committed"} end
 local before = rec == "released" and 1 or 0
 redis.call("ZREM", KEYS[2], ARGV[1])
 redis.call("SET", KEYS[3], "released", "KEEPTTL")
-return {before, redis.call("GET", KEYS[1]) or "", held(KEYS[2], ARGV[2])}
+return {before, redis.call("GET", KEYS[1]) or "", dec(held(KEYS[2], ARGV[2]))}
 `)

@@ -6,7 +6,7 @@ import "sort"
 // MaxLimit the largest limit a plan may set.
 const (
 	MaxAmount int64 = 1_000_000_000_000
-	MaxLimit  int64 = 1_000_000_000_000_000
+	MaxLimit  int64 = 1_000_000_000_000_000_000
 )
 
 // DefaultMeter is the meter used when a request names none.
