@@ -35,6 +35,10 @@ func fieldProblem(field, detail string) error {
 	return err
 }
 
+// retryAfterOverloaded is the Retry-After of a request refused because
+// the flusher is behind, in seconds: about one flush.
+const retryAfterOverloaded = "1"
+
 // errorStatus is the one table from domain errors to HTTP statuses.
 var errorStatus = []struct {
 	err    error
@@ -67,6 +71,10 @@ func toProblem(err error, log *slog.Logger, r *http.Request) Problem {
 		}
 		return Problem{Type: "about:blank", Title: http.StatusText(he.Code), Status: he.Code, Detail: detail}
 	}
+	if errors.Is(err, quota.ErrOverloaded) { // expected under overload: not logged per request
+		return Problem{Type: "about:blank", Title: http.StatusText(503), Status: 503,
+			Detail: "usage arrives faster than quotad writes it to Postgres; nothing was counted, retry after Retry-After seconds"}
+	}
 	for _, e := range errorStatus {
 		if errors.Is(err, e.err) {
 			detail := err.Error()
@@ -88,6 +96,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 	p := toProblem(err, s.log, c.Request())
 	if p.Status == http.StatusUnauthorized {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="quotad"`)
+	}
+	if errors.Is(err, quota.ErrOverloaded) {
+		c.Response().Header().Set("Retry-After", retryAfterOverloaded)
 	}
 	c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
 	c.Response().WriteHeader(p.Status)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -49,6 +50,9 @@ func (s *Server) consumeBatch(c echo.Context) error {
 		if res[i].Err != nil {
 			p := toProblem(res[i].Err, s.log, c.Request())
 			out.Results[i].Error = &p
+			if errors.Is(res[i].Err, quota.ErrOverloaded) {
+				c.Response().Header().Set("Retry-After", retryAfterOverloaded)
+			}
 		} else {
 			out.Results[i].ConsumeResponse = &res[i].Response
 		}

@@ -195,7 +195,7 @@ const (
 	MetricFlushLag     = "quotad_flush_lag_seconds"
 	MetricFlushPending = "quotad_flush_pending"
 	MetricFlushErrors  = "quotad_flush_errors_total"
-	MetricPaced        = "quotad_consume_paced_total"
+	MetricShed         = "quotad_consume_shed_total"
 	MetricHTTPRequests = "quotad_http_requests_total"
 	MetricCPU          = "process_cpu_seconds_total"
 	MetricGoInfo       = "go_info"
@@ -219,9 +219,9 @@ type ServerStats struct {
 	PGRowsByDesign bool     `json:"postgres_rows_by_design,omitempty"`
 	FlushLagMaxSec *float64 `json:"flush_lag_max_seconds"`
 	FlushErrors    *float64 `json:"flush_errors"`
-	// PacedShare is the share of the run's consumes that waited for the
-	// flusher (backpressure, QUOTAD_FLUSH_MAX_LAG).
-	PacedShare *float64 `json:"paced_share"`
+	// ShedShare is the share of the run's consume attempts refused with
+	// 503 because the flusher was behind (QUOTAD_FLUSH_MAX_LAG).
+	ShedShare *float64 `json:"shed_share"`
 	// FlushLagSamples are the readings behind FlushLagMaxSec.
 	FlushLagSamples []LagSample `json:"flush_lag_samples,omitempty"`
 	// CPUCores is quotad's CPU time over the run's wall time.
@@ -276,8 +276,8 @@ func ComputeStats(before, after Metrics, requests, consumes int64, elapsed time.
 	if v, ok := d(MetricFlushErrors); ok {
 		s.FlushErrors = ptr(v)
 	}
-	if v, ok := d(MetricPaced); ok && consumes > 0 {
-		s.PacedShare = ptr(v / float64(consumes))
+	if v, ok := d(MetricShed); ok && consumes+int64(v) > 0 {
+		s.ShedShare = ptr(v / (float64(consumes) + v))
 	}
 	if v, ok := d(MetricCPU); ok && elapsed > 0 {
 		s.CPUCores = ptr(v / elapsed.Seconds())

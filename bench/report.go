@@ -357,7 +357,7 @@ func fmtRows(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
 // Columns of the result table.
 var tableHeader = []string{
 	"target", "scenario", "req/s", "consumes/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
-	"errors", "L1 hit", "redis rt/req", "redis cmd/req", "PG rows/1k consumes", "flush lag max s", "paced", "quotad CPU",
+	"errors", "L1 hit", "redis rt/req", "redis cmd/req", "PG rows/1k consumes", "flush lag max s", "shed", "quotad CPU",
 }
 
 // TableRows renders the runs as table cells.
@@ -377,7 +377,7 @@ func TableRows(runs []RunReport) [][]string {
 			fmtOpt(r.Server.RedisCmdsPerReq, fmtF2),
 			rowsCell,
 			fmtOpt(r.Server.FlushLagMaxSec, fmtLag),
-			fmtOpt(r.Server.PacedShare, fmtPct),
+			fmtOpt(r.Server.ShedShare, fmtPct),
 			fmtOpt(r.Server.CPUCores, fmtF2),
 		})
 	}

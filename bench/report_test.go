@@ -57,7 +57,7 @@ quotad_redis_commands_total 6000
 quotad_flush_rows_written_total{table="counters"} 10
 quotad_flush_rows_written_total{table="usage_ledger"} 100
 quotad_flush_lag_seconds 0.25
-quotad_consume_paced_total 7
+quotad_consume_shed_total 7
 process_cpu_seconds_total 10
 go_info{version="go1.26.8"} 1
 quotad_http_requests_total{code="200",method="POST",route="/v1/check"} 500
@@ -73,7 +73,7 @@ quotad_flush_rows_written_total{table="counters"} 60
 quotad_flush_rows_written_total{table="usage_ledger"} 1100
 quotad_flush_rows_written_total{table="subjects"} 40
 quotad_flush_lag_seconds 0.5
-quotad_consume_paced_total 57
+quotad_consume_shed_total 57
 process_cpu_seconds_total 25
 go_info{version="go1.26.8"} 1
 quotad_http_requests_total{code="200",method="POST",route="/v1/check"} 10500
@@ -121,13 +121,13 @@ func TestParseMetricsAndDeltas(t *testing.T) {
 		"rows/1k consumes": ptr(1090),
 		"cpu cores":        ptr(1.5),
 		"flush lag":        ptr(0.5),
-		"paced share":      ptr(0.05),
+		"shed share":       ptr(50.0 / 1050), // 50 shed of 1,050 consume attempts
 		"server requests":  ptr(10002),
 	}
 	got := map[string]*float64{
 		"l1 hit ratio": s.L1HitRatio, "l2 reads/req": s.L2ReadsPerRequest, "redis trips/req": s.RedisTripsPerReq,
 		"redis cmds/req": s.RedisCmdsPerReq, "rows/1k consumes": s.PGRowsPer1kConsumes, "cpu cores": s.CPUCores,
-		"flush lag": s.FlushLagMaxSec, "paced share": s.PacedShare, "server requests": s.ServerRequests,
+		"flush lag": s.FlushLagMaxSec, "shed share": s.ShedShare, "server requests": s.ServerRequests,
 	}
 	for k, w := range want {
 		if got[k] == nil || math.Abs(*got[k]-*w) > 1e-9 {

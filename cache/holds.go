@@ -114,6 +114,9 @@ func (c *Counter) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitRe
 	keys := []string{counterKey(op.Key), holdsKey(op.Key), recordKey(op.Key.Subject, op.ID), PendingStream}
 	args := []any{op.Amount, holdMember(ref.Amount, op.ID), op.At.UnixMilli(), flag(expired), ev,
 		flag(op.At.Before(recordUntil)), recordUntil.UnixMilli()}
+	if err := c.admit(); err != nil {
+		return quota.CommitResult{}, err
+	}
 	var res quota.CommitResult
 	err = c.withCounter(ctx, op.Key, op.At, func() (bool, error) {
 		reply, err := c.run(ctx, commitScript, keys, args)

@@ -61,7 +61,7 @@ type Counter struct {
 	loadWait time.Duration
 	// backlog, if set, holds consumes back while the flusher is behind.
 	backlog Backlog
-	paced   prometheus.Counter
+	shed    prometheus.Counter
 	// reads counts usage reads answered by Redis (L2); those that fall back
 	// to Postgres are not in it.
 	reads prometheus.Counter
@@ -80,11 +80,11 @@ var (
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
 	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second,
 		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
-		paced: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_paced_total", Help: "Consumes that waited because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
+		shed: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_shed_total", Help: "Consumes and commits refused with 503 because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
 
 // Register registers the counter's metrics on reg.
-func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads, c.paced) }
+func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads, c.shed) }
 
 // Backlog is the flusher as the consume path sees it: Behind reports
 // whether usage waits too long to be flushed, and then a channel closed
@@ -93,41 +93,28 @@ type Backlog interface {
 	Behind() (<-chan struct{}, bool)
 }
 
-// Pace makes consumes through Redis wait while b is behind; call it before
-// the counter serves.
+// Pace makes consumes through Redis refused while b is behind; call it
+// before the counter serves.
 func (c *Counter) Pace(b Backlog) { c.backlog = b }
 
-// maxPace bounds how long one consume waits for the flusher: pacing slows
-// a load down to what Postgres takes, it never refuses usage (a flusher
-// stuck on a hung Postgres must not stop consumes).
-const maxPace = time.Second
-
-// pace holds a consume while the flusher is behind, up to maxPace or until
-// ctx ends, whichever comes first; then the consume goes on either way.
-// The backlog is what a loss of Redis's data would lose, and on a shared
-// core a closed loop of clients could otherwise outrun the flusher for as
-// long as it lasts.
-func (c *Counter) pace(ctx context.Context) {
+// admit refuses usage (consumes, commits) with quota.ErrOverloaded while
+// the flusher is behind: usage then arrives faster than Postgres takes
+// it, and the unflushed backlog is what a loss of Redis's data would
+// lose. Refusing at once, instead of holding requests until the flusher
+// catches up, keeps the admitted ones fast and the backlog bounded:
+// holding them filled every connection with waiting requests and served
+// almost none. The flusher does not count itself behind while flushes
+// fail or hang (Postgres down): then Redis serves and the backlog grows,
+// as an outage needs.
+func (c *Counter) admit() error {
 	if c.backlog == nil {
-		return
+		return nil
 	}
-	wait, behind := c.backlog.Behind()
-	if !behind {
-		return
+	if _, behind := c.backlog.Behind(); behind {
+		c.shed.Inc()
+		return fmt.Errorf("usage arrives faster than it is written to postgres: %w", quota.ErrOverloaded)
 	}
-	c.paced.Inc()
-	timer := time.NewTimer(maxPace)
-	defer timer.Stop()
-	for behind {
-		select {
-		case <-wait:
-		case <-timer.C:
-			return
-		case <-ctx.Done():
-			return
-		}
-		wait, behind = c.backlog.Behind()
-	}
+	return nil
 }
 
 // counterKey returns the Redis key of a counter.
@@ -297,7 +284,9 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey, at time.Tim
 func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	return redisOrDirect(ctx, c.health,
 		func() (quota.ConsumeResult, error) {
-			c.pace(ctx)
+			if err := c.admit(); err != nil {
+				return quota.ConsumeResult{}, err
+			}
 			return c.consume(ctx, op)
 		},
 		func(ctx context.Context) (quota.ConsumeResult, error) { return c.src.Consume(ctx, op) })

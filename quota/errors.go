@@ -16,6 +16,10 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnavailable marks that no store could answer (both down, fail closed); 503.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrOverloaded marks usage refused because it arrives faster than it
+	// can be written to Postgres; 503 with Retry-After. Nothing was
+	// counted: the caller retries.
+	ErrOverloaded = errors.New("overloaded")
 )
 
 // FieldError is an ErrInvalid that names the offending request field.

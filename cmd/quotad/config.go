@@ -38,7 +38,7 @@ type Config struct {
 	FailMode        string        // QUOTAD_FAIL_MODE, --fail-mode; default "closed" (503 when no store answers); "open" allows
 	BenchFloor      bool          // QUOTAD_BENCH_FLOOR, --bench-floor; default false: serve POST /v1/floor, the bench's no-work baseline
 	DebugAddr       string        // QUOTAD_DEBUG_ADDR, --debug-addr; default none: serve net/http/pprof there (e.g. 127.0.0.1:6060)
-	TestHook        string        // QUOTAD_TEST_HOOK; default none; "crash-after-commit" kills quotad between a flush's commit and its ack (tests only)
+	TestHook        string        // QUOTAD_TEST_HOOK; default none; "crash-after-commit" kills quotad between a flush's commit and its ack, "slow-flush" makes each flush take 400 ms more (tests only)
 }
 
 func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, error) {

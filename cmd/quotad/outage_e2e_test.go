@@ -67,9 +67,9 @@ func TestPostgresOutage(t *testing.T) {
 		t.Errorf("readyz has no flush lag: %s", r)
 	}
 	// The lag is 20 s, but the flusher is failing, not slow: no consume
-	// was held back for it (see TestBackpressure).
-	if n := pacedTotal(t, q); n != 0 {
-		t.Errorf("%d consumes paced while postgres was down", n)
+	// was refused for it (see TestOverloadSheds).
+	if n := shedTotal(t, q); n != 0 {
+		t.Errorf("%d consumes shed while postgres was down", n)
 	}
 	pgs.Start(t)
 	time.Sleep(time.Second)

@@ -98,8 +98,11 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	host, _ := os.Hostname()
 	fcfg := flusherConfig(cfg)
 	fcfg.Registry, fcfg.Logger = reg, log
-	if cfg.TestHook == "crash-after-commit" {
+	switch cfg.TestHook {
+	case "crash-after-commit":
 		fcfg.AfterCommit = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+	case "slow-flush":
+		fcfg.AfterCommit = func() { time.Sleep(400 * time.Millisecond) }
 	}
 	pending := cache.NewPending(rdb, fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()))
 	pending.ClaimIdle = cfg.FlushClaimIdle
