@@ -53,10 +53,11 @@ var Scenarios = []Scenario{
 	{"floor", `POST /v1/floor {"subject":"user:hot-<i>","amount":A}: JSON in and out, no quota work, no auth (QUOTAD_BENCH_FLOOR=1)`, nextFloor},
 	{"check-hot", `POST /v1/check {"subject":"user:hot-<i>","amount":A} (plan bench-hot, far from its limit: L1 answers)`, nextCheckHot},
 	{"check-near-limit", `POST /v1/check for user:near-<i> (plan bench-near, seeded 950 of 1,000 used: L2 reads)`, nextCheckNear},
-	{"consume-record", `POST /v1/consume {"subject":"user:hot-<i>","amount":A} (mode record)`, nextConsumeRecord},
-	{"consume-enforce", `POST /v1/consume {"subject":"user:hot-<i>","amount":A,"mode":"enforce"}`, nextConsumeEnforce},
+	{"consume-record", `POST /v1/consume {"subject":"user:hot-<i>","amount":A,"idempotency_key":K} (mode record; a unique key, as billing clients send)`, nextConsumeRecord},
+	{"consume-record-nokey", `POST /v1/consume {"subject":"user:hot-<i>","amount":A} (mode record, no idempotency key)`, nextConsumeRecordNoKey},
+	{"consume-enforce", `POST /v1/consume {"subject":"user:hot-<i>","amount":A,"mode":"enforce","idempotency_key":K}`, nextConsumeEnforce},
 	{"mixed", `90% check-hot, 10% consume-record, drawn per request`, nextMixed},
-	{"consume-priced", `POST /v1/consume {"subject":"user:hot-<i>","usage":{"model":M,"input_tokens":I,"output_tokens":O}}`, nextConsumePriced},
+	{"consume-priced", `POST /v1/consume {"subject":"user:hot-<i>","usage":{"model":M,"input_tokens":I,"output_tokens":O},"idempotency_key":K}`, nextConsumePriced},
 	{"reserve-commit", `POST /v1/reservations {"subject":"user:hot-<i>","amount":A,"idempotency_key":K}, then POST /v1/reservations/<id>/commit {"amount":A}: two requests per operation`, nextReserveCommit},
 	{"consume-batch", `POST /v1/consume/batch with 100 record consumes of random user:hot-<i>, each with a unique idempotency key`, nextConsumeBatch},
 }
@@ -216,12 +217,17 @@ func nextCheckNear(g *Gen, dst []byte) Request {
 }
 
 func nextConsumeRecord(g *Gen, dst []byte) Request {
+	b := appendKey(appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount), g)
+	return Request{Path: "/v1/consume", Body: append(b, '}'), Consume: true}
+}
+
+func nextConsumeRecordNoKey(g *Gen, dst []byte) Request {
 	b := appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount)
 	return Request{Path: "/v1/consume", Body: append(b, '}'), Consume: true}
 }
 
 func nextConsumeEnforce(g *Gen, dst []byte) Request {
-	b := appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount)
+	b := appendKey(appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount), g)
 	return Request{Path: "/v1/consume", Body: append(b, `,"mode":"enforce"}`...), Consume: true}
 }
 
@@ -240,7 +246,8 @@ func nextConsumePriced(g *Gen, dst []byte) Request {
 	b = strconv.AppendInt(b, g.cfg.InputTokens, 10)
 	b = append(b, `,"output_tokens":`...)
 	b = strconv.AppendInt(b, g.cfg.OutputTokens, 10)
-	return Request{Path: "/v1/consume", Body: append(b, "}}"...), Consume: true}
+	b = appendKey(append(b, '}'), g)
+	return Request{Path: "/v1/consume", Body: append(b, '}'), Consume: true}
 }
 
 func nextFloor(g *Gen, dst []byte) Request {

@@ -26,6 +26,9 @@
 #   SERVER_GOMAXPROCS  quotad's GOMAXPROCS when pinned; default unset (Go: 1)
 #   BENCH_PGDB      default quotad_bench      BENCH_REDIS_DB  default 1
 #   BENCH_FRESH     default 1 (drop and recreate both before the run)
+#   SWEEP           default 1: after the suite, the open-loop sweep of
+#                   consume-record and consume-record-nokey (quotabench
+#                   sweep, SWEEP_DURATION per step, default 10s)
 #   FULL_ADDR / PG_ADDR   default 127.0.0.1:18080 / 127.0.0.1:18081
 set -euo pipefail
 START_SECONDS=$SECONDS
@@ -216,6 +219,19 @@ env -u GOMAXPROCS "${CLIENT_PIN[@]}" bin/quotabench suite \
 	-out "$OUT" -date "$DATE" -pinning "$PINNING" \
 	-note "make bench: Postgres database $BENCH_PGDB, Redis database $BENCH_REDIS_DB$([[ "$BENCH_FRESH" == 1 ]] && echo ", both recreated empty before the run")" \
 	$BENCH_ARGS
+
+# Open loop: what the consumes sustain when clients do not wait for quotad
+# (the closed loop's maximum, then fixed arrival rates at fractions of it),
+# with an idempotency key on each consume and without. SWEEP=0 skips it.
+if [[ "${SWEEP:-1}" == 1 ]]; then
+	for sc in consume-record consume-record-nokey; do
+		log "sweep: $sc"
+		env -u GOMAXPROCS "${CLIENT_PIN[@]}" bin/quotabench sweep -url "http://$FULL_ADDR" -key "$KEY" \
+			-scenario "$sc" -d "${SWEEP_DURATION:-10s}" -c "$CONNS" -subjects "$SUBJECTS" -q \
+			-out "$OUT/$DATE/sweep-$sc.json" >"$OUT/$DATE/sweep-$sc.md"
+		cat "$OUT/$DATE/sweep-$sc.md"
+	done
+fi
 
 ELAPSED=$((SECONDS - START_SECONDS))
 echo

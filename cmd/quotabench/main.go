@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +28,7 @@ const usage = `usage:
   quotabench seed  -url URL [-subjects N] [-workers 32] [-key K]
   quotabench run   -url URL -scenario NAME[,NAME...] [-d 10s] [-c 64] [-mode closed|open -rate R] [-label L] [-out DIR]
   quotabench suite -full-url URL [-postgres-url URL] [-d 15s] [-c 64] [-out bench/results]
+  quotabench sweep -url URL -scenario NAME [-d 10s] [-c 64] [-fractions 0.25,0.5,0.75,1,1.5] [-in-flight 1024] [-out FILE]
   quotabench wait  -url URL [-timeout 30s]       wait until quotad answers /healthz
   quotabench list                                list the scenarios
 
@@ -58,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdSuite(ctx, args, rest, stdout, stderr)
 	case "wait":
 		return cmdWait(ctx, rest, stderr)
+	case "sweep":
+		return cmdSweep(ctx, rest, stdout, stderr)
 	case "list":
 		for _, s := range bench.Scenarios {
 			fmt.Fprintf(stdout, "%-17s %s\n", s.Name, s.Description)
@@ -320,4 +325,51 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// cmdSweep finds what a scenario sustains: the closed loop's maximum, then
+// the open loop at fractions of it (bench.Sweep).
+func cmdSweep(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sweep", stderr)
+	var lf loadFlags
+	lf.register(fs, 10*time.Second)
+	u := fs.String("url", "http://127.0.0.1:8080", "quotad base URL")
+	scenario := fs.String("scenario", "consume-record", "scenario name")
+	fractions := fs.String("fractions", "0.25,0.5,0.75,1,1.5", "open-loop rates, as fractions of the closed loop's OK rate")
+	inFlight := fs.Int("in-flight", 1024, "open loop: most requests in flight")
+	out := fs.String("out", "", "also write the sweep as JSON to FILE")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	lo, err := lf.options()
+	if err != nil {
+		return err
+	}
+	sc, ok := bench.LookupScenario(*scenario)
+	if !ok {
+		return fmt.Errorf("unknown scenario %q", *scenario)
+	}
+	lo.URL, lo.Scenario = *u, sc
+	var fr []float64
+	for _, f := range strings.Split(*fractions, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("fractions: %q is not a positive number", f)
+		}
+		fr = append(fr, v)
+	}
+	res, err := bench.Sweep(ctx, bench.SweepOptions{Load: lo, Fractions: fr, InFlight: *inFlight,
+		Log: func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }})
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, res.Table())
+	if *out != "" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(*out, b, 0o644)
+	}
+	return nil
 }
