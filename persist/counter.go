@@ -88,6 +88,13 @@ func isDuplicateEvent(err error) bool {
 	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "usage_ledger_pkey"
 }
 
+// isDuplicateKey reports a flush refused because Postgres has one of its
+// idempotency keys already.
+func isDuplicateKey(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "idempotency_pkey"
+}
+
 func (s *Store) consumeOnce(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	if op.IdempotencyKey == "" {
 		return consume(ctx, s.pool, op)

@@ -556,3 +556,36 @@ func TestPacedFlushCountsEveryEvent(t *testing.T) {
 		t.Fatalf("counters sum to %d (%v), want %d", sum, err, want)
 	}
 }
+
+// TestFlushOfAKeyPostgresHas: a flush whose idempotency key Postgres took
+// already (on the direct path, while Redis was unreachable) is refused by
+// the keys' COPY and written again the careful way: every new event
+// counts once, and the key keeps its first answer.
+func TestFlushOfAKeyPostgresHas(t *testing.T) {
+	st := newStore(t)
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
+	ctx := context.Background()
+	key := monthKey
+	key.Subject = "user:key-taken"
+	direct := quota.ConsumeOp{Key: key, Amount: 5, EventID: "ev-direct", IdempotencyKey: "k-1", RequestHash: "h", At: time.Now()}
+	if _, err := st.Consume(ctx, direct); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	ev := func(id, idem string, amount int64) quota.Event {
+		return quota.Event{ID: id, Kind: quota.EventConsume, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End,
+			Amount: amount, IdempotencyKey: idem, RequestHash: "h", Used: 99, At: at}
+	}
+	if err := f.Write(ctx, []quota.Event{ev("ev-a", "k-0", 3), ev("ev-b", "k-1", 5), ev("ev-c", "", 7)}); err != nil {
+		t.Fatal(err)
+	}
+	var used, rows, keys, firstUsed int64
+	if err := st.Pool().QueryRow(ctx, `SELECT (SELECT used FROM counters WHERE subject = $1), (SELECT count(*) FROM usage_ledger WHERE subject = $1),
+		(SELECT count(*) FROM idempotency WHERE subject = $1), (SELECT used FROM idempotency WHERE subject = $1 AND key = 'k-1')`, key.Subject).
+		Scan(&used, &rows, &keys, &firstUsed); err != nil {
+		t.Fatal(err)
+	}
+	if used != 5+3+5+7 || rows != 4 || keys != 2 || firstUsed != 5 {
+		t.Fatalf("counter %d, ledger rows %d, keys %d, k-1's used %d; want 20, 4, 2, 5", used, rows, keys, firstUsed)
+	}
+}
