@@ -124,25 +124,42 @@ func unreachable(err error) bool {
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
+// startProbe starts the probe unless one runs. A failure that comes
+// after the probe's switch to up but before the probe ends finds it
+// running and starts none; so the probe, once it has said it ended, looks
+// again and goes on if Redis was marked down meanwhile.
 func (h *Health) startProbe() {
 	if !h.probing.CompareAndSwap(false, true) {
 		return
 	}
 	go func() {
-		defer h.probing.Store(false)
 		t := time.NewTicker(h.interval)
 		defer t.Stop()
 		for {
-			if h.try() {
+			if !h.probeUntilUp(t) {
+				h.probing.Store(false)
 				return
 			}
-			select {
-			case <-h.ctx.Done():
+			h.probing.Store(false)
+			if h.up.Load() || !h.probing.CompareAndSwap(false, true) {
 				return
-			case <-t.C:
 			}
 		}
 	}()
+}
+
+// probeUntilUp tries until Redis is up (true) or the context ends.
+func (h *Health) probeUntilUp(t *time.Ticker) bool {
+	for {
+		if h.try() {
+			return true
+		}
+		select {
+		case <-h.ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 func (h *Health) try() bool {

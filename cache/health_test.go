@@ -213,3 +213,38 @@ func TestBusReportsResubscription(t *testing.T) {
 		t.Fatal("no message after the resubscription")
 	}
 }
+
+// TestProbeNotStrandedByAFailureAsItEnds: Redis fails again in the instant
+// between the probe's switch to up and the probe's end (here: from the
+// OnChange callback of that switch). That failure finds the probe still
+// running and starts none; the probe must look again, or the instance
+// stays on Postgres for good while Redis answers.
+func TestProbeNotStrandedByAFailureAsItEnds(t *testing.T) {
+	rs := testenv.StartRedis(t, testenv.RedisOptions{})
+	opt, _ := redis.ParseURL(rs.URL())
+	opt.MaxRetries = -1
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := cache.NewHealth(rdb, discard)
+	h.Start(ctx, nil)
+	if !h.Up() {
+		t.Fatal("redis is not up at start")
+	}
+	var failedAgain atomic.Bool
+	h.OnChange = func(up bool) {
+		if up && failedAgain.CompareAndSwap(false, true) {
+			h.Failed(context.DeadlineExceeded) // a request timed out just then
+		}
+	}
+	h.Failed(context.DeadlineExceeded)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if failedAgain.Load() && h.Up() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("redis answers, but the instance stayed down after a failure at the end of a probe")
+}
