@@ -489,6 +489,11 @@ func (f *Flusher) Write(ctx context.Context, events []quota.Event) error {
 }
 
 func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) error {
+	if dedup {
+		// The ledger takes an event id once; so must the counters. The
+		// fast path cannot hold one twice (its COPY would be refused).
+		events = firstOfEachEvent(events)
+	}
 	rows := map[string]int{} // by table, for the metric once committed
 	err := pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
 		var fresh map[string]bool // nil: every event is new
@@ -514,6 +519,20 @@ func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) e
 		}
 	}
 	return err
+}
+
+// firstOfEachEvent answers events without the repeats of an event id
+// (the first one stays), in order.
+func firstOfEachEvent(events []quota.Event) []quota.Event {
+	seen := make(map[string]bool, len(events))
+	out := make([]quota.Event, 0, len(events))
+	for _, e := range events {
+		if !seen[e.ID] {
+			seen[e.ID] = true
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // isNew reports whether the event is one the ledger did not have.

@@ -589,3 +589,29 @@ func TestFlushOfAKeyPostgresHas(t *testing.T) {
 		t.Fatalf("counter %d, ledger rows %d, keys %d, k-1's used %d; want 20, 4, 2, 5", used, rows, keys, firstUsed)
 	}
 }
+
+// TestFlushWithAnEventTwice: a flush that holds one event twice (an entry
+// read again, a replay overlapping a claim) counts it once in the
+// counters, as in the ledger.
+func TestFlushWithAnEventTwice(t *testing.T) {
+	st := newStore(t)
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
+	ctx := context.Background()
+	key := monthKey
+	key.Subject = "user:twice"
+	ev := quota.Event{ID: "ev-twice", Kind: quota.EventConsume, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End,
+		Amount: 4, IdempotencyKey: "k-twice", RequestHash: "h", At: time.Now()}
+	other := ev
+	other.ID, other.IdempotencyKey = "ev-other", ""
+	if err := f.Write(ctx, []quota.Event{ev, other, ev}); err != nil {
+		t.Fatal(err)
+	}
+	var used, rows int64
+	if err := st.Pool().QueryRow(ctx, `SELECT (SELECT used FROM counters WHERE subject = $1), (SELECT count(*) FROM usage_ledger WHERE subject = $1)`,
+		key.Subject).Scan(&used, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if used != 8 || rows != 2 {
+		t.Fatalf("counter %d, ledger rows %d; want 8 and 2", used, rows)
+	}
+}
