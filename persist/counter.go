@@ -72,8 +72,19 @@ func (s *Store) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error
 // applied it, its reply was lost, the caller retried here, and the flusher
 // wrote the Redis copy first. The statement that found the duplicate
 // changed nothing, so the op answers as applied with the current usage.
+//
+// A deadlock with a flush holding the same event (it inserted the ledger
+// row first and waits for the counter row this transaction locked) or a
+// serialization failure aborts the transaction whole: it is tried again,
+// a few times, and then answers that the store is unavailable.
 func (s *Store) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	res, err := s.consumeOnce(ctx, op)
+	for try := 1; isRetryable(err) && try < 4; try++ {
+		res, err = s.consumeOnce(ctx, op)
+	}
+	if isRetryable(err) {
+		return res, fmt.Errorf("consume kept deadlocking with other writers: %w: %v", quota.ErrUnavailable, err)
+	}
 	if isDuplicateEvent(err) {
 		used, err := usedIn(ctx, s.pool, op.Key)
 		return quota.ConsumeResult{Applied: true, Amount: op.Amount, Used: used}, err
@@ -86,6 +97,13 @@ func (s *Store) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeR
 func isDuplicateEvent(err error) bool {
 	var pg *pgconn.PgError
 	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "usage_ledger_pkey"
+}
+
+// isRetryable reports a transaction Postgres aborted whole to break a
+// deadlock or a serialization conflict: running it again is safe.
+func isRetryable(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && (pg.Code == "40P01" || pg.Code == "40001")
 }
 
 // isDuplicateKey reports a flush refused because Postgres has one of its

@@ -615,3 +615,55 @@ func TestFlushWithAnEventTwice(t *testing.T) {
 		t.Fatalf("counter %d, ledger rows %d; want 8 and 2", used, rows)
 	}
 }
+
+// TestDirectConsumeSurvivesADeadlockWithAFlush: a consume on the direct
+// path locks its counter row and then inserts its ledger row; a flush
+// holding the same event (Redis counted it, its reply was lost, the
+// client retried on Postgres) inserted that ledger row first and then
+// wants the counter row: a deadlock, which Postgres breaks by aborting
+// the consume. The consume is tried again (nothing of it was committed)
+// and answers as the event counted once, not with an error.
+func TestDirectConsumeSurvivesADeadlockWithAFlush(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	key := monthKey
+	key.Subject = "user:deadlock"
+	if _, err := st.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "ev-0", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	flush, err := st.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flush.Rollback(ctx)
+	if _, err := flush.Exec(ctx, `SET LOCAL deadlock_timeout = '30s'`); err != nil { // the consume's backend is the one to notice
+		t.Fatal(err)
+	}
+	if _, err := flush.Exec(ctx, `INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, created_at)
+		VALUES ('ev-both', 'consume', $1, $2, $3, 5, now())`, key.Subject, key.Meter, key.Start); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		res quota.ConsumeResult
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		res, err := st.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 5, EventID: "ev-both", At: time.Now()})
+		done <- answer{res, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the consume holds the counter row and waits for the ledger row
+	if _, err := flush.Exec(ctx, `UPDATE counters SET used = used + 5 WHERE subject = $1`, key.Subject); err != nil {
+		t.Fatal(err)
+	}
+	if err := flush.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.err != nil || !a.res.Applied || a.res.Used != 6 {
+		t.Fatalf("consume after a deadlock: %+v, %v; want applied with used 6", a.res, a.err)
+	}
+	if used, _ := st.Used(ctx, quota.UsageRead{Key: key}); used.Used != 6 {
+		t.Fatalf("counter %d, want 6 (the event once)", used.Used)
+	}
+}
