@@ -528,8 +528,16 @@ func TestIdleConsumersDropped(t *testing.T) {
 	ctx := context.Background()
 	c := e.counter(t)
 	gone := cache.NewPending(e.rdb, "gone")
-	if _, _, err := gone.Next(ctx, 10, nil); err != nil { // creates the group and the consumer
+	if _, _, err := gone.Next(ctx, 10, nil); err != nil { // creates the group
 		t.Fatal(err)
+	}
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "idle-0", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	// A read makes the consumer (one that never read anything is not in
+	// the group); it acknowledges what it read and goes.
+	if evs, _, err := gone.Next(ctx, 10, nil); err != nil || len(evs) != 1 || gone.Ack(ctx, evs) != nil {
+		t.Fatalf("gone consumer read %d (%v), want 1", len(evs), err)
 	}
 	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "idle-1", At: time.Now()}); err != nil {
 		t.Fatal(err)
@@ -660,5 +668,49 @@ func TestPaceWaitsForTheFlusher(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 900*time.Millisecond {
 		t.Fatalf("waited %v, want about a second", waited)
+	}
+}
+
+// TestIdleConsumerThatReadsIsKept: a consumer idle long enough to be
+// dropped reads an entry just as the drop of idle consumers decides. The
+// drop must not delete it with the entry pending (the entry would be in
+// no one's list: never flushed, never claimed, and the stream never
+// drained past it).
+func TestIdleConsumerThatReadsIsKept(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	slow := cache.NewPending(e.rdb, "slow")
+	if _, _, err := slow.Next(ctx, 10, nil); err != nil { // creates the group
+		t.Fatal(err)
+	}
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "early-1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	evs, _, err := slow.Next(ctx, 10, nil) // a read makes the consumer
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("slow consumer read %d (%v), want 1", len(evs), err)
+	}
+	if err := slow.Ack(ctx, evs); err != nil { // nothing pending
+		t.Fatal(err)
+	}
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: "late-1", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // idle past the live one's ConsumerTTL
+	live := cache.NewPending(e.rdb, "live")
+	live.ConsumerTTL, live.ClaimIdle = 20*time.Millisecond, time.Hour
+	live.BeforeDropIdle(func() {
+		if evs, _, err := slow.Next(ctx, 10, nil); err != nil || len(evs) != 1 {
+			t.Errorf("slow consumer read %d (%v), want 1", len(evs), err)
+		}
+	})
+	if _, _, err := live.Claim(ctx, 10, nil); err != nil {
+		t.Fatal(err)
+	}
+	pending, err := e.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: cache.PendingStream, Group: cache.FlushGroup,
+		Start: "-", End: "+", Count: 10, Consumer: "slow"}).Result()
+	if err != nil || len(pending) != 1 {
+		t.Fatalf("the slow consumer's pending entries: %v (%v), want the one it read", pending, err)
 	}
 }

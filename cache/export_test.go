@@ -17,3 +17,7 @@ type Loading = loading
 func (c *Counter) Load(ctx context.Context, key quota.CounterKey, ld *Loading) (bool, error) {
 	return c.load(ctx, key, time.Now(), ld)
 }
+
+// BeforeDropIdle sets a hook the next drop of idle consumers runs while it
+// decides, where another consumer's read could come in.
+func (p *Pending) BeforeDropIdle(f func()) { p.beforeDropIdle = f }

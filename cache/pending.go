@@ -33,6 +33,8 @@ type Pending struct {
 	// the last one stopped at its count with more of the list to walk.
 	lastClaim time.Time
 	claimFrom string
+	// beforeDropIdle, in tests, runs as a drop of idle consumers decides.
+	beforeDropIdle func()
 }
 
 // NewPending returns the stream reader for consumer, a name unique to this
@@ -94,19 +96,41 @@ func (p *Pending) Claim(ctx context.Context, n int, into []quota.Event) ([]quota
 
 // dropIdleConsumers deletes the group's consumers that have nothing
 // pending and were idle longer than ConsumerTTL: processes gone for good.
-// A consumer with pending entries stays until they are claimed. Best
-// effort: a failure here only leaves the list as it was.
+// A consumer with pending entries stays until they are claimed. The look
+// and the delete are one script: between a look and a delete a consumer
+// could read entries, which its deletion would drop from every pending
+// list for good. Best effort: a failure here only leaves the list as it
+// was.
 func (p *Pending) dropIdleConsumers(ctx context.Context) {
-	consumers, err := p.rdb.XInfoConsumers(ctx, PendingStream, FlushGroup).Result()
-	if err != nil {
-		return
+	if p.beforeDropIdle != nil {
+		p.beforeDropIdle()
 	}
-	for _, c := range consumers {
-		if c.Name != p.consumer && c.Pending == 0 && c.Idle > p.ConsumerTTL {
-			p.rdb.XGroupDelConsumer(ctx, PendingStream, FlushGroup, c.Name)
-		}
-	}
+	_ = dropIdleScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup, p.consumer, p.ConsumerTTL.Milliseconds()).Err()
 }
+
+// dropIdleScript deletes the group's consumers, other than ARGV[2], with
+// nothing pending and idle longer than ARGV[3] milliseconds.
+//
+//	KEYS[1] pending stream
+//	ARGV    consumer group; this consumer; idle limit (ms)
+var dropIdleScript = redis.NewScript(`
+local consumers = redis.pcall("XINFO", "CONSUMERS", KEYS[1], ARGV[1])
+if type(consumers) ~= "table" or consumers.err then return 0 end
+local dropped = 0
+for _, c in ipairs(consumers) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == "name" then name = c[i + 1]
+    elseif c[i] == "pending" then pending = c[i + 1]
+    elseif c[i] == "idle" then idle = c[i + 1] end
+  end
+  if name and name ~= ARGV[2] and pending == 0 and idle and idle > tonumber(ARGV[3]) then
+    redis.call("XGROUP", "DELCONSUMER", KEYS[1], ARGV[1], name)
+    dropped = dropped + 1
+  end
+end
+return dropped
+`)
 
 // Next appends to into the events of up to n entries never delivered to
 // any flusher, and answers the number of entries read.
