@@ -714,3 +714,31 @@ func TestIdleConsumerThatReadsIsKept(t *testing.T) {
 		t.Fatalf("the slow consumer's pending entries: %v (%v), want the one it read", pending, err)
 	}
 }
+
+// TestOnPricesSetWhileMessagesArrive: the service sets what reloads its
+// prices after the settings' bus and recovery already run, so a "prices"
+// message can arrive while it is set (go test -race reported the plain
+// field this was before); once set, a message runs it.
+func TestOnPricesSetWhileMessagesArrive(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := cache.NewSettings(ctx, e.store, e.rdb, cache.NewHealth(e.rdb, discard), nil, time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 200 {
+			s.Invalidate(ctx, "prices")
+		}
+	})
+	var reloads atomic.Int64
+	s.SetOnPrices(func(context.Context) { reloads.Add(1) })
+	wg.Wait()
+	before := reloads.Load()
+	s.Invalidate(ctx, "prices")
+	if reloads.Load() != before+1 {
+		t.Fatalf("a prices message after SetOnPrices ran it %d times, want 1", reloads.Load()-before)
+	}
+}

@@ -54,9 +54,21 @@ type Settings struct {
 	// lastPlans keeps the last plan read from Postgres, served when
 	// Postgres is down and L1 has let the plan go.
 	lastPlans sync.Map
-	// OnPrices runs when prices changed on any instance (the service
-	// reloads its cost book).
-	OnPrices func(ctx context.Context)
+	// onPrices runs when prices changed on any instance (the service
+	// reloads its cost book). Set after the bus and the recovery already
+	// run (the service is built on these settings), hence atomic.
+	onPrices atomic.Pointer[func(ctx context.Context)]
+}
+
+// SetOnPrices sets what runs when prices changed on any instance, or may
+// have while messages were missed.
+func (s *Settings) SetOnPrices(f func(ctx context.Context)) { s.onPrices.Store(&f) }
+
+// pricesChanged runs the OnPrices function, if set.
+func (s *Settings) pricesChanged(ctx context.Context) {
+	if f := s.onPrices.Load(); f != nil {
+		(*f)(ctx)
+	}
 }
 
 var (
@@ -263,9 +275,7 @@ func (s *Settings) Invalidate(ctx context.Context, msg string) {
 	case "subjects":
 		s.subjects.Clear()
 	case "prices":
-		if s.OnPrices != nil {
-			s.OnPrices(ctx)
-		}
+		s.pricesChanged(ctx)
 	}
 }
 
@@ -304,9 +314,7 @@ func (s *Settings) DropStale(ctx context.Context) error {
 func (s *Settings) Clear() {
 	s.plans.Clear()
 	s.subjects.Clear()
-	if s.OnPrices != nil {
-		go s.OnPrices(context.Background())
-	}
+	go s.pricesChanged(context.Background())
 }
 
 // Plan entries hold a value copy; a plan's Limits map is shared with

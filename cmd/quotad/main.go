@@ -191,11 +191,11 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	}
 	svc := quota.NewService(t.stores, time.Now, margin)
 	if t.settings != nil {
-		t.settings.OnPrices = func(ctx context.Context) {
+		t.settings.SetOnPrices(func(ctx context.Context) {
 			if err := svc.ReloadPrices(ctx); err != nil {
 				log.Warn("reload prices", "err", err)
 			}
-		}
+		})
 	}
 	if err := svc.ReloadPrices(ctx); err != nil {
 		return err
