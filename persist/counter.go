@@ -298,3 +298,16 @@ func (s *Store) ClearStaleIdempotency(ctx context.Context, recs []quota.Idempote
 	_, err := s.pool.Exec(ctx, clearStaleIdempotencySQL, subjects, keys)
 	return translate(err)
 }
+
+// IdempotencyWindow is how long an idempotency key answers; Postgres keeps
+// a key an hour longer (clocks differ) and then PruneIdempotency deletes it.
+const IdempotencyWindow = 24 * time.Hour
+
+// PruneIdempotency deletes idempotency keys taken before before, at most
+// batch rows per call (short transactions on a large table), and answers
+// how many it deleted.
+func (s *Store) PruneIdempotency(ctx context.Context, before time.Time, batch int) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM idempotency WHERE ctid IN (
+		SELECT ctid FROM idempotency WHERE created_at < $1 LIMIT $2)`, before, batch)
+	return tag.RowsAffected(), translate(err)
+}

@@ -208,6 +208,12 @@ func (f *Flusher) Run(ctx context.Context) {
 			}
 		}
 	}()
+	prunes := make(chan struct{})
+	defer func() { <-prunes }()
+	go func() {
+		defer close(prunes)
+		f.pruneEvery(ctx, pruneInterval)
+	}()
 	for {
 		for {
 			n, err := f.flushRetrying(ctx)
@@ -236,6 +242,35 @@ func (f *Flusher) Run(ctx context.Context) {
 				if full {
 					break wait
 				}
+			}
+		}
+	}
+}
+
+// pruneInterval is how often a flusher deletes expired idempotency keys.
+const pruneInterval = 10 * time.Minute
+
+// pruneEvery deletes the idempotency keys past their window, every
+// interval, a batch at a time, until ctx ends. Every instance does it;
+// two at once delete different rows or none.
+func (f *Flusher) pruneEvery(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		before := time.Now().Add(-IdempotencyWindow - time.Hour)
+		for {
+			n, err := f.store.PruneIdempotency(ctx, before, 10_000)
+			if err != nil {
+				f.cfg.Logger.Warn("prune idempotency keys", "err", err)
+				break
+			}
+			if n < 10_000 {
+				break
 			}
 		}
 	}

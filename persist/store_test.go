@@ -667,3 +667,39 @@ func TestDirectConsumeSurvivesADeadlockWithAFlush(t *testing.T) {
 		t.Fatalf("counter %d, want 6 (the event once)", used.Used)
 	}
 }
+
+// TestPruneIdempotency: keys taken before the cut are deleted, a batch
+// at a time; later ones stay.
+func TestPruneIdempotency(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	now := time.Now()
+	for i, age := range []time.Duration{50 * time.Hour, 26 * time.Hour, 25*time.Hour + time.Minute, time.Hour, 0} {
+		if _, err := st.Pool().Exec(ctx, `INSERT INTO idempotency (subject, key, request_hash, created_at) VALUES ('user:p', $1, 'h', $2)`,
+			fmt.Sprint("k", i), now.Add(-age)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := now.Add(-persist.IdempotencyWindow - time.Hour)
+	var deleted []int64
+	for {
+		n, err := st.PruneIdempotency(ctx, cut, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deleted = append(deleted, n)
+		if n < 2 {
+			break
+		}
+	}
+	var left []string
+	rows, _ := st.Pool().Query(ctx, `SELECT key FROM idempotency WHERE subject = 'user:p' ORDER BY key`)
+	for rows.Next() {
+		var k string
+		_ = rows.Scan(&k)
+		left = append(left, k)
+	}
+	if fmt.Sprint(deleted) != "[2 1]" || fmt.Sprint(left) != "[k3 k4]" {
+		t.Fatalf("deleted %v per call, left %v; want [2 1] and [k3 k4]", deleted, left)
+	}
+}
