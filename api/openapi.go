@@ -1,8 +1,11 @@
 package api
 
 import (
+	"fmt"
+	"maps"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,10 +24,14 @@ func (s *Server) openapi(c echo.Context) error {
 
 // OpenAPI returns the OpenAPI 3.0 document of the routes.
 func (s *Server) OpenAPI() map[string]any {
-	g := &schemaGen{schemas: map[string]any{}}
-	problemRef := g.schema(reflect.TypeOf(Problem{}))
+	return s.openapiWith(newSchemaGen())
+}
+
+func (s *Server) openapiWith(g *schemaGen) map[string]any {
+	problem := map[string]any{"application/problem+json": map[string]any{"schema": g.schema(reflect.TypeOf(Problem{}))}}
 	paths := map[string]map[string]any{}
 	for _, r := range s.routes {
+		key := r.method + " " + r.path
 		op := map[string]any{
 			"summary":     r.summary,
 			"operationId": operationID(r.method, r.path),
@@ -32,7 +39,12 @@ func (s *Server) OpenAPI() map[string]any {
 		var params []any
 		for _, seg := range strings.Split(r.path, "/") {
 			if name, ok := strings.CutPrefix(seg, ":"); ok {
-				params = append(params, map[string]any{"name": name, "in": "path", "required": true, "schema": map[string]any{"type": "string"}})
+				schema := map[string]any{"type": "string", "minLength": 1}
+				if rl, ok := rules["path:"+name]; ok {
+					maps.Copy(schema, rl.schema)
+					g.use("path:" + name)
+				}
+				params = append(params, map[string]any{"name": name, "in": "path", "required": true, "schema": schema})
 			}
 		}
 		if params != nil {
@@ -40,21 +52,26 @@ func (s *Server) OpenAPI() map[string]any {
 		}
 		if r.body != nil {
 			op["requestBody"] = map[string]any{
-				"required": !optionalBody[r.method+" "+r.path],
-				"content":  map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.body))}},
+				"required":    !optionalBody[key],
+				"description": fmt.Sprintf("JSON, at most %d bytes (64 KiB); unknown fields are refused", MaxBody),
+				"content":     map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.body))}},
 			}
 		}
 		responses := map[string]any{
-			"default": map[string]any{
-				"description": "An error (400, 401, 403, 404, 409, 413, 415, 503)",
-				"content":     map[string]any{"application/problem+json": map[string]any{"schema": problemRef}},
-			},
+			"default": map[string]any{"description": otherErrors, "content": problem},
 		}
-		for _, status := range append([]int{r.status}, alsoAnswers[r.method+" "+r.path]...) {
+		for _, status := range append([]int{r.status}, alsoAnswers[key]...) {
 			responses[strconv.Itoa(status)] = map[string]any{
 				"description": http.StatusText(status),
 				"content":     map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.answer))}},
 			}
+		}
+		for _, status := range errorStatuses(r) {
+			resp := map[string]any{"description": errorDescriptions[status], "content": problem}
+			if status == http.StatusUnauthorized {
+				resp["headers"] = map[string]any{"WWW-Authenticate": map[string]any{"required": true, "schema": map[string]any{"type": "string"}}}
+			}
+			responses[strconv.Itoa(status)] = resp
 		}
 		op["responses"] = responses
 		if _, ok := r.answer.(eventStream); ok {
@@ -70,21 +87,96 @@ func (s *Server) OpenAPI() map[string]any {
 		}
 		paths[p][strings.ToLower(r.method)] = op
 	}
-	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/openapi.json"} {
-		paths[p] = map[string]any{"get": map[string]any{
-			"operationId": operationID("GET", p),
-			"responses":   map[string]any{"200": map[string]any{"description": "OK"}},
-		}}
+	readiness := map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(Readiness{}))}}
+	for p, responses := range map[string]map[string]any{
+		"/healthz": {"200": map[string]any{"description": "The process serves", "content": map[string]any{"application/json": map[string]any{
+			"schema": map[string]any{"type": "object", "required": []string{"status"}, "additionalProperties": false,
+				"properties": map[string]any{"status": map[string]any{"type": "string", "enum": []string{"ok"}}}}}}}},
+		"/readyz": {
+			"200": map[string]any{"description": "Ready: both stores up (ok), or one down and served around (degraded)", "content": readiness},
+			"503": map[string]any{"description": "Not ready: no store can answer (unavailable)", "content": readiness},
+		},
+		"/metrics":      {"200": map[string]any{"description": "Prometheus metrics", "content": map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}}},
+		"/openapi.json": {"200": map[string]any{"description": "This document", "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"type": "object"}}}}},
+	} {
+		responses["default"] = map[string]any{"description": otherErrors, "content": problem}
+		paths[p] = map[string]any{"get": map[string]any{"operationId": operationID("GET", p), "responses": responses}}
 	}
 	return map[string]any{
 		"openapi": "3.0.3",
-		"info":    map[string]any{"title": "quotad", "version": "1", "description": "Quota and credits service"},
-		"paths":   paths,
+		"info": map[string]any{"title": "quotad", "version": "1", "description": "Quota and credits service. " +
+			"Errors are application/problem+json (RFC 9457). Counts are exact integers up to their maximum. " +
+			fmt.Sprintf("Request bodies are JSON of at most %d bytes.", MaxBody)},
+		"paths": paths,
 		"components": map[string]any{
 			"schemas":         g.schemas,
 			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
 		},
 	}
+}
+
+// otherErrors describes the errors every operation may answer besides its
+// own.
+const otherErrors = "Any other error: 404 no such route, 405 a method the path does not serve, " +
+	"431 headers too large, 503 the stores cannot answer; 500 is a bug (no input should cause one)"
+
+var errorDescriptions = map[int]string{
+	http.StatusBadRequest:            "Bad input; field names the request field at fault",
+	http.StatusUnauthorized:          "No key, or not a valid one",
+	http.StatusForbidden:             "The key lacks the admin scope",
+	http.StatusNotFound:              "No such resource",
+	http.StatusConflict:              "An idempotency key reused with a different request, or a settled reservation",
+	http.StatusRequestEntityTooLarge: fmt.Sprintf("The body is over %d bytes", MaxBody),
+	http.StatusUnsupportedMediaType:  "The body is not application/json",
+	http.StatusServiceUnavailable:    "The stores cannot answer; retry later",
+}
+
+// errorStatuses lists the error statuses of a route: what its input can
+// get wrong, its auth, and what it looks up.
+func errorStatuses(r route) []int {
+	var out []int
+	params := strings.Contains(r.path, "/:")
+	if r.body != nil || params {
+		out = append(out, http.StatusBadRequest)
+	}
+	if r.scope != "" {
+		// Keys are looked up in Postgres: an authenticated route can be a 503.
+		out = append(out, http.StatusUnauthorized, http.StatusServiceUnavailable)
+	}
+	if r.scope == ScopeAdmin {
+		out = append(out, http.StatusForbidden)
+	}
+	// A named resource other than a subject (subjects exist implicitly)
+	// can be unknown, except to the PUT that creates it.
+	for _, seg := range strings.Split(r.path, "/") {
+		if strings.HasPrefix(seg, ":") && seg != ":subject" && r.method != http.MethodPut {
+			out = append(out, http.StatusNotFound)
+			break
+		}
+	}
+	if conflicts[r.method+" "+r.path] || (r.body != nil && hasField(reflect.TypeOf(r.body), "idempotency_key")) {
+		out = append(out, http.StatusConflict)
+	}
+	if r.body != nil {
+		out = append(out, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType)
+	}
+	return out
+}
+
+// conflicts lists the operations that answer 409 for a state they cannot
+// change, besides those that take an idempotency key.
+var conflicts = map[string]bool{
+	"POST /v1/reservations/:id/commit": true, // released
+	"DELETE /v1/reservations/:id":      true, // committed
+}
+
+func hasField(t reflect.Type, name string) bool {
+	for _, f := range JSONFields(t) {
+		if f.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // optionalBody lists the operations whose body may be left out: a reset
@@ -112,18 +204,30 @@ func openapiPath(p string) string {
 	return strings.Join(segs, "/")
 }
 
+// operationID names an operation in lower camel case from its method and
+// path: POST /v1/consume/batch is postV1ConsumeBatch, GET /openapi.json
+// getOpenapiJson (letters and digits only, for code generators).
 func operationID(method, path string) string {
 	id := strings.ToLower(method)
-	for _, s := range strings.Split(path, "/") {
-		s = strings.Trim(s, ":.{}")
-		if s != "" {
-			id += strings.ToUpper(s[:1]) + s[1:]
-		}
+	words := strings.FieldsFunc(path, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	})
+	for _, w := range words {
+		id += strings.ToUpper(w[:1]) + w[1:]
 	}
 	return id
 }
 
-type schemaGen struct{ schemas map[string]any }
+type schemaGen struct {
+	schemas map[string]any
+	used    map[string]bool // the rules applied, for TestOpenAPIValid
+	// shape: types only (schemas named <Type>Shape), without rules and
+	// with nothing required, for values a handler checks one item at a
+	// time (see rule.shape).
+	shape bool
+}
+
+func newSchemaGen() *schemaGen { return &schemaGen{schemas: map[string]any{}, used: map[string]bool{}} }
 
 var (
 	timeType    = reflect.TypeOf(time.Time{})
@@ -140,7 +244,12 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 	case qtimeType:
 		return map[string]any{"type": "string", "format": "date-time", "nullable": true}
 	case decimalType:
-		return map[string]any{"type": "number", "description": "exact decimal"}
+		// Read exactly, never through a float: a JSON number, or a string
+		// holding one; answered as a number.
+		return map[string]any{"description": "exact decimal", "anyOf": []any{
+			map[string]any{"type": "number"},
+			map[string]any{"type": "string", "pattern": `^[0-9]+(\.[0-9]+)?$`},
+		}}
 	case periodType:
 		return map[string]any{"type": "string", "enum": []string{"hour", "day", "week", "month", "none"}}
 	}
@@ -159,13 +268,26 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 		return map[string]any{"type": "object", "additionalProperties": g.schema(t.Elem())}
 	case reflect.Struct:
 		name := t.Name()
+		if g.shape {
+			name += "Shape"
+		}
 		if _, done := g.schemas[name]; !done {
 			g.schemas[name] = nil // break cycles
 			props := map[string]any{}
 			var required []string
 			for _, f := range JSONFields(t) {
-				props[f.Name] = g.schema(f.Type)
-				if !f.Optional {
+				ps, optional := g.schema(f.Type), f.Optional || g.shape
+				for _, key := range []string{f.Name, name + "." + f.Name} { // the type's own rule last
+					if rl, ok := rules[key]; ok && !g.shape {
+						if rl.shape {
+							ps = (&schemaGen{schemas: g.schemas, used: g.used, shape: true}).schema(f.Type)
+						}
+						ps, optional = withRule(ps, rl.schema), optional || rl.optional
+						g.use(key)
+					}
+				}
+				props[f.Name] = ps
+				if !optional {
 					required = append(required, f.Name)
 				}
 			}
@@ -178,6 +300,32 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 		return map[string]any{"$ref": "#/components/schemas/" + name}
 	}
 	return map[string]any{}
+}
+
+func (g *schemaGen) use(rule string) { g.used[rule] = true }
+
+// withRule returns schema s with a rule's keywords added: beside a $ref
+// (which OpenAPI 3.0 reads alone) through allOf, and numeric bounds of a
+// decimal on its number form.
+func withRule(s, rule map[string]any) map[string]any {
+	if _, ok := s["$ref"]; ok {
+		s = map[string]any{"allOf": []any{s}}
+	}
+	out := maps.Clone(s)
+	forms, decimal := s["anyOf"].([]any)
+	if decimal {
+		forms = slices.Clone(forms)
+		forms[0] = maps.Clone(forms[0].(map[string]any))
+		out["anyOf"] = forms
+	}
+	for k, v := range rule {
+		if decimal && (k == "minimum" || k == "maximum") {
+			forms[0].(map[string]any)[k] = v
+		} else {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // JSONField is one field of a struct as encoding/json sees it.

@@ -143,7 +143,10 @@ type MeterStatus struct {
 	Remaining int64  `json:"remaining"`
 	Period    Period `json:"period"`
 	ResetsAt  Time   `json:"resets_at"`
-	Overage   int64  `json:"overage"` // usage past the limit
+	// Overage is the limit's own: usage may pass it (recorded, not
+	// refused). OverageUsed is how far usage has passed it.
+	Overage     bool  `json:"overage"`
+	OverageUsed int64 `json:"overage_used"`
 }
 
 // SubjectView is a subject's settings and the usage of each of its meters.
@@ -550,14 +553,15 @@ func (s *Service) view(ctx context.Context, sub *Subject, seen bool) (SubjectVie
 			}
 		}
 		v.Meters = append(v.Meters, MeterStatus{
-			Meter:     m,
-			Used:      t.Used,
-			Reserved:  t.Reserved,
-			Limit:     lim.Limit,
-			Remaining: remaining(lim.Limit, t),
-			Period:    lim.Period,
-			ResetsAt:  Time{key.End},
-			Overage:   max(0, t.Used-lim.Limit),
+			Meter:       m,
+			Used:        t.Used,
+			Reserved:    t.Reserved,
+			Limit:       lim.Limit,
+			Remaining:   remaining(lim.Limit, t),
+			Period:      lim.Period,
+			ResetsAt:    Time{key.End},
+			Overage:     lim.Overage,
+			OverageUsed: max(0, t.Used-lim.Limit),
 		})
 	}
 	return v, nil

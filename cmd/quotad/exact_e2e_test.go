@@ -157,7 +157,7 @@ func TestExactCounts(t *testing.T) {
 			t.Fatalf("record past the limit: %v", r)
 		}
 		_, v := q.exact(t, "GET", "/v1/subjects/"+s, "")
-		wantInts(t, "view", v["meters"].([]any)[0].(map[string]any), map[string]string{"used": "1000000000000000007", "limit": limit, "overage": "7", "remaining": "0"})
+		wantInts(t, "view", v["meters"].([]any)[0].(map[string]any), map[string]string{"used": "1000000000000000007", "limit": limit, "overage_used": "7", "remaining": "0"})
 		waitFlushedExact(t, pg, s, 1_000_000_000_000_000_007)
 	})
 }
