@@ -46,6 +46,7 @@ type quotad struct {
 	cmd  *exec.Cmd
 	out  *output
 	env  []string
+	tb   testing.TB // fails when an exchange breaks the OpenAPI document (contract_test.go)
 }
 
 // output collects the process's stdout and stderr. It is locked because
@@ -71,7 +72,7 @@ func (o *output) String() string {
 // environment and waits until /healthz answers.
 func startQuotad(tb testing.TB, env ...string) *quotad {
 	tb.Helper()
-	q := &quotad{addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb))}
+	q := &quotad{addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb)), tb: tb}
 	// QUOTAD_DEV: the tests' admin keys are well-known and short.
 	q.env = append([]string{"QUOTAD_ADDR=" + q.addr, "QUOTAD_ADMIN_KEY=" + adminKey, "QUOTAD_DEV=1", "QUOTAD_LOG_LEVEL=warn"}, env...)
 	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "QUOTAD_REDIS_URL=") }) {
@@ -148,6 +149,14 @@ func (q *quotad) stop(tb testing.TB) {
 // do sends a request and returns the status, content type and body.
 func (q *quotad) do(tb testing.TB, method, path, key, contentType string, body io.Reader) (int, string, []byte) {
 	tb.Helper()
+	var sent []byte // for the contract check
+	if body != nil {
+		var err error
+		if sent, err = io.ReadAll(body); err != nil {
+			tb.Fatal(err)
+		}
+		body = bytes.NewReader(sent)
+	}
 	req, err := http.NewRequestWithContext(context.Background(), method, "http://"+q.addr+path, body)
 	if err != nil {
 		tb.Fatal(err)
@@ -167,6 +176,7 @@ func (q *quotad) do(tb testing.TB, method, path, key, contentType string, body i
 	if err != nil {
 		tb.Fatal(err)
 	}
+	q.holdToContract(tb, req, sent, resp.StatusCode, resp.Header, b)
 	return resp.StatusCode, resp.Header.Get("Content-Type"), b
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -98,7 +99,12 @@ func (q *quotad) consume(body string) (consumeResult, int, bool) {
 	}
 	defer resp.Body.Close()
 	var r consumeResult
-	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&r) != nil {
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return r, resp.StatusCode, false
+	}
+	q.holdToContract(q.tb, req, []byte(body), resp.StatusCode, resp.Header, b)
+	if resp.StatusCode != 200 || json.Unmarshal(b, &r) != nil {
 		return r, resp.StatusCode, false
 	}
 	return r, resp.StatusCode, true
@@ -114,7 +120,10 @@ func (q *quotad) check(body string) (int, map[string]any) {
 	}
 	defer resp.Body.Close()
 	var m map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&m)
+	if b, err := io.ReadAll(resp.Body); err == nil {
+		q.holdToContract(q.tb, req, []byte(body), resp.StatusCode, resp.Header, b)
+		_ = json.Unmarshal(b, &m)
+	}
 	return resp.StatusCode, m
 }
 
