@@ -595,5 +595,31 @@ func translate(err error) error {
 	if err != nil && strings.Contains(err.Error(), "would overflow") {
 		return quota.Invalid("amount", "usage would overflow the counter")
 	}
+	if err != nil && strings.Contains(err.Error(), "OOM command not allowed") {
+		// Redis is full (maxmemory, noeviction): the unflushed usage and
+		// the counters no longer fit. A script refused so wrote nothing.
+		return fmt.Errorf("redis is out of memory: %w", quota.ErrUnavailable)
+	}
 	return err
+}
+
+// MemoryUse reads Redis's used memory and its maxmemory (0: no limit).
+func MemoryUse(ctx context.Context, rdb redis.UniversalClient) (used, limit int64, err error) {
+	info, err := rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		return 0, 0, err
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "used_memory":
+			used, _ = strconv.ParseInt(v, 10, 64)
+		case "maxmemory":
+			limit, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return used, limit, nil
 }

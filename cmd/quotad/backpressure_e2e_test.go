@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/quotad/quotad/internal/testenv"
 )
@@ -137,4 +138,56 @@ func TestOverloadSheds(t *testing.T) {
 	if err := conn.QueryRow(context.Background(), `SELECT count(DISTINCT idempotency_key) FROM usage_ledger WHERE subject = $1`, subject).Scan(&keys); err != nil || keys != acked.Load() {
 		t.Fatalf("ledger holds %d distinct keys (%v), want %d", keys, err, acked.Load())
 	}
+}
+
+// TestRedisFull: Redis at its maxmemory (noeviction) refuses writes.
+// Consumes then answer 503, not 500, and count nothing; /readyz says
+// degraded with a warning well before that; checks are still served.
+func TestRedisFull(t *testing.T) {
+	pg := testenv.PostgresURL(t)
+	rs := testenv.StartRedis(t, testenv.RedisOptions{})
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rs.URL())
+	const subject = "user:redis-full"
+	if r, status, ok := q.consume(`{"subject":"` + subject + `","amount":1}`); !ok || !r.Applied {
+		t.Fatalf("consume: %d %+v", status, r)
+	}
+	rdb := redis.NewClient(mustParse(t, rs.URL()))
+	defer rdb.Close()
+	ctx := context.Background()
+	used, err := rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`used_memory:(\d+)`).FindStringSubmatch(used)
+	if m == nil {
+		t.Fatalf("no used_memory in %q", used)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", m[1]).Err(); err != nil { // full now
+		t.Fatal(err)
+	}
+	var refused int
+	for i := range 50 {
+		_, status, _ := q.consume(fmt.Sprintf(`{"subject":"%s","amount":1,"idempotency_key":"full-%d"}`, subject, i))
+		switch status {
+		case 200:
+		case 503:
+			refused++
+		default:
+			t.Fatalf("consume with redis full: status %d, want 200 or 503\n%s", status, q.out)
+		}
+	}
+	if refused == 0 {
+		t.Fatal("redis at maxmemory took every consume")
+	}
+	if r := readyz(t, q); !strings.Contains(r, `"status":"degraded"`) || !strings.Contains(r, "redis_memory_warning") {
+		t.Fatalf("readyz with redis full: %s", r)
+	}
+	if status, v := q.check(`{"subject":"` + subject + `"}`); status != 200 {
+		t.Fatalf("check with redis full: %d %v", status, v)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	acked := q.used(t, subject)
+	waitFlushed(t, pg, subject, acked)
 }

@@ -187,14 +187,31 @@ func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
 	if flushErr != nil {
 		r.Detail["flush_error"] = "the last flush failed; retrying"
 	}
+	full := false
+	if redisUp {
+		// Unflushed usage waits in Redis's memory: during a long Postgres
+		// outage it grows until maxmemory, where Redis refuses writes and
+		// consumes answer 503. Say so well before.
+		if used, limit, err := cache.MemoryUse(ctx, t.rdb); err == nil && limit > 0 {
+			ratio := float64(used) / float64(limit)
+			r.Detail["redis_memory_used_ratio"] = ratio
+			if full = ratio >= redisMemoryWarn; full {
+				r.Detail["redis_memory_warning"] = "redis is nearly full; at maxmemory it refuses usage (503)"
+			}
+		}
+	}
 	switch {
 	case !pgUp && !redisUp:
 		r.Status = "unavailable"
-	case !pgUp || !redisUp || flushErr != nil:
+	case !pgUp || !redisUp || flushErr != nil || full:
 		r.Status = "degraded"
 	}
 	return r
 }
+
+// redisMemoryWarn is the share of Redis's maxmemory above which /readyz
+// says degraded.
+const redisMemoryWarn = 0.8
 
 // flusherConfig answers the flusher's settings from quotad's.
 func flusherConfig(cfg Config) persist.FlusherConfig {
