@@ -59,6 +59,8 @@ func decodeError(err error) error {
 	var syntaxErr *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError
 	switch {
+	case isTimeout(err):
+		return bodyReadError(err)
 	case errors.As(err, &maxErr):
 		return problem(http.StatusRequestEntityTooLarge, fmt.Sprintf("the body must be at most %d bytes", MaxBody))
 	case errors.Is(err, io.EOF):
@@ -84,6 +86,15 @@ func decodeError(err error) error {
 		// Errors from UnmarshalJSON methods (times, decimals, periods).
 		return fieldProblem("body", err.Error())
 	}
+}
+
+// bodyReadError answers a body that could not be read: 408 when it did
+// not arrive within the read timeout.
+func bodyReadError(err error) error {
+	if isTimeout(err) {
+		return problem(http.StatusRequestTimeout, "the body did not arrive in time")
+	}
+	return fieldProblem("body", "the body could not be read")
 }
 
 func jsonKind(goKind string) string {

@@ -51,7 +51,7 @@ func readBody(c echo.Context) (body []byte, put func(), err error) {
 		if err != nil {
 			*bp = b[:0]
 			bodyPool.Put(bp)
-			return nil, nil, fieldProblem("body", "the body could not be read")
+			return nil, nil, bodyReadError(err)
 		}
 	}
 	return b, func() { *bp = b[:0]; bodyPool.Put(bp) }, nil

@@ -94,6 +94,12 @@ func (s *Server) handleError(err error, c echo.Context) {
 		return
 	}
 	p := toProblem(err, s.log, c.Request())
+	if linger, unread := unreadBody(c.Request()); unread {
+		// Answer now, rather than after the rest of a body that may come
+		// slowly or never, and close.
+		c.Response().Header().Set("Connection", "close")
+		linger()
+	}
 	if p.Status == http.StatusUnauthorized {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="quotad"`)
 	}

@@ -54,6 +54,15 @@ type Config struct {
 	// EventsHeartbeat is how often a quiet events stream sends a
 	// comment: 15 s when 0.
 	EventsHeartbeat time.Duration
+	// Limits bound what one client can hold (see conns.go).
+	Limits Limits
+}
+
+// Limits bound the connections and the time a client can hold.
+type Limits struct {
+	MaxConns     int           // open connections (QUOTAD_MAX_CONNS); 0: no cap
+	ReadTimeout  time.Duration // for the headers, then again for the body (QUOTAD_READ_TIMEOUT); 0: none
+	WriteTimeout time.Duration // from the headers to the end of the answer (QUOTAD_WRITE_TIMEOUT); 0: none
 }
 
 // Server is the HTTP face of a quota.Service.
@@ -66,6 +75,8 @@ type Server struct {
 	metrics *httpMetrics
 	routes  []route
 	events  events
+	limits  Limits
+	conns   *connGuard // nil: no cap
 }
 
 // Scopes of API keys. An admin key may do everything a service key may.
@@ -86,8 +97,13 @@ func New(cfg Config) *Server {
 		ready:   cfg.Ready,
 		metrics: newHTTPMetrics(cfg.Registry),
 		events:  newEvents(cfg),
+		limits:  cfg.Limits,
+	}
+	if cfg.Limits.MaxConns > 0 {
+		s.conns = newConnGuard(cfg.Limits.MaxConns, cfg.Registry)
 	}
 	e.HTTPErrorHandler = s.handleError
+	e.Pre(s.guard)
 	e.Use(s.metrics.middleware)
 	s.routes = s.table()
 	for _, r := range s.routes {

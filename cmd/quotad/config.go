@@ -25,6 +25,9 @@ type Config struct {
 	Margin          string        // QUOTAD_MARGIN, --margin; default "0.2"
 	PostgresConns   int           // QUOTAD_POSTGRES_CONNS, --postgres-conns; default 32
 	ShutdownTimeout time.Duration // QUOTAD_SHUTDOWN_TIMEOUT, --shutdown-timeout; default 15s
+	MaxConns        int           // QUOTAD_MAX_CONNS, --max-conns; default 10000: open client connections; over it, the oldest idle or never-served one is closed
+	ReadTimeout     time.Duration // QUOTAD_READ_TIMEOUT, --read-timeout; default 10s: for a request's headers, then again for its body
+	WriteTimeout    time.Duration // QUOTAD_WRITE_TIMEOUT, --write-timeout; default 30s: from a request's headers to the end of its answer (events streams: per write)
 	Tiers           string        // QUOTAD_TIERS, --tiers; default "full" (L1+Redis+Postgres); "postgres" for the Postgres-only baseline
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
@@ -61,6 +64,10 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&c.Margin, "margin", env("QUOTAD_MARGIN", "0.2"), "cost book margin")
 	fs.StringVar(&conns, "postgres-conns", env("QUOTAD_POSTGRES_CONNS", "32"), "Postgres pool size")
 	fs.StringVar(&shutdown, "shutdown-timeout", env("QUOTAD_SHUTDOWN_TIMEOUT", "15s"), "time to finish in-flight work on SIGTERM")
+	var maxConns, readTimeout, writeTimeout string
+	fs.StringVar(&maxConns, "max-conns", env("QUOTAD_MAX_CONNS", "10000"), "open client connections at most")
+	fs.StringVar(&readTimeout, "read-timeout", env("QUOTAD_READ_TIMEOUT", "10s"), "time for a request's headers, then again for its body")
+	fs.StringVar(&writeTimeout, "write-timeout", env("QUOTAD_WRITE_TIMEOUT", "30s"), "time from a request's headers to the end of its answer")
 	var flushInterval, flushBatch, flushMax, cacheTTL, nearLimit, claimIdle string
 	fs.StringVar(&flushMax, "flush-max", env("QUOTAD_FLUSH_MAX", "100000"), "events per flush transaction")
 	var paceRows string
@@ -144,6 +151,15 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	if c.PostgresConns, err = strconv.Atoi(conns); err != nil || c.PostgresConns < 1 {
 		return Config{}, fmt.Errorf("postgres-conns: must be a positive integer")
 	}
+	if c.MaxConns, err = strconv.Atoi(maxConns); err != nil || c.MaxConns < 1 {
+		return Config{}, fmt.Errorf("max-conns: %q is not a positive integer", maxConns)
+	}
+	if c.ReadTimeout, err = time.ParseDuration(readTimeout); err != nil || c.ReadTimeout <= 0 {
+		return Config{}, fmt.Errorf("read-timeout: %q is not a positive duration", readTimeout)
+	}
+	if c.WriteTimeout, err = time.ParseDuration(writeTimeout); err != nil || c.WriteTimeout <= 0 {
+		return Config{}, fmt.Errorf("write-timeout: %q is not a positive duration", writeTimeout)
+	}
 	if c.ShutdownTimeout, err = time.ParseDuration(shutdown); err != nil {
 		return Config{}, fmt.Errorf("shutdown-timeout: %w", err)
 	}
@@ -166,6 +182,9 @@ func (c Config) LogValue() slog.Value {
 		slog.String("margin", c.Margin),
 		slog.Int("postgres_conns", c.PostgresConns),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.Int("max_conns", c.MaxConns),
+		slog.Duration("read_timeout", c.ReadTimeout),
+		slog.Duration("write_timeout", c.WriteTimeout),
 		slog.String("tiers", c.Tiers),
 		slog.Duration("flush_interval", c.FlushInterval),
 		slog.Int("flush_batch", c.FlushBatch),

@@ -1,10 +1,25 @@
 package main_test
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/quotad/quotad/internal/testenv"
 )
 
 // TestServeRefusesAGuessableAdminKey: outside dev mode, serve does not
@@ -36,4 +51,254 @@ func withoutEnv(env []string, names ...string) []string {
 		}
 	}
 	return out
+}
+
+// TestSlowClientsCannotHoldQuotad: a client that sends its headers and
+// then its body slowly is answered from the headers when it has no key
+// (401, and the connection is closed instead of waiting for the body),
+// and runs into the read timeout when it has one (408). Three times
+// QUOTAD_MAX_CONNS slow connections (bodies that never come, headers that
+// never end, nothing sent), opened again as soon as quotad closes them,
+// neither raise quotad's open files past the cap nor keep /healthz (a new
+// connection each time) and an authenticated client from being answered
+// as fast as before the flood.
+func TestSlowClientsCannotHoldQuotad(t *testing.T) {
+	const maxConns = 40
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(t), fmt.Sprintf("QUOTAD_MAX_CONNS=%d", maxConns), "QUOTAD_READ_TIMEOUT=2s")
+	slowBody := "POST /v1/check HTTP/1.1\r\nHost: quotad\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n%s\r\n{"
+
+	t.Run("no key: 401 at once, connection closed", func(t *testing.T) {
+		start := time.Now()
+		resp, conn := rawRequest(t, q.addr, fmt.Sprintf(slowBody, ""))
+		if resp.StatusCode != 401 || resp.Header.Get("Content-Type") != "application/problem+json" {
+			t.Fatalf("%d %s, want 401 problem+json", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		answered := time.Since(start)
+		if answered > time.Second {
+			t.Fatalf("answered after %v", answered)
+		}
+		// net/http reads what comes of the body for up to a second (an
+		// honest client then reads the answer), then closes.
+		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("connection still open after the 401: %v", err)
+		}
+		t.Logf("answered in %v, closed after %v", answered.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	})
+	t.Run("key, body never finished: 408 after the read timeout", func(t *testing.T) {
+		start := time.Now()
+		resp, _ := rawRequest(t, q.addr, fmt.Sprintf(slowBody, "Authorization: Bearer "+adminKey+"\r\n"))
+		took := time.Since(start)
+		if resp.StatusCode != 408 || took < 1500*time.Millisecond || took > 4*time.Second {
+			t.Fatalf("%d after %v, want 408 after ~2s", resp.StatusCode, took)
+		}
+	})
+
+	t.Run("flood", func(t *testing.T) {
+		idle := probe(t, q, 2*time.Second)
+		ctx, stop := context.WithCancel(context.Background())
+		var dials atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 3 * maxConns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				slowClient(ctx, q.addr, i%3, &dials)
+			}()
+		}
+		time.Sleep(500 * time.Millisecond)
+		flood := probe(t, q, 4*time.Second)
+		stop()
+		wg.Wait()
+		_, _, metrics := q.do(t, "GET", "/metrics", "", "", nil)
+		t.Logf("before: %s", idle)
+		t.Logf("during: %s; %d slow clients made %d connections; %s", flood, 3*maxConns, dials.Load(), metricLines(metrics, "quotad_http_connections"))
+		if len(flood.failures) > 0 {
+			t.Errorf("%d requests failed, first: %s", len(flood.failures), flood.failures[0])
+		}
+		if flood.maxFiles > idle.maxFiles+maxConns {
+			t.Errorf("quotad had %d open files, %d before the flood: the cap of %d connections does not hold", flood.maxFiles, idle.maxFiles, maxConns)
+		}
+		if slices.Max(flood.health) > time.Second || slices.Max(flood.checks) > time.Second {
+			t.Errorf("answers took up to %v (healthz) and %v (checks) during the flood", slices.Max(flood.health), slices.Max(flood.checks))
+		}
+	})
+}
+
+// probeResult is what probe saw.
+type probeResult struct {
+	health, checks []time.Duration
+	failures       []string
+	maxFiles       int
+}
+
+func (r probeResult) String() string {
+	return fmt.Sprintf("healthz (a new connection each) %s; authenticated checks (one connection) %s; %d failed; open files at most %d",
+		latencies(r.health), latencies(r.checks), len(r.failures), r.maxFiles)
+}
+
+// probe asks for /healthz on a new connection, then a check with an
+// authenticated client that keeps its connection, every 20 ms for d, and
+// samples quotad's open files.
+func probe(tb testing.TB, q *quotad, d time.Duration) probeResult {
+	authed := &http.Client{Timeout: 5 * time.Second}
+	fresh := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	var r probeResult
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		t0 := time.Now()
+		resp, err := fresh.Get("http://" + q.addr + "/healthz")
+		if err != nil || resp.StatusCode != 200 {
+			r.failures = append(r.failures, fmt.Sprintf("healthz: %v %v", err, resp))
+		} else {
+			resp.Body.Close()
+			r.health = append(r.health, time.Since(t0))
+		}
+		t0 = time.Now()
+		req, _ := http.NewRequest("POST", "http://"+q.addr+"/v1/check", strings.NewReader(`{"subject":"user:flood"}`))
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err = authed.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			r.failures = append(r.failures, fmt.Sprintf("check: %v %v", err, resp))
+		} else {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			r.checks = append(r.checks, time.Since(t0))
+		}
+		r.maxFiles = max(r.maxFiles, openFiles(tb, q))
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r
+}
+
+// rawRequest writes raw to a new connection and reads the answer (within
+// 5 s); the connection stays open for the caller, closed at cleanup.
+func rawRequest(tb testing.TB, addr, raw string) (*http.Response, net.Conn) {
+	tb.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, raw); err != nil {
+		tb.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		tb.Fatalf("no answer: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return resp, readerConn{conn, br}
+}
+
+// readerConn reads what its bufio.Reader holds before the connection.
+type readerConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// slowClient holds a connection open as long as quotad lets it, in one
+// of three ways (kind): a request without a key whose body never comes,
+// headers that never end (a byte every 200 ms), or nothing sent at all.
+// When quotad closes the connection it opens another, until ctx ends.
+func slowClient(ctx context.Context, addr string, kind int, dials *atomic.Int64) {
+	body, silent := kind == 0, kind == 2
+	buf := make([]byte, 4096)
+	for ctx.Err() == nil {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		dials.Add(1)
+		head := "POST /v1/check HTTP/1.1\r\nHost: quotad\r\n"
+		switch {
+		case body:
+			head += "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+		case silent:
+			head = ""
+		}
+		_, err = io.WriteString(conn, head)
+		for err == nil && ctx.Err() == nil {
+			time.Sleep(200 * time.Millisecond)
+			if !body && !silent {
+				_, err = io.WriteString(conn, "X")
+			}
+			if err == nil {
+				_ = conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+				if _, rerr := conn.Read(buf); !errors.Is(rerr, os.ErrDeadlineExceeded) {
+					err = rerr // answered or closed
+					if err == nil {
+						err = io.EOF
+					}
+				}
+			}
+		}
+		conn.Close()
+	}
+}
+
+// openFiles counts the file descriptors quotad holds.
+func openFiles(tb testing.TB, q *quotad) int {
+	tb.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", q.cmd.Process.Pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(fds)
+}
+
+// latencies summarizes request times: count, median and maximum.
+func latencies(d []time.Duration) string {
+	if len(d) == 0 {
+		return "none"
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return fmt.Sprintf("%d, median %v, max %v", len(s), s[len(s)/2].Round(10*time.Microsecond), s[len(s)-1].Round(10*time.Microsecond))
+}
+
+// metricLines returns the lines of a /metrics page that start with name.
+func metricLines(page []byte, name string) string {
+	var out []string
+	for _, l := range strings.Split(string(page), "\n") {
+		if strings.HasPrefix(l, name) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// TestMalformedRequestsAnswerProblemJSON: what net/http refuses before a
+// handler runs is answered in problem+json like everything else.
+func TestMalformedRequestsAnswerProblemJSON(t *testing.T) {
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(t))
+	for _, tt := range []struct {
+		name, raw string
+		status    int
+	}{
+		{"bad percent-escape", "GET /v1/subjects/user%zz HTTP/1.1\r\nHost: quotad\r\n\r\n", 400},
+		{"NUL in a header", "GET /healthz HTTP/1.1\r\nHost: quotad\r\nX-Trace: a\x00b\r\n\r\n", 400},
+		{"no Host", "GET /healthz HTTP/1.1\r\n\r\n", 400},
+		{"headers too large", "GET /healthz HTTP/1.1\r\nHost: quotad\r\nX-Big: " + strings.Repeat("a", 1<<20+4096) + "\r\n\r\n", 431},
+		{"unknown transfer encoding", "POST /v1/check HTTP/1.1\r\nHost: quotad\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, _ := rawRequest(t, q.addr, tt.raw)
+			b, _ := io.ReadAll(resp.Body)
+			var p struct {
+				Title, Detail string
+				Status        int
+			}
+			if resp.StatusCode != tt.status || resp.Header.Get("Content-Type") != "application/problem+json" ||
+				json.Unmarshal(b, &p) != nil || p.Status != tt.status || p.Title == "" || p.Detail == "" {
+				t.Fatalf("%d %s %q, want %d problem+json", resp.StatusCode, resp.Header.Get("Content-Type"), b, tt.status)
+			}
+		})
+	}
 }

@@ -218,6 +218,7 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
 		Floor:    cfg.BenchFloor,
 		Feed:     t.events(),
+		Limits:   api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout},
 	})
 	if cfg.DebugAddr != "" {
 		go serveDebug(cfg.DebugAddr, log)
@@ -227,14 +228,14 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	httpSrv, guarded := srv.HTTPServer(ln)
 	if t.feed != nil {
 		// Events streams never finish on their own: end them when the
 		// shutdown begins, or Shutdown would wait for them.
 		httpSrv.RegisterOnShutdown(t.feed.Disconnect)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- httpSrv.Serve(ln) }()
+	go func() { errc <- httpSrv.Serve(guarded) }()
 	log.Info("listening", "addr", ln.Addr().String(), "tiers", cfg.Tiers)
 
 	select {
