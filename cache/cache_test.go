@@ -546,6 +546,11 @@ func TestIdleConsumersDropped(t *testing.T) {
 	if evs, _, err := crashed.Next(ctx, 10, nil); err != nil || len(evs) != 1 { // delivered, never acked
 		t.Fatalf("crashed consumer read %d (%v), want 1", len(evs), err)
 	}
+	// Its alive key has not lapsed yet (its entries are not claimed at
+	// once: TestDeadFlushersEntriesClaimedAtOnce).
+	if _, _, _, err := crashed.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(50 * time.Millisecond)
 	live := cache.NewPending(e.rdb, "live")
 	live.ConsumerTTL, live.ClaimIdle = 20*time.Millisecond, time.Hour
@@ -740,5 +745,46 @@ func TestOnPricesSetWhileMessagesArrive(t *testing.T) {
 	s.Invalidate(ctx, "prices")
 	if reloads.Load() != before+1 {
 		t.Fatalf("a prices message after SetOnPrices ran it %d times, want 1", reloads.Load()-before)
+	}
+}
+
+// TestDeadFlushersEntriesClaimedAtOnce: a flusher that read entries and
+// died (its alive key lapsed) has them claimed by another at its next
+// claim, not after ClaimIdle; while it lives they stay its own.
+func TestDeadFlushersEntriesClaimedAtOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	dead := cache.NewPending(e.rdb, "dead")
+	dead.AliveTTL = 300 * time.Millisecond
+	if _, _, err := dead.Next(ctx, 10, nil); err != nil { // creates the group
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := c.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 1, EventID: fmt.Sprint("dead-", i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, _, err := dead.Stats(ctx); err != nil { // it lives
+		t.Fatal(err)
+	}
+	if evs, _, err := dead.Next(ctx, 10, nil); err != nil || len(evs) != 3 {
+		t.Fatalf("the flusher read %d (%v), want 3", len(evs), err)
+	}
+	live := cache.NewPending(e.rdb, "live")
+	live.AliveTTL, live.ClaimIdle = 300*time.Millisecond, time.Hour
+	if evs, _, err := live.Claim(ctx, 10, nil); err != nil || len(evs) != 0 {
+		t.Fatalf("claimed %d (%v) from a live flusher, want 0", len(evs), err)
+	}
+	time.Sleep(400 * time.Millisecond) // it died: its key lapses
+	evs, _, err := live.Claim(ctx, 10, nil)
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("claimed %d (%v) from a dead flusher, want 3", len(evs), err)
+	}
+	if err := live.Ack(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.rdb.XLen(ctx, cache.PendingStream).Result(); err != nil || n != 0 {
+		t.Fatalf("%d entries left (%v), want 0", n, err)
 	}
 }

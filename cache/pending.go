@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,12 +36,24 @@ type Pending struct {
 	claimFrom string
 	// beforeDropIdle, in tests, runs as a drop of idle consumers decides.
 	beforeDropIdle func()
+	// AliveTTL: each flusher says it is alive (a key with this time to
+	// live, renewed every AliveTTL/3 by its looks at the stream); the
+	// entries of a consumer whose key is gone are claimed at once, not
+	// after ClaimIdle. A live flusher whose key lapsed (a pause longer than
+	// AliveTTL) has its entries flushed twice, which the ledger's event
+	// ids make harmless.
+	AliveTTL  time.Duration
+	lastBeat  atomic.Int64 // unix nanoseconds
+	lastDeath time.Time    // the last look for dead consumers
 }
+
+// aliveKey is the key that says a flusher (a consumer of the group) lives.
+func aliveKey(consumer string) string { return "q:flushers:alive:" + consumer }
 
 // NewPending returns the stream reader for consumer, a name unique to this
 // process.
 func NewPending(rdb redis.UniversalClient, consumer string) *Pending {
-	return &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second, ConsumerTTL: 24 * time.Hour}
+	return &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second, ConsumerTTL: 24 * time.Hour, AliveTTL: 3 * time.Second}
 }
 
 func (p *Pending) ensureGroup(ctx context.Context) error {
@@ -53,9 +66,10 @@ func (p *Pending) ensureGroup(ctx context.Context) error {
 
 // Claim appends to into the events of up to n entries delivered before
 // and never acknowledged: first this consumer's own (a flush gave up on
-// them), else, at most every ClaimIdle/2, those abandoned by a dead
-// flusher (idle longer than ClaimIdle). It also answers the number of
-// entries read.
+// them), else those of flushers whose alive key lapsed (killed: see
+// AliveTTL), else, at most every ClaimIdle/2, any idle longer than
+// ClaimIdle (a flusher that never said it lives). It also answers the
+// number of entries read.
 func (p *Pending) Claim(ctx context.Context, n int, into []quota.Event) ([]quota.Event, int, error) {
 	own, err := p.read(ctx, "0", n)
 	if isNoGroup(err) { // first start, or Redis lost its data
@@ -66,6 +80,13 @@ func (p *Pending) Claim(ctx context.Context, n int, into []quota.Event) ([]quota
 	}
 	if err != nil || len(own) > 0 {
 		return p.decode(into, own, err)
+	}
+	if now := time.Now(); now.Sub(p.lastDeath) >= p.AliveTTL/3 {
+		p.lastDeath = now
+		msgs, err := p.claimDead(ctx, n)
+		if err != nil || len(msgs) > 0 {
+			return p.decode(into, msgs, err)
+		}
 	}
 	// XAUTOCLAIM walks the group's pending list inside Redis, which holds
 	// every other request meanwhile; an entry is not claimable before it
@@ -92,6 +113,70 @@ func (p *Pending) Claim(ctx context.Context, n int, into []quota.Event) ([]quota
 		p.claimFrom = next
 	}
 	return p.decode(into, msgs, nil)
+}
+
+// claimDead claims up to n entries of consumers that have entries pending
+// and no longer say they are alive (killed instances).
+func (p *Pending) claimDead(ctx context.Context, n int) ([]redis.XMessage, error) {
+	dead, err := deadConsumersScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup, p.consumer, aliveKey("")).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("look for dead flushers: %w", err)
+	}
+	var out []redis.XMessage
+	for _, c := range dead {
+		pending, err := p.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: PendingStream, Group: FlushGroup,
+			Start: "-", End: "+", Count: int64(n - len(out)), Consumer: c}).Result()
+		if err != nil || len(pending) == 0 {
+			continue
+		}
+		ids := make([]string, len(pending))
+		for i, e := range pending {
+			ids[i] = e.ID
+		}
+		msgs, err := p.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, Messages: ids}).Result()
+		if err != nil {
+			return out, fmt.Errorf("claim a dead flusher's entries: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Values != nil { // deleted since delivery
+				out = append(out, m)
+			}
+		}
+		if len(out) >= n {
+			break
+		}
+	}
+	return out, nil
+}
+
+// deadConsumersScript lists the group's consumers, other than ARGV[2],
+// with entries pending and no alive key (ARGV[3] followed by the name).
+//
+//	KEYS[1] pending stream
+//	ARGV    consumer group; this consumer; alive key prefix
+var deadConsumersScript = redis.NewScript(`
+local consumers = redis.pcall("XINFO", "CONSUMERS", KEYS[1], ARGV[1])
+if type(consumers) ~= "table" or consumers.err then return {} end
+local dead = {}
+for _, c in ipairs(consumers) do
+  local name, pending
+  for i = 1, #c, 2 do
+    if c[i] == "name" then name = c[i + 1] elseif c[i] == "pending" then pending = c[i + 1] end
+  end
+  if name and name ~= ARGV[2] and pending and pending > 0 and redis.call("EXISTS", ARGV[3] .. name) == 0 then
+    dead[#dead + 1] = name
+  end
+end
+return dead
+`)
+
+// beat says this flusher is alive, at most every AliveTTL/3.
+func (p *Pending) beat(ctx context.Context) {
+	now := time.Now().UnixNano()
+	if last := p.lastBeat.Load(); now-last < int64(p.AliveTTL/3) || !p.lastBeat.CompareAndSwap(last, now) {
+		return
+	}
+	_ = p.rdb.Set(ctx, aliveKey(p.consumer), 1, p.AliveTTL).Err()
 }
 
 // dropIdleConsumers deletes the group's consumers that have nothing
@@ -257,6 +342,7 @@ func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
 // was read), on Redis's clock: the newest entry's time minus its, so the
 // two hosts' clocks do not matter.
 func (p *Pending) Stats(ctx context.Context) (entries int64, oldest time.Time, unread time.Duration, err error) {
+	p.beat(ctx) // a flusher that can look at the stream lives
 	v, err := statsScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup).Slice()
 	if err != nil {
 		return 0, time.Time{}, 0, fmt.Errorf("pending stats: %w", err)
