@@ -21,12 +21,15 @@ type Problem struct {
 }
 
 // problemError is an error that already knows its answer.
-type problemError struct{ p Problem }
+type problemError struct {
+	p          Problem
+	retryAfter string // the Retry-After header, seconds; "" for none
+}
 
 func (e *problemError) Error() string { return e.p.Detail }
 
 func problem(status int, detail string) error {
-	return &problemError{Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail}}
+	return &problemError{p: Problem{Type: "about:blank", Title: http.StatusText(status), Status: status, Detail: detail}}
 }
 
 func fieldProblem(field, detail string) error {
@@ -105,6 +108,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 	}
 	if errors.Is(err, quota.ErrOverloaded) {
 		c.Response().Header().Set("Retry-After", retryAfterOverloaded)
+	}
+	if pe := (*problemError)(nil); errors.As(err, &pe) && pe.retryAfter != "" {
+		c.Response().Header().Set("Retry-After", pe.retryAfter)
 	}
 	c.Response().Header().Set(echo.HeaderContentType, "application/problem+json")
 	c.Response().WriteHeader(p.Status)

@@ -63,6 +63,11 @@ type Limits struct {
 	MaxConns     int           // open connections (QUOTAD_MAX_CONNS); 0: no cap
 	ReadTimeout  time.Duration // for the headers, then again for the body (QUOTAD_READ_TIMEOUT); 0: none
 	WriteTimeout time.Duration // from the headers to the end of the answer (QUOTAD_WRITE_TIMEOUT); 0: none
+	// Failed authentications a client address may make at once
+	// (QUOTAD_AUTH_FAIL_BURST), and regains a second
+	// (QUOTAD_AUTH_FAIL_RATE; 0: no limit). See authenticator.
+	AuthFailBurst int
+	AuthFailRate  float64
 }
 
 // Server is the HTTP face of a quota.Service.
@@ -92,7 +97,7 @@ func New(cfg Config) *Server {
 	s := &Server{
 		echo:    e,
 		svc:     cfg.Service,
-		auth:    newAuthenticator(cfg.Keys, cfg.AdminKey),
+		auth:    newAuthenticator(cfg.Keys, cfg.AdminKey, cfg.Limits, cfg.Registry),
 		log:     cfg.Logger,
 		ready:   cfg.Ready,
 		metrics: newHTTPMetrics(cfg.Registry),

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
@@ -28,6 +29,8 @@ type Config struct {
 	MaxConns        int           // QUOTAD_MAX_CONNS, --max-conns; default 10000: open client connections; over it, the oldest idle or never-served one is closed
 	ReadTimeout     time.Duration // QUOTAD_READ_TIMEOUT, --read-timeout; default 10s: for a request's headers, then again for its body
 	WriteTimeout    time.Duration // QUOTAD_WRITE_TIMEOUT, --write-timeout; default 30s: from a request's headers to the end of its answer (events streams: per write)
+	AuthFailBurst   int           // QUOTAD_AUTH_FAIL_BURST, --auth-fail-burst; default 20: failed authentications a client address may make at once
+	AuthFailRate    float64       // QUOTAD_AUTH_FAIL_RATE, --auth-fail-rate; default 1: failed authentications an address regains a second; 0: no limit
 	Tiers           string        // QUOTAD_TIERS, --tiers; default "full" (L1+Redis+Postgres); "postgres" for the Postgres-only baseline
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
@@ -68,6 +71,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&maxConns, "max-conns", env("QUOTAD_MAX_CONNS", "10000"), "open client connections at most")
 	fs.StringVar(&readTimeout, "read-timeout", env("QUOTAD_READ_TIMEOUT", "10s"), "time for a request's headers, then again for its body")
 	fs.StringVar(&writeTimeout, "write-timeout", env("QUOTAD_WRITE_TIMEOUT", "30s"), "time from a request's headers to the end of its answer")
+	var failBurst, failRate string
+	fs.StringVar(&failBurst, "auth-fail-burst", env("QUOTAD_AUTH_FAIL_BURST", "20"), "failed authentications a client address may make at once")
+	fs.StringVar(&failRate, "auth-fail-rate", env("QUOTAD_AUTH_FAIL_RATE", "1"), "failed authentications an address regains a second (0: no limit)")
 	var flushInterval, flushBatch, flushMax, cacheTTL, nearLimit, claimIdle string
 	fs.StringVar(&flushMax, "flush-max", env("QUOTAD_FLUSH_MAX", "100000"), "events per flush transaction")
 	var paceRows string
@@ -160,6 +166,12 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	if c.WriteTimeout, err = time.ParseDuration(writeTimeout); err != nil || c.WriteTimeout <= 0 {
 		return Config{}, fmt.Errorf("write-timeout: %q is not a positive duration", writeTimeout)
 	}
+	if c.AuthFailBurst, err = strconv.Atoi(failBurst); err != nil || c.AuthFailBurst < 1 {
+		return Config{}, fmt.Errorf("auth-fail-burst: %q is not a positive integer", failBurst)
+	}
+	if c.AuthFailRate, err = strconv.ParseFloat(failRate, 64); err != nil || c.AuthFailRate < 0 || math.IsInf(c.AuthFailRate, 0) {
+		return Config{}, fmt.Errorf("auth-fail-rate: %q is not a number of failures a second (0: no limit)", failRate)
+	}
 	if c.ShutdownTimeout, err = time.ParseDuration(shutdown); err != nil {
 		return Config{}, fmt.Errorf("shutdown-timeout: %w", err)
 	}
@@ -185,6 +197,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("max_conns", c.MaxConns),
 		slog.Duration("read_timeout", c.ReadTimeout),
 		slog.Duration("write_timeout", c.WriteTimeout),
+		slog.Int("auth_fail_burst", c.AuthFailBurst),
+		slog.Float64("auth_fail_rate", c.AuthFailRate),
 		slog.String("tiers", c.Tiers),
 		slog.Duration("flush_interval", c.FlushInterval),
 		slog.Int("flush_batch", c.FlushBatch),

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -301,4 +302,87 @@ func TestMalformedRequestsAnswerProblemJSON(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnknownKeysSpareThePostgres: a bad key repeated is looked up in
+// Postgres once (it is cached as unknown), and a client trying many keys
+// is answered 429 with Retry-After after QUOTAD_AUTH_FAIL_BURST failures,
+// without more lookups, while its valid key keeps working and another
+// address is not limited.
+func TestUnknownKeysSpareThePostgres(t *testing.T) {
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(t), "QUOTAD_AUTH_FAIL_BURST=10", "QUOTAD_AUTH_FAIL_RATE=1")
+	_, key := q.call(t, "POST", "/v1/keys", `{"scope":"service"}`)
+	serviceKey := key["key"].(string)
+	check := func(client *http.Client, key string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+q.addr+"/v1/check", strings.NewReader(`{"subject":"user:k"}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := check(http.DefaultClient, serviceKey); resp.StatusCode != 200 {
+		t.Fatalf("service key: %d", resp.StatusCode)
+	}
+	lookups := func() float64 { return metricValue(t, q, "quotad_auth_key_lookups_total") }
+
+	before := lookups()
+	for range 5 {
+		if resp := check(http.DefaultClient, "qk_not-a-key"); resp.StatusCode != 401 {
+			t.Fatalf("bad key: %d, want 401", resp.StatusCode)
+		}
+	}
+	if n := lookups() - before; n != 1 {
+		t.Errorf("the same bad key 5 times: %v Postgres lookups, want 1", n)
+	}
+
+	before = lookups()
+	statuses := map[int]int{}
+	var retryAfter string
+	for i := range 100 {
+		resp := check(http.DefaultClient, fmt.Sprintf("qk_guess-%d", i))
+		statuses[resp.StatusCode]++
+		if resp.StatusCode == 429 {
+			retryAfter = resp.Header.Get("Retry-After")
+			if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+				t.Fatalf("429 as %q", ct)
+			}
+		}
+	}
+	n := lookups() - before
+	t.Logf("100 guessed keys from one address: %v, %v lookups, Retry-After %q", statuses, n, retryAfter)
+	// 10 at once (5 were spent above, regained within seconds) and one a
+	// second meanwhile.
+	if statuses[429] < 80 || n > 15 || retryAfter == "" {
+		t.Errorf("100 guesses: %v and %v lookups; want mostly 429 with Retry-After, at most 15 lookups", statuses, n)
+	}
+	if resp := check(http.DefaultClient, serviceKey); resp.StatusCode != 200 {
+		t.Errorf("the valid key from the limited address: %d, want 200", resp.StatusCode)
+	}
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
+	if resp := check(other, "qk_another-guess"); resp.StatusCode != 401 {
+		t.Errorf("a bad key from another address: %d, want 401", resp.StatusCode)
+	}
+}
+
+// metricValue reads one unlabelled counter or gauge from /metrics.
+func metricValue(tb testing.TB, q *quotad, name string) float64 {
+	tb.Helper()
+	_, _, page := q.do(tb, "GET", "/metrics", "", "", nil)
+	for _, l := range strings.Split(string(page), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				tb.Fatalf("%s: %v", l, err)
+			}
+			return f
+		}
+	}
+	tb.Fatalf("no %s in /metrics", name)
+	return 0
 }

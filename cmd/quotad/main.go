@@ -218,7 +218,8 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
 		Floor:    cfg.BenchFloor,
 		Feed:     t.events(),
-		Limits:   api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout},
+		Limits: api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
+			AuthFailBurst: cfg.AuthFailBurst, AuthFailRate: cfg.AuthFailRate},
 	})
 	if cfg.DebugAddr != "" {
 		go serveDebug(cfg.DebugAddr, log)
