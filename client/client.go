@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"net/http/httptrace"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -165,12 +166,6 @@ func (c *Client) do(ctx context.Context, cl call, out any) error {
 			return fmt.Errorf("quotad %s: encode request: %w", cl.op, err)
 		}
 	}
-	bo := &backoff.ExponentialBackOff{
-		InitialInterval:     c.initialBackoff,
-		RandomizationFactor: 0.5,
-		Multiplier:          2,
-		MaxInterval:         c.maxBackoff,
-	}
 	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		err := c.once(ctx, cl, body, out)
 		if err == nil || ctx.Err() != nil {
@@ -178,17 +173,22 @@ func (c *Client) do(ctx context.Context, cl call, out any) error {
 		}
 		var e *Error
 		if errors.As(err, &e) {
-			if e.Status == http.StatusServiceUnavailable {
-				return struct{}{}, err
+			if e.Status != http.StatusServiceUnavailable {
+				return struct{}{}, backoff.Permanent(err)
 			}
-			return struct{}{}, backoff.Permanent(err)
+			if e.RetryAfter > 0 {
+				// quotad said when; never wait longer than the
+				// backoff's bound, which bounds the caller's wait.
+				return struct{}{}, &retryLater{e, backoff.RetryAfterError{Duration: min(e.RetryAfter, c.maxBackoff)}}
+			}
+			return struct{}{}, err
 		}
 		var te *transportError
 		if errors.As(err, &te) && (!te.sent || cl.safe) {
 			return struct{}{}, err
 		}
 		return struct{}{}, backoff.Permanent(err)
-	}, backoff.WithBackOff(bo), backoff.WithMaxTries(c.maxTries), backoff.WithMaxElapsedTime(0))
+	}, backoff.WithBackOff(c.backoff()), backoff.WithMaxTries(c.maxTries), backoff.WithMaxElapsedTime(0))
 	if err == nil {
 		return nil
 	}
@@ -199,7 +199,35 @@ func (c *Client) do(ctx context.Context, cl call, out any) error {
 	if errors.As(err, &te) {
 		return &unavailableError{op: cl.op, err: te.err}
 	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e // not the retryLater around it
+	}
 	return err
+}
+
+// retryLater is a 503 that said when to retry: backoff waits that long
+// (it finds the RetryAfterError), callers see the *Error.
+type retryLater struct {
+	err   *Error
+	after backoff.RetryAfterError
+}
+
+func (r *retryLater) Error() string   { return r.err.Error() }
+func (r *retryLater) Unwrap() []error { return []error{r.err, &r.after} }
+
+// backoff returns the waits between tries: exponential from the initial
+// backoff, doubling, up to the maximum, each randomized by ±50 % so that
+// clients that failed together do not retry together.
+func (c *Client) backoff() *backoff.ExponentialBackOff {
+	bo := &backoff.ExponentialBackOff{
+		InitialInterval:     c.initialBackoff,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         c.maxBackoff,
+	}
+	bo.Reset()
+	return bo
 }
 
 // once is one try of cl.
@@ -269,6 +297,9 @@ func problemFrom(resp *http.Response, body []byte) *Error {
 		_ = json.Unmarshal(body, e)
 	}
 	e.Status = resp.StatusCode
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+		e.RetryAfter = time.Duration(secs) * time.Second
+	}
 	if e.Title == "" {
 		e.Title = http.StatusText(resp.StatusCode)
 	}

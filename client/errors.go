@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/quotad/quotad/quota"
 )
@@ -19,6 +20,9 @@ type Error struct {
 	Title  string `json:"title"`
 	Detail string `json:"detail,omitempty"`
 	Field  string `json:"field,omitempty"` // the request field at fault, for 400s
+	// RetryAfter is the answer's Retry-After (a 503 of an overloaded
+	// quotad says when to come back; nothing was counted); 0 when none.
+	RetryAfter time.Duration `json:"-"`
 }
 
 func (e *Error) Error() string {

@@ -27,10 +27,12 @@ import (
 //	}
 //	if err := ev.Err(); err != nil { ... }
 //
-// A dropped connection is reconnected with backoff, sending Last-Event-ID
-// so that quotad resumes after the last change seen (or, when it no longer
-// has that far back, sends a fresh state). Changes are a notification,
-// not the record: the ledger in quotad is.
+// A subject's stream starts with a ChangeSnapshot of each meter (so the
+// first Next also says the subscription is live). A dropped connection is
+// reconnected with backoff, sending Last-Event-ID so that quotad resumes
+// after the last change seen, or, when it no longer has that far back,
+// sends a fresh snapshot. Changes are a notification, not the record: the
+// ledger in quotad is.
 type Events struct {
 	c      *Client
 	ctx    context.Context
@@ -38,15 +40,30 @@ type Events struct {
 	path   string
 	done   bool
 
-	body   io.ReadCloser
-	r      *bufio.Reader
-	lastID string        // of the last event dispatched: where a reconnect resumes
-	idBuf  string        // the last id field read
-	retry  time.Duration // the server's "retry:" advice, 0 when none
-	fails  uint          // connects failed in a row
-	cur    quota.Change
-	err    error
+	body    io.ReadCloser
+	r       *bufio.Reader
+	lastID  string        // of the last event dispatched: where a reconnect resumes
+	idBuf   string        // the last id field read
+	retry   time.Duration // the server's "retry:" advice, 0 when none
+	fails   uint          // connects failed in a row
+	cur     quota.Change
+	pending []quota.Change // read, not yet returned by Next
+	err     error
 }
+
+// Types of the changes Events returns besides quota's Change* types.
+const (
+	// ChangeSnapshot carries a meter's current figures (one change per
+	// meter): first on a stream that could not resume where it left off,
+	// and after changes were missed. Figures in every change are absolute,
+	// so a display needs nothing else to be right again.
+	ChangeSnapshot = "snapshot"
+	// ChangeHello opens a stream of every subject's changes (subject "").
+	ChangeHello = "hello"
+	// ChangeGap says an every-subject stream may have missed changes:
+	// reread the subjects on display.
+	ChangeGap = "gap"
+)
 
 // EventsOption configures an Events subscription.
 type EventsOption func(*Events)
@@ -79,13 +96,7 @@ func (e *Events) Next() bool {
 	if e.done {
 		return false
 	}
-	bo := &backoff.ExponentialBackOff{
-		InitialInterval:     e.c.initialBackoff,
-		RandomizationFactor: 0.5,
-		Multiplier:          2,
-		MaxInterval:         e.c.maxBackoff,
-	}
-	bo.Reset()
+	bo := e.c.backoff()
 	for {
 		if err := e.ctx.Err(); err != nil {
 			if errors.Is(context.Cause(e.ctx), errClosed) {
@@ -112,7 +123,11 @@ func (e *Events) Next() bool {
 			e.wait(bo.NextBackOff())
 			continue
 		}
-		ch, ok, err := e.read()
+		if len(e.pending) > 0 {
+			e.cur, e.pending = e.pending[0], e.pending[1:]
+			return true
+		}
+		chs, err := e.read()
 		if err != nil {
 			// The stream ended or broke: reconnect from e.lastID,
 			// after the server's advice if it gave one (and never in
@@ -122,10 +137,7 @@ func (e *Events) Next() bool {
 			e.wait(max(e.retry, e.c.initialBackoff))
 			continue
 		}
-		if ok {
-			e.cur = ch
-			return true
-		}
+		e.pending = chs
 	}
 }
 
@@ -229,23 +241,27 @@ func (c cancelOnClose) Close() error {
 
 // read parses the stream up to the next dispatched event (the SSE rules of
 // the HTML standard: "field: value" lines, a blank line ends an event,
-// lines starting with ':' are comments such as heartbeats). ok is false
-// for an event that carries no change (no data, or data that is not a
-// change), which the caller skips.
-func (e *Events) read() (ch quota.Change, ok bool, err error) {
+// lines starting with ':' are comments such as heartbeats) and returns
+// the changes it carries: none for an event without data or of a kind
+// this client does not know, one per meter for a snapshot.
+func (e *Events) read() ([]quota.Change, error) {
 	var event string
 	var data strings.Builder
 	for {
 		line, err := e.r.ReadString('\n')
 		if err != nil {
-			return ch, false, err // an event cut off by the end is dropped, per the standard
+			return nil, err // an event cut off by the end is dropped, per the standard
 		}
 		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
 		if line == "" {
 			// Dispatch: the id counts only now, so that a reconnect
 			// never skips an event that was cut off.
 			e.lastID = e.idBuf
-			break
+			if data.Len() > 0 {
+				break
+			}
+			event = ""
+			continue
 		}
 		if line[0] == ':' {
 			continue
@@ -268,14 +284,39 @@ func (e *Events) read() (ch quota.Change, ok bool, err error) {
 			}
 		}
 	}
-	if data.Len() == 0 {
-		return ch, false, nil
+	return decodeEvent(event, []byte(data.String())), nil
+}
+
+// decodeEvent turns one event of quotad's stream into changes.
+func decodeEvent(event string, data []byte) []quota.Change {
+	switch event {
+	case ChangeSnapshot:
+		var v quota.SubjectView
+		if err := json.Unmarshal(data, &v); err != nil {
+			return nil
+		}
+		if len(v.Meters) == 0 {
+			return []quota.Change{{Type: ChangeSnapshot, Subject: v.Subject, Plan: v.Plan}}
+		}
+		out := make([]quota.Change, len(v.Meters))
+		for i, m := range v.Meters {
+			out[i] = quota.Change{Type: ChangeSnapshot, Subject: v.Subject, Plan: v.Plan, Meter: m.Meter,
+				Used: m.Used, Reserved: m.Reserved, Limit: m.Limit, Remaining: m.Remaining}
+		}
+		return out
+	case ChangeHello, ChangeGap:
+		return []quota.Change{{Type: event}}
+	case "overflow":
+		// The stream was cut for falling behind; the reconnect resumes
+		// from the last id (or starts over from a snapshot).
+		return nil
 	}
-	if err := json.Unmarshal([]byte(data.String()), &ch); err != nil {
-		return ch, false, nil // an event of a kind this client does not know
+	var ch quota.Change
+	if err := json.Unmarshal(data, &ch); err != nil {
+		return nil // an event of a kind this client does not know
 	}
 	if ch.Type == "" {
 		ch.Type = event
 	}
-	return ch, true, nil
+	return []quota.Change{ch}
 }

@@ -42,7 +42,7 @@ const (
 	dropAns        // forward to quotad, then cut the connection instead of answering
 	slowAns        // forward to quotad, then answer only after the client gave up
 	fake503        // answer 503 problem+json without forwarding
-	cutEvent       // for a stream: forward, then cut it after the first event
+	cutEvent       // for a stream: forward, then cut it after the first event with an id
 )
 
 // proxy stands between a client and the real quotad and breaks chosen
@@ -100,7 +100,13 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the quota stores are unavailable; retry later"}`))
 		return
 	}
-	req, err := http.NewRequestWithContext(context.WithoutCancel(r.Context()), r.Method, p.target+r.URL.RequestURI(), bytes.NewReader(body))
+	// A request goes on to quotad when its client gives up (the point of
+	// slowAns), except a stream, which ends with its client.
+	ctx := context.WithoutCancel(r.Context())
+	if r.Header.Get("Accept") == "text/event-stream" {
+		ctx = r.Context()
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, p.target+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		p.tb.Errorf("proxy: %v", err)
 		return
@@ -108,7 +114,9 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req.Header = r.Header.Clone()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		p.tb.Errorf("proxy: %v", err)
+		if ctx.Err() == nil {
+			p.tb.Errorf("proxy: %v", err)
+		}
 		return
 	}
 	defer resp.Body.Close()
@@ -124,6 +132,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header()[k] = v
 	}
 	w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(w)
 	if f == cutEvent {
 		// Copy up to the end of the first event, then cut.
 		buf := make([]byte, 1)
@@ -134,13 +143,16 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			_, _ = w.Write(buf)
 			last = append(last, buf[0])
-			if bytes.HasSuffix(last, []byte("\n\n")) && bytes.Contains(last, []byte("data:")) {
-				_ = http.NewResponseController(w).Flush()
+			if !bytes.HasSuffix(last, []byte("\n\n")) {
+				continue
+			}
+			_ = rc.Flush() // each event as it comes, as quotad sends them
+			if bytes.Contains(last, []byte("id:")) {
 				panic(http.ErrAbortHandler) // cut the stream mid-way
 			}
+			last = last[:0]
 		}
 	}
-	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := resp.Body.Read(buf)

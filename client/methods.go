@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/quotad/quotad/quota"
 )
@@ -75,8 +77,11 @@ type batchAnswer struct {
 // ConsumeBatch applies events (at most 1,000) in one request and returns
 // their results in the same order. Events without an idempotency key are
 // given random ones (the caller's slice is not changed), so that a retry
-// of the batch counts each event once. The error is for the batch as a
-// whole (bad request, unreachable); a refused event is its result's Err.
+// of the batch counts each event once. Events quotad refused with 503
+// (shed while it is overloaded, or its stores failed: nothing counted)
+// are sent again, alone, within the client's retries; those still refused
+// keep their 503. The error is for the batch as a whole (bad request,
+// unreachable); an event refused for itself is its result's Err.
 func (c *Client) ConsumeBatch(ctx context.Context, events []quota.ConsumeRequest) ([]BatchResult, error) {
 	evs := make([]quota.ConsumeRequest, len(events))
 	for i, e := range events {
@@ -85,9 +90,47 @@ func (c *Client) ConsumeBatch(ctx context.Context, events []quota.ConsumeRequest
 		}
 		evs[i] = e
 	}
-	var res batchAnswer
-	err := c.do(ctx, call{op: "consume batch", method: http.MethodPost, path: "/v1/consume/batch", body: batchRequest{Events: evs}, safe: true}, &res)
-	return res.Results, err
+	results := make([]BatchResult, len(evs))
+	todo := make([]int, len(evs)) // indexes of the events to send
+	for i := range todo {
+		todo[i] = i
+	}
+	bo := c.backoff()
+	for try := uint(1); ; try++ {
+		send := make([]quota.ConsumeRequest, len(todo))
+		for j, i := range todo {
+			send[j] = evs[i]
+		}
+		var res batchAnswer
+		err := c.do(ctx, call{op: "consume batch", method: http.MethodPost, path: "/v1/consume/batch", body: batchRequest{Events: send}, safe: true}, &res)
+		if err != nil {
+			if try == 1 {
+				return nil, err
+			}
+			return results, nil // the events not sent again keep their 503
+		}
+		if len(res.Results) != len(send) {
+			return nil, fmt.Errorf("quotad consume batch: %d results for %d events", len(res.Results), len(send))
+		}
+		var again []int
+		for j, i := range todo {
+			results[i] = res.Results[j]
+			if r := res.Results[j].Err; r != nil && r.Status == http.StatusServiceUnavailable {
+				again = append(again, i)
+			}
+		}
+		if len(again) == 0 || try >= c.maxTries {
+			return results, nil
+		}
+		todo = again
+		t := time.NewTimer(bo.NextBackOff())
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return results, nil
+		}
+	}
 }
 
 // Reserve holds req.Amount (or req.Usage, priced) of a meter before

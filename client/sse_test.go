@@ -40,6 +40,8 @@ func TestEventsWire(t *testing.T) {
 			fmt.Fprint(w, "id: 3-0\nevent: usage\ndata: {\"subject\":\"us") // cut mid-event: dropped
 		case 2:
 			fmt.Fprint(w, "event: future-kind\ndata: not json\n\n")
+			fmt.Fprint(w, "event: snapshot\ndata: {\"subject\":\"user:1\",\"plan\":\"free\",\"meters\":[{\"meter\":\"credits\",\"used\":6,\"limit\":100,\"remaining\":94},{\"meter\":\"requests\",\"used\":1,\"limit\":10,\"remaining\":9}]}\n\n")
+			fmt.Fprint(w, "event: overflow\ndata: {\"detail\":\"x\"}\n\n")
 			fmt.Fprint(w, "id: 4-0\nevent: usage\ndata: {\"subject\":\"user:1\",\"used\":7,\"remaining\":93}\n\n")
 			w.(http.Flusher).Flush()
 			<-r.Context().Done() // stay open until the client closes
@@ -54,14 +56,14 @@ func TestEventsWire(t *testing.T) {
 	c := client.New(srv.URL, "k", fast)
 	ev := c.Events(context.Background(), "user:1")
 	var got []string
-	for range 3 {
+	for range 5 {
 		if !ev.Next() {
 			t.Fatalf("Next = false after %v: %v", got, ev.Err())
 		}
 		ch := ev.Change()
-		got = append(got, fmt.Sprintf("%s %d %d %s", ch.Type, ch.Used, ch.Remaining, ev.LastEventID()))
+		got = append(got, fmt.Sprintf("%s %s %d %d %s", ch.Type, ch.Meter, ch.Used, ch.Remaining, ev.LastEventID()))
 	}
-	want := []string{"usage 5 95 1-0", "reset 0 100 2-0", "usage 7 93 4-0"}
+	want := []string{"usage  5 95 1-0", "reset  0 100 2-0", "snapshot credits 6 94 2-0", "snapshot requests 1 9 2-0", "usage  7 93 4-0"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("changes %q; want %q", got, want)
 	}
