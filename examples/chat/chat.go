@@ -260,8 +260,10 @@ func (s *Server) me(w http.ResponseWriter, r *http.Request) {
 
 // events relays quotad's change stream of the caller's subject to the
 // caller, as Server-Sent Events: first a "credits" event with the current
-// figures, then one per change. Browsers cannot hold the quotad key, so
-// the service subscribes on their behalf.
+// figures (quotad's snapshot, sent once the subscription is live, so no
+// change can fall between), then one event per change of the credits
+// meter, named for its type. Browsers cannot hold the quotad key, so the
+// service subscribes on their behalf.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	subject, err := s.subject(r)
 	if err != nil {
@@ -271,35 +273,37 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	defer context.AfterFunc(s.streams, cancel)()
-	// A change landing between this read and the subscription is not
-	// lost for long: every change carries the meter's figures, not a
-	// difference, so the next one sets them right.
-	a, err := s.credits(ctx, subject)
-	if err != nil {
-		s.quotaError(w, err)
-		return
-	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	rc := http.NewResponseController(w)
-	send := func(event string, v any) bool {
-		b, _ := json.Marshal(v)
-		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
-	if !send("credits", a) {
-		return
-	}
 	ev := s.cfg.Quota.Events(ctx, subject)
 	defer ev.Close()
+	rc := http.NewResponseController(w)
+	started := false
 	for ev.Next() {
-		if !send(ev.Change().Type, ev.Change()) {
+		ch := ev.Change()
+		if ch.Meter != "" && ch.Meter != quota.DefaultMeter {
+			continue
+		}
+		name := ch.Type
+		if name == client.ChangeSnapshot {
+			name = "credits" // also after a gap: the figures start over
+		}
+		if !started {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-cache")
+			started = true
+		}
+		b, _ := json.Marshal(ch)
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b); err != nil {
+			return
+		}
+		if rc.Flush() != nil {
 			return
 		}
 	}
 	if err := ev.Err(); err != nil && ctx.Err() == nil {
+		if !started {
+			s.quotaError(w, err)
+			return
+		}
 		s.log.Warn("events stream ended", "subject", subject, "err", err)
 	}
 }
