@@ -43,6 +43,13 @@ lint: ## go vet, gofmt, staticcheck (pinned, fetched by go run), govulncheck whe
 clean: ## remove bin/ (make stop first to keep .data/ consistent)
 	rm -rf bin
 
+.PHONY: soak
+SOAK_DURATION ?= 3m
+SOAK_TIMEOUT ?= 30m
+soak: ## the fault-injection soak: 3 quotads, a fault every few seconds, exact totals checked at the end (SOAK_DURATION, default 3m)
+	@scripts/stack.sh install
+	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -count=1 -v -run '^TestSoak$$' -timeout $(SOAK_TIMEOUT) ./internal/soak
+
 .PHONY: bench
 bench: ## the benchmark suite: full vs postgres tiers, pinned; writes bench/results/<date>/
 	@scripts/bench.sh

@@ -83,6 +83,11 @@ type FlusherConfig struct {
 	Batch      int           // queue entries per Redis read; default 200 (under load an entry holds ~30 events, so ~6,000 events a read)
 	Max        int           // events per flush (one transaction; the last read may go past it); a full flush flushes again at once; default 100,000
 	MaxBackoff time.Duration // longest wait between retries of a failing batch; default 10s
+	// WriteTimeout bounds one write of a flush to Postgres (default 30s):
+	// a hung Postgres must not hold the flusher for good. A write cut by it
+	// may still commit; its retry then finds the events in the ledger and
+	// counts none twice.
+	WriteTimeout time.Duration
 	// PaceRows: the ledger COPY pauses for a millisecond every PaceRows
 	// rows, so that a Postgres sharing quotad's cores never has more than a
 	// few hundred rows to work through at once (see pacer); default 256,
@@ -156,6 +161,9 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 10 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 30 * time.Second
 	}
 	if cfg.PaceRows == 0 {
 		cfg.PaceRows = 256
@@ -422,7 +430,9 @@ func (f *Flusher) flushRetrying(ctx context.Context) (int, error) {
 	backoff := 100 * time.Millisecond
 	for {
 		start := time.Now()
-		err := f.Write(ctx, events)
+		wctx, cancel := context.WithTimeout(ctx, f.cfg.WriteTimeout)
+		err := f.Write(wctx, events)
+		cancel()
 		if err == nil {
 			f.m.took.Observe(time.Since(start).Seconds())
 			break
