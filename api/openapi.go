@@ -29,6 +29,8 @@ func (s *Server) OpenAPI() map[string]any {
 
 func (s *Server) openapiWith(g *schemaGen) map[string]any {
 	problem := map[string]any{"application/problem+json": map[string]any{"schema": g.schema(reflect.TypeOf(Problem{}))}}
+	others := map[string]any{"application/problem+json": problem["application/problem+json"],
+		"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}
 	paths := map[string]map[string]any{}
 	for _, r := range s.routes {
 		key := r.method + " " + r.path
@@ -58,7 +60,7 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 			}
 		}
 		responses := map[string]any{
-			"default": map[string]any{"description": otherErrors, "content": problem},
+			"default": map[string]any{"description": otherErrors, "content": others},
 		}
 		for _, status := range append([]int{r.status}, alsoAnswers[key]...) {
 			responses[strconv.Itoa(status)] = map[string]any{
@@ -99,7 +101,7 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 		"/metrics":      {"200": map[string]any{"description": "Prometheus metrics", "content": map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}}},
 		"/openapi.json": {"200": map[string]any{"description": "This document", "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"type": "object"}}}}},
 	} {
-		responses["default"] = map[string]any{"description": otherErrors, "content": problem}
+		responses["default"] = map[string]any{"description": otherErrors, "content": others}
 		paths[p] = map[string]any{"get": map[string]any{"operationId": operationID("GET", p), "responses": responses}}
 	}
 	return map[string]any{
@@ -118,7 +120,9 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 // otherErrors describes the errors every operation may answer besides its
 // own.
 const otherErrors = "Any other error: 404 no such route, 405 a method the path does not serve, " +
-	"431 headers too large, 503 the stores cannot answer; 500 is a bug (no input should cause one)"
+	"503 the stores cannot answer; 500 is a bug (no input should cause one). Requests Go's HTTP server " +
+	"refuses before quotad reads them (431 headers over 1 MB, a malformed request line) are answered " +
+	"by it in text/plain"
 
 var errorDescriptions = map[int]string{
 	http.StatusBadRequest:            "Bad input; field names the request field at fault",
