@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"sync"
@@ -247,6 +248,27 @@ func TestRetryCountsOnce(t *testing.T) {
 		}
 	})
 
+	t.Run("503 with Retry-After", func(t *testing.T) {
+		p := newProxy(t, q.URL)
+		c := client.New(p.srv.URL, quotadtest.AdminKey, client.WithRetry(2, 10*time.Millisecond, 200*time.Millisecond))
+		p.fail("/v1/consume", fake503RA)
+		start := time.Now()
+		res, err := c.Consume(ctx, quota.ConsumeRequest{Subject: "user:retry-after", Amount: 2})
+		if err != nil || res.Used != 2 {
+			t.Fatalf("consume = %+v, %v", res, err)
+		}
+		// Retry-After: 1, bounded by the 200 ms maximum backoff.
+		if d := time.Since(start); d < 200*time.Millisecond || d > 900*time.Millisecond {
+			t.Errorf("the retry came after %v; want the bounded Retry-After, 200 ms", d)
+		}
+		p.fail("/v1/consume", fake503RA, fake503RA)
+		_, err = c.Consume(ctx, quota.ConsumeRequest{Subject: "user:retry-after", Amount: 2})
+		var e *client.Error
+		if !errors.As(err, &e) || e.Status != 503 || e.RetryAfter != time.Second || !client.IsUnavailable(err) {
+			t.Errorf("err = %#v; want the 503 with its Retry-After", err)
+		}
+	})
+
 	t.Run("a 400 is not retried", func(t *testing.T) {
 		p := newProxy(t, q.URL)
 		c := client.New(p.srv.URL, quotadtest.AdminKey, fast)
@@ -469,4 +491,34 @@ func TestConsumeBatch(t *testing.T) {
 	if m := meter(t, admin, "user:batch-a"); m.Used != 15 {
 		t.Errorf("user:batch-a used %d; want 15", m.Used)
 	}
+
+	t.Run("a shed event is sent again", func(t *testing.T) {
+		p.fail("/v1/consume/batch", shedFirst)
+		before := len(p.requests("/v1/consume/batch"))
+		res, err := c.ConsumeBatch(ctx, []quota.ConsumeRequest{
+			{Subject: "user:batch-shed", Amount: 4},
+			{Subject: "user:batch-shed", Amount: 5},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Err != nil || res[0].Amount != 4 || res[1].Err != nil || res[1].Amount != 5 {
+			t.Errorf("results %+v; want both applied", res)
+		}
+		reqs := p.requests("/v1/consume/batch")[before:]
+		if len(reqs) != 2 {
+			t.Fatalf("%d batch requests; want 2 (the batch, then the shed event alone)", len(reqs))
+		}
+		var first, second struct {
+			Events []quota.ConsumeRequest `json:"events"`
+		}
+		_ = json.Unmarshal(reqs[0].body, &first)
+		_ = json.Unmarshal(reqs[1].body, &second)
+		if len(second.Events) != 1 || second.Events[0].IdempotencyKey != first.Events[0].IdempotencyKey {
+			t.Errorf("second request %s; want the first event alone, with its key", reqs[1].body)
+		}
+		if m := meter(t, admin, "user:batch-shed"); m.Used != 9 {
+			t.Errorf("used %d; want 9", m.Used)
+		}
+	})
 }

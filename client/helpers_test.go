@@ -43,6 +43,8 @@ const (
 	slowAns        // forward to quotad, then answer only after the client gave up
 	fake503        // answer 503 problem+json without forwarding
 	cutEvent       // for a stream: forward, then cut it after the first event with an id
+	fake503RA      // answer 503 problem+json with Retry-After: 1, without forwarding
+	shedFirst      // for a batch: forward all but the first event, answer it 503 as an overloaded quotad does
 )
 
 // proxy stands between a client and the real quotad and breaks chosen
@@ -94,7 +96,14 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f, p.faults[r.URL.Path] = fs[0], fs[1:]
 	}
 	p.mu.Unlock()
-	if f == fake503 {
+	if f == shedFirst {
+		p.shedFirst(w, r, body)
+		return
+	}
+	if f == fake503RA {
+		w.Header().Set("Retry-After", "1")
+	}
+	if f == fake503 || f == fake503RA {
 		w.Header().Set("Content-Type", "application/problem+json")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte(`{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the quota stores are unavailable; retry later"}`))
@@ -192,4 +201,36 @@ func meter(tb testing.TB, c *client.Client, subject string) quota.MeterStatus {
 	}
 	tb.Fatalf("subject %s has no credits meter: %+v", subject, v)
 	return quota.MeterStatus{}
+}
+
+// shedFirst forwards a batch without its first event and answers that one
+// as quotad answers an event it shed: 503, nothing counted.
+func (p *proxy) shedFirst(w http.ResponseWriter, r *http.Request, body []byte) {
+	var batch struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(body, &batch); err != nil || len(batch.Events) == 0 {
+		p.tb.Errorf("proxy: batch %q: %v", body, err)
+		return
+	}
+	rest, _ := json.Marshal(map[string]any{"events": batch.Events[1:]})
+	req, _ := http.NewRequestWithContext(r.Context(), r.Method, p.target+r.URL.RequestURI(), bytes.NewReader(rest))
+	req.Header = r.Header.Clone()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.tb.Errorf("proxy: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	var ans struct {
+		Results []json.RawMessage `json:"results"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+		p.tb.Errorf("proxy: batch answer: %v", err)
+		return
+	}
+	shed := json.RawMessage(`{"error":{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"usage arrives faster than quotad writes it to Postgres; nothing was counted, retry after Retry-After seconds"}}`)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Retry-After", "1")
+	_ = json.NewEncoder(w).Encode(map[string]any{"results": append([]json.RawMessage{shed}, ans.Results...)})
 }
