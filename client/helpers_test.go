@@ -38,13 +38,13 @@ func deadURL(tb testing.TB) string {
 type fault int
 
 const (
-	pass     fault = iota
-	dropAns        // forward to quotad, then cut the connection instead of answering
-	slowAns        // forward to quotad, then answer only after the client gave up
-	fake503        // answer 503 problem+json without forwarding
-	cutEvent       // for a stream: forward, then cut it after the first event with an id
-	fake503RA      // answer 503 problem+json with Retry-After: 1, without forwarding
-	shedFirst      // for a batch: forward all but the first event, answer it 503 as an overloaded quotad does
+	pass      fault = iota
+	dropAns         // forward to quotad, then cut the connection instead of answering
+	slowAns         // forward to quotad, then answer only after the client gave up
+	fake503         // answer 503 problem+json without forwarding
+	cutEvent        // for a stream: forward, then cut it after the first event with an id
+	fake503RA       // answer 503 problem+json with Retry-After: 1, without forwarding
+	shedFirst       // for a batch: forward all but the first event, answer it 503 as an overloaded quotad does
 )
 
 // proxy stands between a client and the real quotad and breaks chosen
