@@ -636,43 +636,44 @@ type stubBacklog struct {
 
 func (b *stubBacklog) Behind() (<-chan struct{}, bool) { return b.looked, b.behind.Load() }
 
-// TestPaceWaitsForTheFlusher: a consume made while the flusher is behind
-// waits for its next look, and is taken once it is no longer behind; one
-// that never sees it catch up is taken after a second, not refused.
-func TestPaceWaitsForTheFlusher(t *testing.T) {
+// TestShedWhileTheFlusherIsBehind: while the flusher is behind, a
+// consume and a commit are refused at once with ErrOverloaded and count
+// nothing (a reservation, which adds nothing to flush, is still taken);
+// once it caught up they are taken.
+func TestShedWhileTheFlusherIsBehind(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	c := e.counter(t)
 	b := &stubBacklog{looked: make(chan struct{})}
-	b.behind.Store(true)
 	c.Pace(b)
 	k := key
-	k.Subject = "user:pace"
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "p1", At: time.Now()})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		t.Fatalf("the consume did not wait for the flusher (%v)", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	b.behind.Store(false)
-	close(b.looked) // the flusher's next look: caught up
-	if err := <-done; err != nil {
+	k.Subject = "user:shed"
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "s0", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-
-	b.looked = make(chan struct{}) // behind for good from now on
+	now := time.Now()
+	id := quota.NewReservationID(k, 5, now.Add(time.Minute))
 	b.behind.Store(true)
 	start := time.Now()
-	res, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "p2", At: time.Now()})
-	if err != nil || !res.Applied || res.Used != 2 {
-		t.Fatalf("a consume behind a flusher that never catches up: %+v (%v), want taken", res, err)
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "s1", At: now}); !errors.Is(err, quota.ErrOverloaded) {
+		t.Fatalf("consume while behind: %v, want ErrOverloaded", err)
 	}
-	if waited := time.Since(start); waited < 900*time.Millisecond {
-		t.Fatalf("waited %v, want about a second", waited)
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Fatalf("the refusal took %v; want at once", took)
+	}
+	if r, err := c.Reserve(ctx, quota.ReserveOp{Key: k, ID: id, Amount: 5, Limit: 100, Enforce: true, ExpiresAt: now.Add(time.Minute), At: now}); err != nil || !r.Granted {
+		t.Fatalf("reserve while behind: %+v, %v; want granted", r, err)
+	}
+	if _, err := c.Commit(ctx, quota.CommitOp{Key: k, ID: id, Amount: 5, EventID: "s2", At: now, ExpiresAt: now.Add(time.Minute)}); !errors.Is(err, quota.ErrOverloaded) {
+		t.Fatalf("commit while behind: %v, want ErrOverloaded", err)
+	}
+	b.behind.Store(false)
+	res, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "s3", At: time.Now()})
+	if err != nil || !res.Applied || res.Used != 2 {
+		t.Fatalf("consume once caught up: %+v (%v), want used 2 (the refused one counted nothing)", res, err)
+	}
+	if r, err := c.Commit(ctx, quota.CommitOp{Key: k, ID: id, Amount: 5, EventID: "s4", At: time.Now(), ExpiresAt: now.Add(time.Minute)}); err != nil || r.Used != 7 || r.Reserved != 0 {
+		t.Fatalf("commit once caught up: %+v (%v), want used 7, nothing held", r, err)
 	}
 }
 
