@@ -66,8 +66,9 @@ type Client struct {
 // Option configures a Client.
 type Option func(*Client)
 
-// WithHTTPClient makes the client send through hc (its Timeout, if any,
-// bounds each attempt as well as WithAttemptTimeout does).
+// WithHTTPClient makes the client send through hc. Leave its Timeout
+// unset: it would also cut Events streams, whose tries WithAttemptTimeout
+// bounds only until the stream's headers arrive.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
 
 // WithRetry sets how many times a call is tried in all (1: never retried)
