@@ -80,7 +80,7 @@ var (
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
 	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second,
 		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
-		shed: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_shed_total", Help: "Consumes and commits refused with 503 because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
+		shed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_shed_total", Help: "Consumes and commits refused with 503 because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
 
 // Register registers the counter's metrics on reg.
