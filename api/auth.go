@@ -20,9 +20,11 @@ import (
 
 // authenticator checks bearer keys, from the request's headers alone.
 //
-// Known keys are cached in memory for keyTTL so the hot path neither
-// hashes the key nor asks Postgres on every request; a revoked key
-// therefore works for at most keyTTL more. Keys Postgres does not know are
+// Known keys are cached in memory for keyTTL (or until they expire, if
+// sooner) so the hot path neither hashes the key nor asks Postgres on
+// every request. A revoke empties the cache of every instance (ForgetKeys);
+// the TTL bounds how long an instance that missed the message keeps a
+// revoked key. Keys Postgres does not know are
 // cached as well, for unknownTTL, so a client repeating a bad key costs no
 // lookup. A client trying many keys is stopped by the failure limiter:
 // each client address may fail failBurst times at once and regains
@@ -37,6 +39,7 @@ type authenticator struct {
 	mu      sync.RWMutex
 	cache   map[string]cachedKey // by the key itself: no hashing on a hit
 	unknown map[string]time.Time // keys Postgres did not know, until when
+	gen     uint64               // forgets so far: a lookup older than the last forget is not cached
 
 	fails    *failLimiter
 	lookups  prometheus.Counter
@@ -99,6 +102,7 @@ func (a *authenticator) scope(c echo.Context) (string, error) {
 	a.mu.RLock()
 	ck, hit := a.cache[key]
 	bad, known := a.unknown[key]
+	gen := a.gen
 	a.mu.RUnlock()
 	if hit && now.Before(ck.expires) {
 		return ck.scope, nil
@@ -117,7 +121,7 @@ func (a *authenticator) scope(c echo.Context) (string, error) {
 		return "", a.failed(client, now)
 	}
 	a.lookups.Inc()
-	scope, err := a.keys.KeyScope(r.Context(), sum)
+	k, err := a.keys.LookupKey(r.Context(), sum)
 	if errors.Is(err, quota.ErrNotFound) {
 		a.mu.Lock()
 		if len(a.unknown) >= maxKeyCached {
@@ -133,8 +137,16 @@ func (a *authenticator) scope(c echo.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	a.remember(key, scope, now)
-	return scope, nil
+	expires := now.Add(keyTTL)
+	if k.ExpiresAt != nil && k.ExpiresAt.Before(expires) {
+		expires = *k.ExpiresAt
+	}
+	a.mu.Lock()
+	if a.gen == gen { // else the key may have been revoked since it was read
+		a.store(key, cachedKey{scope: k.Scope, expires: expires})
+	}
+	a.mu.Unlock()
+	return k.Scope, nil
 }
 
 // failed counts a failed authentication from client and answers it.
@@ -153,10 +165,24 @@ func tooManyFailures(wait time.Duration) error {
 
 func (a *authenticator) remember(key, scope string, now time.Time) {
 	a.mu.Lock()
+	a.store(key, cachedKey{scope: scope, expires: now.Add(keyTTL)})
+	a.mu.Unlock()
+}
+
+// store caches a valid key; the caller holds the lock.
+func (a *authenticator) store(key string, ck cachedKey) {
 	if len(a.cache) >= maxKeyCached {
 		clear(a.cache) // crude but bounded; real deployments have few keys
 	}
-	a.cache[key] = cachedKey{scope: scope, expires: now.Add(keyTTL)}
+	a.cache[key] = ck
+}
+
+// forget drops every cached key, valid or unknown.
+func (a *authenticator) forget() {
+	a.mu.Lock()
+	clear(a.cache)
+	clear(a.unknown)
+	a.gen++
 	a.mu.Unlock()
 }
 

@@ -70,8 +70,11 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 		}
 		for _, status := range errorStatuses(r) {
 			resp := map[string]any{"description": errorDescriptions[status], "content": problem}
-			if status == http.StatusUnauthorized {
+			switch status {
+			case http.StatusUnauthorized:
 				resp["headers"] = map[string]any{"WWW-Authenticate": map[string]any{"required": true, "schema": map[string]any{"type": "string"}}}
+			case http.StatusTooManyRequests:
+				resp["headers"] = map[string]any{"Retry-After": map[string]any{"required": true, "schema": map[string]any{"type": "integer"}}}
 			}
 			responses[strconv.Itoa(status)] = resp
 		}
@@ -121,15 +124,17 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 // own.
 const otherErrors = "Any other error: 404 no such route, 405 a method the path does not serve, " +
 	"503 the stores cannot answer; 500 is a bug (no input should cause one). Requests Go's HTTP server " +
-	"refuses before quotad reads them (431 headers over 1 MB, a malformed request line) are answered " +
-	"by it in text/plain"
+	"refuses before quotad reads them (400 a malformed request line or header, 431 headers over 1 MB, " +
+	"501 an unknown transfer encoding) are answered in problem+json too"
 
 var errorDescriptions = map[int]string{
 	http.StatusBadRequest:            "Bad input; field names the request field at fault",
 	http.StatusUnauthorized:          "No key, or not a valid one",
 	http.StatusForbidden:             "The key lacks the admin scope",
 	http.StatusNotFound:              "No such resource",
-	http.StatusConflict:              "An idempotency key reused with a different request, or a settled reservation",
+	http.StatusConflict:              "An idempotency key reused with a different request, a settled reservation, or a plan in use",
+	http.StatusRequestTimeout:        "The body did not arrive within the read timeout",
+	http.StatusTooManyRequests:       "Too many failed authentications from this address; retry after Retry-After seconds",
 	http.StatusRequestEntityTooLarge: fmt.Sprintf("The body is over %d bytes", MaxBody),
 	http.StatusUnsupportedMediaType:  "The body is not application/json",
 	http.StatusServiceUnavailable:    "The stores cannot answer; retry later",
@@ -145,7 +150,9 @@ func errorStatuses(r route) []int {
 	}
 	if r.scope != "" {
 		// Keys are looked up in Postgres: an authenticated route can be a 503.
-		out = append(out, http.StatusUnauthorized, http.StatusServiceUnavailable)
+		// An address that failed too often is refused before its key is
+		// looked up.
+		out = append(out, http.StatusUnauthorized, http.StatusTooManyRequests, http.StatusServiceUnavailable)
 	}
 	if r.scope == ScopeAdmin {
 		out = append(out, http.StatusForbidden)
@@ -162,7 +169,7 @@ func errorStatuses(r route) []int {
 		out = append(out, http.StatusConflict)
 	}
 	if r.body != nil {
-		out = append(out, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType)
+		out = append(out, http.StatusRequestTimeout, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType)
 	}
 	return out
 }
@@ -172,6 +179,7 @@ func errorStatuses(r route) []int {
 var conflicts = map[string]bool{
 	"POST /v1/reservations/:id/commit": true, // released
 	"DELETE /v1/reservations/:id":      true, // committed
+	"DELETE /v1/plans/:name":           true, // a default plan, or one subjects have
 }
 
 func hasField(t reflect.Type, name string) bool {

@@ -122,5 +122,5 @@ var rules = map[string]rule{
 	"path:subject": {schema: subjectSchema},
 	"path:name":    {schema: planNameSchema},
 	"path:model":   {schema: modelSchema},
-	"path:id":      {schema: map[string]any{"maxLength": 512, "description": "a reservation id (an unknown one is a 404)"}},
+	"path:id":      {schema: map[string]any{"maxLength": 512, "description": "a reservation id, or an API key's (an unknown one is a 404)"}},
 }

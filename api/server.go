@@ -7,10 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,13 +16,17 @@ import (
 	"github.com/quotad/quotad/quota"
 )
 
-// Keys looks up and mints API keys; persist.Store implements it.
+// Keys looks up and manages API keys; persist.Store implements it.
 type Keys interface {
-	// KeyScope returns the scope of the key whose SHA-256 is sum, or
-	// quota.ErrNotFound.
-	KeyScope(ctx context.Context, sum [32]byte) (string, error)
-	// CreateKey mints a key with scope and returns it.
-	CreateKey(ctx context.Context, scope, name string) (string, error)
+	// LookupKey returns the key whose SHA-256 is sum, or
+	// quota.ErrNotFound (also for an expired key).
+	LookupKey(ctx context.Context, sum [32]byte) (quota.APIKey, error)
+	// CreateKey mints a key and returns its description and the key.
+	CreateKey(ctx context.Context, scope, name string, expiresAt *time.Time) (quota.APIKey, string, error)
+	// Keys lists the keys.
+	Keys(ctx context.Context) ([]quota.APIKey, error)
+	// RevokeKey deletes a key and returns it, or quota.ErrNotFound.
+	RevokeKey(ctx context.Context, id int64) (quota.APIKey, error)
 }
 
 // Readiness is what /readyz reports.
@@ -56,6 +57,10 @@ type Config struct {
 	EventsHeartbeat time.Duration
 	// Limits bound what one client can hold (see conns.go).
 	Limits Limits
+	// KeysChanged tells every instance, this one included, to call
+	// ForgetKeys (a key was revoked), and returns once they have; nil:
+	// this instance alone.
+	KeysChanged func(ctx context.Context)
 }
 
 // Limits bound the connections and the time a client can hold.
@@ -72,16 +77,17 @@ type Limits struct {
 
 // Server is the HTTP face of a quota.Service.
 type Server struct {
-	echo    *echo.Echo
-	svc     *quota.Service
-	auth    *authenticator
-	log     *slog.Logger
-	ready   func(ctx context.Context) Readiness
-	metrics *httpMetrics
-	routes  []route
-	events  events
-	limits  Limits
-	conns   *connGuard // nil: no cap
+	echo        *echo.Echo
+	svc         *quota.Service
+	auth        *authenticator
+	log         *slog.Logger
+	ready       func(ctx context.Context) Readiness
+	metrics     *httpMetrics
+	routes      []route
+	events      events
+	keysChanged func(ctx context.Context)
+	limits      Limits
+	conns       *connGuard // nil: no cap
 }
 
 // Scopes of API keys. An admin key may do everything a service key may.
@@ -95,14 +101,15 @@ func New(cfg Config) *Server {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	s := &Server{
-		echo:    e,
-		svc:     cfg.Service,
-		auth:    newAuthenticator(cfg.Keys, cfg.AdminKey, cfg.Limits, cfg.Registry),
-		log:     cfg.Logger,
-		ready:   cfg.Ready,
-		metrics: newHTTPMetrics(cfg.Registry),
-		events:  newEvents(cfg),
-		limits:  cfg.Limits,
+		echo:        e,
+		svc:         cfg.Service,
+		auth:        newAuthenticator(cfg.Keys, cfg.AdminKey, cfg.Limits, cfg.Registry),
+		log:         cfg.Logger,
+		ready:       cfg.Ready,
+		metrics:     newHTTPMetrics(cfg.Registry),
+		events:      newEvents(cfg),
+		limits:      cfg.Limits,
+		keysChanged: cfg.KeysChanged,
 	}
 	if cfg.Limits.MaxConns > 0 {
 		s.conns = newConnGuard(cfg.Limits.MaxConns, cfg.Registry)
@@ -176,11 +183,13 @@ func (s *Server) table() []route {
 		{"GET", "/v1/plans", ScopeService, "Every plan", nil, []quota.Plan{}, 200, s.plans},
 		{"GET", "/v1/plans/:name", ScopeService, "One plan", nil, quota.Plan{}, 200, s.plan},
 		{"PUT", "/v1/plans/:name", ScopeAdmin, "Create or replace a plan", quota.Plan{}, quota.Plan{}, 200, s.putPlan},
+		{"DELETE", "/v1/plans/:name", ScopeAdmin, "Delete a plan no subject has (409 otherwise, and for the default plans)", nil, quota.Plan{}, 200, s.deletePlan},
 		{"POST", "/v1/cost", ScopeService, "Price token usage in credits", quota.Usage{}, quota.CostResult{}, 200, s.cost},
 		{"GET", "/v1/pricing", ScopeService, "The cost book", nil, pricing{}, 200, s.pricing},
 		{"PUT", "/v1/pricing/:model", ScopeAdmin, "Create or replace a model's price", quota.Price{}, quota.Price{}, 200, s.putPrice},
-		{"POST", "/v1/keys", ScopeAdmin, "Mint an API key", keyRequest{}, keyAnswer{}, 201, s.createKey},
+		{"DELETE", "/v1/pricing/:model", ScopeAdmin, "Delete a model's price: its usage is refused like an unknown model's", nil, quota.Price{}, 200, s.deletePrice},
 	}
+	rows = append(rows, s.keyRoutes()...)
 	rows = append(rows, s.flowRoutes()...)
 	return append(rows, s.eventRoutes()...)
 }
@@ -192,17 +201,6 @@ type resetRequest struct {
 type pricing struct {
 	Margin quota.Decimal `json:"margin"`
 	Prices []quota.Price `json:"prices"`
-}
-
-type keyRequest struct {
-	Scope string `json:"scope"`
-	Name  string `json:"name,omitempty"`
-}
-
-type keyAnswer struct {
-	Key   string `json:"key"`
-	Scope string `json:"scope"`
-	Name  string `json:"name,omitempty"`
 }
 
 func (s *Server) check(c echo.Context) error {
@@ -353,6 +351,30 @@ func (s *Server) pricing(c echo.Context) error {
 	return c.JSON(http.StatusOK, pricing{Margin: margin, Prices: prices})
 }
 
+func (s *Server) deletePlan(c echo.Context) error {
+	name, err := pathParam(c, "name")
+	if err != nil {
+		return err
+	}
+	p, err := s.svc.DeletePlan(c.Request().Context(), name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
+
+func (s *Server) deletePrice(c echo.Context) error {
+	model, err := pathParam(c, "model")
+	if err != nil {
+		return err
+	}
+	p, err := s.svc.DeletePrice(c.Request().Context(), model)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
+
 func (s *Server) putPrice(c echo.Context) error {
 	model, err := pathParam(c, "model")
 	if err != nil {
@@ -371,34 +393,6 @@ func (s *Server) putPrice(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, p)
-}
-
-func (s *Server) createKey(c echo.Context) error {
-	var req keyRequest
-	if err := decode(c, &req); err != nil {
-		return err
-	}
-	if req.Scope != ScopeService && req.Scope != ScopeAdmin {
-		return fieldProblem("scope", `must be "service" or "admin"`)
-	}
-	if err := validKeyName(req.Name); err != nil {
-		return err
-	}
-	key, err := s.auth.keys.CreateKey(c.Request().Context(), req.Scope, req.Name)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusCreated, keyAnswer{Key: key, Scope: req.Scope, Name: req.Name})
-}
-
-// validKeyName allows a key's label up to 128 characters of UTF-8 text
-// without control characters: Postgres text cannot hold a NUL, and a
-// label is shown in listings and logs.
-func validKeyName(name string) error {
-	if !utf8.ValidString(name) || utf8.RuneCountInString(name) > 128 || strings.ContainsFunc(name, unicode.IsControl) {
-		return fieldProblem("name", "must be at most 128 characters of text without control characters")
-	}
-	return nil
 }
 
 func (s *Server) readyz(c echo.Context) error {

@@ -16,7 +16,8 @@ import (
 // Bus adds the Redis database number (pub/sub channels are server-wide,
 // databases are not). Messages are "<id> <kind> <args...>": kinds
 // "subject <id>", "subjects" (all of them), "plan <name>", "prices",
-// "counter <subject> <meter> <period start unix>".
+// "counter <subject> <meter> <period start unix>", "keys" (an API key was
+// revoked: every cached key is dropped).
 const InvalidateChannel = "quotad:invalidate"
 
 // Bus publishes and receives L1 invalidations over Redis pub/sub.

@@ -161,6 +161,18 @@ func (s *Settings) PutPlan(ctx context.Context, p quota.Plan) error {
 	return nil
 }
 
+// DeletePlan implements quota.Plans: Postgres, then every L1.
+func (s *Settings) DeletePlan(ctx context.Context, name string) (quota.Plan, error) {
+	p, err := s.src.DeletePlan(ctx, name)
+	if err != nil {
+		return quota.Plan{}, err
+	}
+	s.plans.Delete(name)
+	s.lastPlans.Delete(name)
+	s.bus.Publish(ctx, "plan "+name)
+	return p, nil
+}
+
 // Subject implements quota.Subjects: L1, then Redis, then Postgres.
 func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error) {
 	if e, ok := s.subjects.Get(id); ok && e.expires > s.clock.Load() {
@@ -262,6 +274,16 @@ func (s *Settings) PutPrice(ctx context.Context, p quota.Price) error {
 	}
 	s.bus.Publish(ctx, "prices")
 	return nil
+}
+
+// DeletePrice implements quota.Prices and tells every instance to reload.
+func (s *Settings) DeletePrice(ctx context.Context, model string) (quota.Price, error) {
+	p, err := s.src.DeletePrice(ctx, model)
+	if err != nil {
+		return quota.Price{}, err
+	}
+	s.bus.Publish(ctx, "prices")
+	return p, nil
 }
 
 // Invalidate handles a Bus message about settings.

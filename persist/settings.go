@@ -3,10 +3,12 @@ package persist
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/quotad/quotad/quota"
 )
@@ -77,6 +79,18 @@ func (s *Store) Plan(ctx context.Context, name string) (quota.Plan, error) {
 func (s *Store) PutPlan(ctx context.Context, p quota.Plan) error {
 	_, err := s.pool.Exec(ctx, upsertPlan, p.Name, p.Limits)
 	return translate(err)
+}
+
+// DeletePlan implements quota.Plans. The subjects' foreign key refuses
+// the delete of a plan some subject has (quota.ErrConflict).
+func (s *Store) DeletePlan(ctx context.Context, name string) (quota.Plan, error) {
+	var p quota.Plan
+	err := s.pool.QueryRow(ctx, `DELETE FROM plans WHERE name = $1 RETURNING name, limits`, name).Scan(&p.Name, &p.Limits)
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) && pg.Code == "23503" { // foreign_key_violation
+		return quota.Plan{}, fmt.Errorf("plan %q is the plan of some subjects; move them to another plan first: %w", name, quota.ErrConflict)
+	}
+	return p, translate(err)
 }
 
 // Subject implements quota.Subjects.
@@ -175,4 +189,24 @@ func (s *Store) Prices(ctx context.Context) ([]quota.Price, error) {
 func (s *Store) PutPrice(ctx context.Context, p quota.Price) error {
 	_, err := s.pool.Exec(ctx, upsertPrice, p.Model, p.Input.String(), p.Output.String(), p.CacheWrite.String(), p.CacheRead.String())
 	return translate(err)
+}
+
+// DeletePrice implements quota.Prices.
+func (s *Store) DeletePrice(ctx context.Context, model string) (quota.Price, error) {
+	var p quota.Price
+	var in, out, cw, cr string
+	err := s.pool.QueryRow(ctx, `DELETE FROM prices WHERE model = $1 RETURNING model, input::text, output::text, cache_write::text, cache_read::text`, model).
+		Scan(&p.Model, &in, &out, &cw, &cr)
+	if err != nil {
+		return quota.Price{}, translate(err)
+	}
+	for _, f := range []struct {
+		dst *quota.Decimal
+		src string
+	}{{&p.Input, in}, {&p.Output, out}, {&p.CacheWrite, cw}, {&p.CacheRead, cr}} {
+		if *f.dst, err = quota.ParseDecimal(f.src); err != nil {
+			return quota.Price{}, fmt.Errorf("price of %s: %w", p.Model, err)
+		}
+	}
+	return p, nil
 }

@@ -130,6 +130,18 @@ func (b *CostBook) With(p Price) *CostBook {
 	return newCostBook(b.margin, m)
 }
 
+// Without returns a copy of b without the price of model. b itself is
+// unchanged.
+func (b *CostBook) Without(model string) *CostBook {
+	m := make(map[string]Price, len(b.prices))
+	for k, v := range b.prices {
+		if k != model {
+			m[k] = v
+		}
+	}
+	return newCostBook(b.margin, m)
+}
+
 // Cost returns what u costs: credits = ceil(usd × 100 × (1 + margin)) and the
 // raw provider cost usd = Σ tokens × price / 1e6, both computed exactly.
 //

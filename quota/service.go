@@ -445,6 +445,25 @@ func (s *Service) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 	return p, nil
 }
 
+// DeletePlan deletes a plan and returns it. Errors: ErrNotFound,
+// ErrConflict for a kind's default plan (new subjects get it) or a plan
+// some subject has.
+func (s *Service) DeletePlan(ctx context.Context, name string) (Plan, error) {
+	if err := validName(name); err != nil {
+		return Plan{}, err
+	}
+	for _, k := range []Kind{KindAnon, KindUser} {
+		if k.DefaultPlan() == name {
+			return Plan{}, fmt.Errorf("plan %q is the default plan of %s subjects: %w", name, k, ErrConflict)
+		}
+	}
+	p, err := s.plans.DeletePlan(ctx, name)
+	if err != nil {
+		return Plan{}, fmt.Errorf("delete plan: %w", err)
+	}
+	return p, nil
+}
+
 // Cost prices u with the cost book. Errors: ErrInvalid for an unknown model
 // or bad token counts.
 func (s *Service) Cost(u Usage) (CostResult, error) {
@@ -472,6 +491,25 @@ func (s *Service) PutPrice(ctx context.Context, p Price) (Price, error) {
 	for {
 		old := s.book.Load()
 		if s.book.CompareAndSwap(old, old.With(p)) {
+			return p, nil
+		}
+	}
+}
+
+// DeletePrice deletes a model's price and returns it; usage of the model
+// is then refused like any unknown model's. Errors: ErrInvalid,
+// ErrNotFound.
+func (s *Service) DeletePrice(ctx context.Context, model string) (Price, error) {
+	if err := ValidatePrice(Price{Model: model}); err != nil {
+		return Price{}, err
+	}
+	p, err := s.prices.DeletePrice(ctx, model)
+	if err != nil {
+		return Price{}, fmt.Errorf("delete price: %w", err)
+	}
+	for {
+		old := s.book.Load()
+		if s.book.CompareAndSwap(old, old.Without(model)) {
 			return p, nil
 		}
 	}
@@ -527,8 +565,9 @@ func (s *Service) subject(ctx context.Context, id string, kind Kind, provision b
 func (s *Service) plan(ctx context.Context, name string) (Plan, error) {
 	p, err := s.plans.Plan(ctx, name)
 	if err != nil {
-		// A subject's plan always exists (PutSubject checks it, plans are
-		// never deleted), so a miss here is a store problem, not bad input.
+		// A subject's plan always exists (PutSubject checks it, a plan a
+		// subject has cannot be deleted), so a miss here is a store
+		// problem, not bad input.
 		return Plan{}, fmt.Errorf("load plan %q: %w", name, err)
 	}
 	return p, nil

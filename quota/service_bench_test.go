@@ -21,6 +21,9 @@ func (m *memStores) Plan(context.Context, string) (quota.Plan, error) {
 	return m.plan, nil
 }
 func (m *memStores) PutPlan(context.Context, quota.Plan) error { return nil }
+func (m *memStores) DeletePlan(context.Context, string) (quota.Plan, error) {
+	return quota.Plan{}, quota.ErrNotFound
+}
 func (m *memStores) Subject(context.Context, string) (quota.Subject, error) {
 	return m.sub, nil
 }
@@ -30,6 +33,9 @@ func (m *memStores) ProvisionSubject(_ context.Context, s quota.Subject) (quota.
 func (m *memStores) PutSubject(context.Context, quota.Subject) error { return nil }
 func (m *memStores) Prices(context.Context) ([]quota.Price, error)   { return nil, nil }
 func (m *memStores) PutPrice(context.Context, quota.Price) error     { return nil }
+func (m *memStores) DeletePrice(context.Context, string) (quota.Price, error) {
+	return quota.Price{}, quota.ErrNotFound
+}
 func (m *memStores) Used(context.Context, quota.UsageRead) (quota.Tally, error) {
 	return quota.Tally{Used: 42}, nil
 }

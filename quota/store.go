@@ -17,6 +17,9 @@ type Plans interface {
 	Plan(ctx context.Context, name string) (Plan, error)
 	// PutPlan creates or replaces a plan.
 	PutPlan(ctx context.Context, p Plan) error
+	// DeletePlan deletes a plan and returns it: ErrNotFound for none,
+	// ErrConflict while subjects have it.
+	DeletePlan(ctx context.Context, name string) (Plan, error)
 }
 
 // Subjects stores subjects' settings.
@@ -36,6 +39,8 @@ type Prices interface {
 	Prices(ctx context.Context) ([]Price, error)
 	// PutPrice creates or replaces a model's price.
 	PutPrice(ctx context.Context, p Price) error
+	// DeletePrice deletes a model's price and returns it, or ErrNotFound.
+	DeletePrice(ctx context.Context, model string) (Price, error)
 }
 
 // CounterKey names one usage counter: a subject's meter in one period.

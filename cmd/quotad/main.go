@@ -51,7 +51,9 @@ const defaultGOGC = 200
 const usage = `usage:
   quotad [serve] [flags]              serve the API (the default)
   quotad migrate [flags]              apply database migrations and exit
-  quotad keys create --scope S [--name N]  mint an API key (scope service or admin)
+  quotad keys create --scope S [--name N] [--expires-in D]  mint an API key (scope service or admin)
+  quotad keys list                    list the API keys (never the keys themselves)
+  quotad keys revoke ID               revoke an API key, on every running instance
 `
 
 // run is quotad's whole program; main and the tests call it.
@@ -85,29 +87,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		fmt.Fprintln(stdout, "migrated")
 		return nil
 	case "keys":
-		if len(args) == 0 || args[0] != "create" {
-			return fmt.Errorf("keys: only %q is supported\n%s", "create", usage)
-		}
-		scope := fs.String("scope", api.ScopeService, "service or admin")
-		name := fs.String("name", "", "a label for the key")
-		cfg, err := parseConfig(fs, args[1:], getenv)
-		if err != nil {
-			return err
-		}
-		if *scope != api.ScopeService && *scope != api.ScopeAdmin {
-			return fmt.Errorf("keys create: --scope must be service or admin")
-		}
-		store, err := openMigrated(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		defer store.Close()
-		key, err := store.CreateKey(ctx, *scope, *name)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, key)
-		return nil
+		return keys(ctx, fs, args, getenv, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -220,7 +200,9 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		Feed:     t.events(),
 		Limits: api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
 			AuthFailBurst: cfg.AuthFailBurst, AuthFailRate: cfg.AuthFailRate},
+		KeysChanged: t.keysChanged(),
 	})
+	t.onKeysChanged(srv.ForgetKeys)
 	if cfg.DebugAddr != "" {
 		go serveDebug(cfg.DebugAddr, log)
 	}

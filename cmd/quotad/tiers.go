@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +27,41 @@ type tiers struct {
 	flusherDone chan struct{}
 	rdb         *redis.Client
 	feed        *cache.Feed // live changes; nil for the Postgres-only tiers
+	keys        *keyEvents  // nil for the Postgres-only tiers
+}
+
+// keysMessage is the invalidation bus's message for "a key was revoked":
+// every instance drops its cached keys.
+const keysMessage = "keys"
+
+// keyEvents carries keysMessage between the invalidation bus and the API
+// server, which is built after the bus runs.
+type keyEvents struct {
+	bus    *cache.Bus
+	forget atomic.Pointer[func()]
+}
+
+func (k *keyEvents) received() {
+	if f := k.forget.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// keysChanged is the API's Config.KeysChanged: nil (this instance only)
+// without a bus.
+func (t tiers) keysChanged() func(ctx context.Context) {
+	if t.keys == nil {
+		return nil
+	}
+	return func(ctx context.Context) { t.keys.bus.Publish(ctx, keysMessage) }
+}
+
+// onKeysChanged makes forget run when any instance revoked a key, or when
+// messages may have been missed.
+func (t tiers) onKeysChanged(forget func()) {
+	if t.keys != nil {
+		t.keys.forget.Store(&forget)
+	}
 }
 
 // postgresTiers puts every request on Postgres: the benchmark baseline.
@@ -51,6 +87,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 
 	health := cache.NewHealth(rdb, log)
 	bus := cache.NewBus(rdb, opt.DB, log)
+	keys := &keyEvents{bus: bus}
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	l2.Register(reg)
 	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, MaxItems: cfg.L1MaxItems, Registry: reg})
@@ -82,6 +119,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		}
 		snaps.Clear()
 		settings.Clear()
+		keys.received()
 		return nil
 	})
 	if health.Up() {
@@ -90,9 +128,13 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	bus.Run(bg, func(msg string) {
 		snaps.Invalidate(msg)
 		settings.Invalidate(bg, msg)
+		if msg == keysMessage {
+			keys.received()
+		}
 	}, func() {
 		snaps.Clear()
 		settings.Clear()
+		keys.received()
 	})
 
 	host, _ := os.Hostname()
@@ -126,6 +168,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		flusherDone: done,
 		rdb:         rdb,
 		feed:        feed,
+		keys:        keys,
 	}, nil
 }
 
