@@ -6,7 +6,6 @@ package cache
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -163,44 +162,6 @@ func count(v any) (int64, bool) {
 	return 0, false
 }
 
-// dropsKey returns the Redis key of a subject's drop mark, a token that
-// changes with every drop of the subject's stale copies, counters or
-// settings (see dropStale and Counter.load).
-func dropsKey(subject string) string { return "q:{" + subject + "}:drops" }
-
-// dropStale drops stale copies (counters or subject settings) from Redis:
-// for each key in keys, of the subject subjects[i], the subject's drop
-// mark is set to a token no drop used before and the key deleted, in one
-// step (dropScript). A load that read Postgres before the change either
-// stored its copy before this (the DEL drops it) or finds the mark moved
-// (see Counter.load).
-func dropStale(ctx context.Context, rdb redis.UniversalClient, subjects, keys []string) error {
-	if err := dropScript.Load(ctx, rdb).Err(); err != nil {
-		return err
-	}
-	token := rand.Text()
-	pipe := rdb.Pipeline()
-	for i, key := range keys {
-		dropScript.EvalSha(ctx, pipe, []string{dropsKey(subjects[i]), key}, token, int64(dropsTTL/time.Second))
-	}
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// dropsTTL is how long a drop mark lives: far longer than a load, which
-// its request bounds.
-const dropsTTL = 24 * time.Hour
-
-// expireAt is when Redis may drop a counter: a day after its period ends
-// (late flushes and checks near the boundary still find it), or 35 days
-// after its last change for the lifetime period (it reloads from Postgres).
-func expireAt(k quota.CounterKey, now time.Time) int64 {
-	if k.End.IsZero() {
-		return now.Add(35 * 24 * time.Hour).Unix()
-	}
-	return k.End.Add(24 * time.Hour).Unix()
-}
-
 // Used implements quota.Counter: the Redis value, loaded from Postgres when
 // missing.
 func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error) {
@@ -292,29 +253,6 @@ func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 		func(ctx context.Context) (quota.ConsumeResult, error) { return c.src.Consume(ctx, op) })
 }
 
-// redisOrDirect runs viaRedis while Redis is up. When Redis is down, or
-// viaRedis finds it unreachable, it runs direct on Postgres instead,
-// within the health gate (see Health.BeginDirect: the switch back to Redis
-// waits for it) and bounded by DirectTimeout; and if Redis came back
-// before the gate let it in, viaRedis again.
-func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(context.Context) (T, error)) (T, error) {
-	for {
-		if h.Up() {
-			res, err := viaRedis()
-			if err == nil || !h.Failed(err) {
-				return res, err
-			}
-		}
-		if !h.BeginDirect() {
-			break
-		}
-	}
-	defer h.EndDirect()
-	ctx, cancel := context.WithTimeout(ctx, DirectTimeout)
-	defer cancel()
-	return direct(ctx)
-}
-
 func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
 	ck := counterKey(op.Key)
 	ik := ck
@@ -359,35 +297,6 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	return res, err
 }
 
-// withCounter runs try, which answers missing when it found key's counter
-// missing from Redis; then it loads the counter from Postgres (see load)
-// and tries again, for up to loadWait.
-func (c *Counter) withCounter(ctx context.Context, key quota.CounterKey, at time.Time, try func() (missing bool, err error)) error {
-	deadline := time.Now().Add(c.loadWait)
-	var ld loading
-	for {
-		missing, err := try()
-		if err != nil || !missing {
-			return err
-		}
-		loaded, err := c.load(ctx, key, at, &ld)
-		if err != nil {
-			return err
-		}
-		if !loaded && time.Now().After(deadline) {
-			// The events in the way have not reached Postgres in time (is
-			// the flusher failing?). Not a direct write to Postgres: a load
-			// of the same counter elsewhere could read Postgres before it
-			// commits and leave Redis short of it for good.
-			return fmt.Errorf("counter %s of %s cannot be loaded yet: usage of it may still wait to be written to postgres, retry later: %w",
-				key.Meter, key.Subject, quota.ErrUnavailable)
-		}
-		if !loaded {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-}
-
 // get reads a counter and its live holds at now (unix milliseconds)
 // through the batcher; redis.Nil when the counter is missing.
 func (c *Counter) get(ctx context.Context, key, holds string, now int64) (quota.Tally, error) {
@@ -405,112 +314,6 @@ func (c *Counter) get(ctx context.Context, key, holds string, now int64) (quota.
 	}
 	reserved, err := sumHolds(held)
 	return quota.Tally{Used: used, Reserved: reserved}, err
-}
-
-// loading is what the tries to load one counter share: the horizon, the
-// subject's drop mark when the horizon was read, and whether Postgres
-// has a row for the counter (once known, so that a try before the stream
-// drained does not read Postgres again).
-type loading struct {
-	horizon string // "" until read
-	drops   string
-	hasRow  bool
-}
-
-// load copies a counter from Postgres into Redis, unless it is there
-// already (another instance loaded it first: SET NX) or events for it may
-// still wait in the pending stream (then Postgres does not hold all of
-// them yet); it answers false in that case. Callers call it once they
-// found the counter missing.
-//
-// Which events can be in the way: a counter's events are appended only
-// while its key exists, so all of them are at or before the stream's
-// newest entry as it was once the key was found missing (the horizon, read
-// on the first try). The flusher deletes each entry it acknowledged, after
-// committing it, so once the stream's oldest entry is past the horizon (or
-// the stream is empty) Postgres has all of them: that is checked before
-// Postgres is read. Entries appended later get larger ids, so it still
-// holds at the SET. Nothing tells which entries hold this counter's
-// events, so a counter with a row waits until the flusher is past the
-// horizon: usually a flush. A counter Postgres has no row for never had an
-// event flushed and loads at once: a new subject's first consume does not
-// wait. Counters with a row are loaded after an outage (dropped as stale),
-// after a loss of Redis's data, or when expired. (Keys must never be
-// evicted: see README.)
-//
-// The other thing a load can miss is a write Postgres took directly while
-// Redis was unreachable (to this instance or another): one that commits
-// after the load read Postgres, and whose counter the recovery (DropStale)
-// dropped from Redis before the load stores it, would leave Redis short of
-// it for good. So each try reads the subject's drop mark before Postgres
-// and stores the counter only if no drop came in between (loadScript);
-// else it answers false: a consume tries again and reads Postgres again,
-// now with the write (a check answers from Postgres). A moved drop mark
-// also means the counter may have been loaded, counted events past the
-// horizon and been dropped again while this load waited: the horizon is
-// read again.
-func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time, ld *loading) (bool, error) {
-	// In this order: the horizon read after the drop mark it goes with,
-	// the oldest entry after the horizon.
-	pipe := c.rdb.Pipeline()
-	dropsCmd := pipe.Get(ctx, dropsKey(key.Subject))
-	newestCmd := pipe.XRevRangeN(ctx, PendingStream, "+", "-", 1)
-	oldestCmd := pipe.XRangeN(ctx, PendingStream, "-", "+", 1)
-	_, _ = pipe.Exec(ctx) // errors are per command
-	if err := dropsCmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
-		return false, translate(err)
-	}
-	for _, cmd := range []*redis.XMessageSliceCmd{newestCmd, oldestCmd} {
-		if err := cmd.Err(); err != nil {
-			return false, translate(err)
-		}
-	}
-	drops := dropsCmd.Val() // "" when never dropped
-	if ld.horizon == "" || drops != ld.drops {
-		ld.horizon, ld.drops = "0-0", drops
-		if newest := newestCmd.Val(); len(newest) > 0 {
-			ld.horizon = newest[0].ID
-		}
-	}
-	oldest := oldestCmd.Val()
-	drained := len(oldest) == 0 || streamIDAfter(oldest[0].ID, ld.horizon)
-	if ld.hasRow && !drained {
-		return false, nil
-	}
-	used, found, err := c.src.Stored(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("load counter from postgres: %w", err)
-	}
-	ld.hasRow = ld.hasRow || found // a row, once there, stays
-	if found && !drained {
-		return false, nil
-	}
-	stored, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), dropsKey(key.Subject)}, used, expireAt(key, now), ld.drops).Int()
-	if err != nil {
-		return false, translate(err)
-	}
-	return stored == 1, nil
-}
-
-// streamIDAfter reports whether stream id a ("<ms>-<seq>") comes after b;
-// an id that does not parse counts as not after.
-func streamIDAfter(a, b string) bool {
-	am, as, ok1 := parseStreamID(a)
-	bm, bs, ok2 := parseStreamID(b)
-	if !ok1 || !ok2 {
-		return false
-	}
-	return am > bm || (am == bm && as > bs)
-}
-
-func parseStreamID(id string) (ms, seq uint64, ok bool) {
-	m, q, found := strings.Cut(id, "-")
-	if !found {
-		return 0, 0, false
-	}
-	ms, err1 := strconv.ParseUint(m, 10, 64)
-	seq, err2 := strconv.ParseUint(q, 10, 64)
-	return ms, seq, err1 == nil && err2 == nil
 }
 
 // firstAnswer decodes the stored first answer of an idempotency key.
@@ -539,55 +342,6 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 		},
 		func(ctx context.Context) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) })
 	return err
-}
-
-// DropStale drops Redis's copies of counters that Postgres changed
-// directly (while Redis was unreachable), so they reload from Postgres.
-// It runs before Redis is used again.
-func (c *Counter) DropStale(ctx context.Context) error {
-	if err := c.restoreIdempotency(ctx); err != nil {
-		return err
-	}
-	return c.src.TakeStaleCounters(ctx, func(keys []quota.CounterKey) error {
-		subjects, names := make([]string, len(keys)), make([]string, len(keys))
-		for i, k := range keys {
-			subjects[i], names[i] = k.Subject, counterKey(k)
-		}
-		if err := dropStale(ctx, c.rdb, subjects, names); err != nil {
-			return fmt.Errorf("drop stale counters: %w", err)
-		}
-		c.log.Info("dropped counters changed while redis was unreachable", "counters", len(keys))
-		return nil
-	})
-}
-
-// restoreIdempotency copies the idempotency keys Postgres took while Redis
-// was unreachable into Redis (unless Redis has them), so that a retry
-// arriving through Redis now returns the first answer instead of counting
-// again.
-func (c *Counter) restoreIdempotency(ctx context.Context) error {
-	recs, err := c.src.StaleIdempotency(ctx)
-	if err != nil || len(recs) == 0 {
-		return err
-	}
-	pipe := c.rdb.Pipeline()
-	for _, r := range recs {
-		ttl := 24*time.Hour - time.Since(r.At)
-		if ttl <= time.Second {
-			continue
-		}
-		applied := "0"
-		if r.Applied {
-			applied = "1"
-		}
-		val := r.RequestHash + "|" + applied + "|" + strconv.FormatInt(r.Amount, 10) + "|" + strconv.FormatInt(r.Used, 10)
-		pipe.SetNX(ctx, "q:{"+r.Subject+"}:i:"+r.Key, val, ttl)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("restore idempotency keys: %w", err)
-	}
-	c.log.Info("copied idempotency keys taken while redis was unreachable", "keys", len(recs))
-	return c.src.ClearStaleIdempotency(ctx, recs)
 }
 
 // translate maps Redis server errors to domain errors; other errors pass.
