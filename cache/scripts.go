@@ -35,6 +35,11 @@ import "github.com/redis/go-redis/v9"
 //	  first answer; the event (appendEvent), without the counter's new
 //	  value; now, unix milliseconds (which holds are live)
 //
+// Only an op that applied stores its idempotency key: an enforce op the
+// limit refused changed nothing, so a retry with its key (after a reset
+// or a raised limit) is tried again rather than answered "refused" for a
+// day, as a payment API replays only a completed payment.
+//
 // Answers three values per op, in one flat array (a table per op cost
 // Redis 17 % more): applied (0 or 1) and used when it counted or refused;
 // "dup", "<hash>|<applied>|<amount>|<used>" for a known idempotency key;
@@ -61,7 +66,7 @@ local function apply(i)
     used = plus(used, amount) -- what INCRBY made it, exactly: its reply is a Lua number
     recs[#recs + 1] = ARGV[a + 6] .. "\31" .. used
   end
-  if idem then
+  if idem and applied == 1 then
     redis.call("SET", ik, ARGV[a + 5] .. "|" .. applied .. "|" .. amount .. "|" .. used, "EX", 86400)
   end
   return applied, used, dec(hh, hl)
@@ -300,7 +305,7 @@ else
   local ah, al = split(ARGV[1])
   hh, hl = add(hh, hl, ah, al)
 end
-if idem then
+if idem and granted == 1 then -- a refused hold keeps no key, like a refused consume
   redis.call("SET", ik, ARGV[8] .. "|" .. granted .. "|" .. ARGV[1] .. "|" .. used .. "|" .. ARGV[6] .. "|" .. ARGV[5], "EX", 86400)
 end
 return {granted, used, dec(hh, hl), gone}

@@ -131,11 +131,23 @@ func (s *Store) consumeOnce(ctx context.Context, op quota.ConsumeOp) (quota.Cons
 		if res, err = consume(ctx, tx, op); err != nil {
 			return err
 		}
+		if !res.Applied {
+			return errRefused // the claim is rolled back: a refused op keeps no key
+		}
 		_, err = tx.Exec(ctx, storeIdempotencySQL, op.Key.Subject, op.IdempotencyKey, res.Applied, res.Amount, res.Used)
 		return err
 	})
+	if errors.Is(err, errRefused) {
+		return res, nil
+	}
 	return res, translate(err)
 }
+
+// errRefused rolls back the idempotency key an enforce op claimed when the
+// limit refused it: only an op that applied is replayed (as with a
+// payment: a declined one may be tried again with the same key), and the
+// refusal changed nothing else.
+var errRefused = errors.New("refused by the limit")
 
 // querier is what pgxpool.Pool and pgx.Tx have in common.
 type querier interface {
