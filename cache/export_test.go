@@ -21,3 +21,7 @@ func (c *Counter) Load(ctx context.Context, key quota.CounterKey, ld *Loading) (
 // BeforeDropIdle sets a hook the next drop of idle consumers runs while it
 // decides, where another consumer's read could come in.
 func (p *Pending) BeforeDropIdle(f func()) { p.beforeDropIdle = f }
+
+// BeforeDirect sets a hook that runs after a try through Redis failed and
+// before the op goes to Postgres.
+func (h *Health) BeforeDirect(f func()) { h.beforeDirect = f }

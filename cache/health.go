@@ -36,6 +36,9 @@ type Health struct {
 	ctx    context.Context
 	// OnChange, if set, is called with the new state on every change.
 	OnChange func(up bool)
+	// beforeDirect, in tests, runs after a try through Redis failed and
+	// before the op goes to Postgres.
+	beforeDirect func()
 }
 
 // NewHealth returns a Health that reports Redis down until Start finds it.
@@ -69,6 +72,11 @@ func (h *Health) BeginDirect() (redisUp bool) {
 	}
 	return false
 }
+
+// HoldDirect starts a write to Postgres directly whatever Redis's state,
+// for an op whose outcome in Redis is unknown (see redisOrDirect); the
+// caller must call EndDirect.
+func (h *Health) HoldDirect() { h.direct.RLock() }
 
 // DirectTimeout bounds a write between BeginDirect and EndDirect, so that
 // a hung Postgres cannot hold the switch back to Redis (which waits for

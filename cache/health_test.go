@@ -248,3 +248,59 @@ func TestProbeNotStrandedByAFailureAsItEnds(t *testing.T) {
 	}
 	t.Fatal("redis answers, but the instance stayed down after a failure at the end of a probe")
 }
+
+// TestUnknownOutcomeIsNotRunTwiceInRedis: a consume's script ran in Redis
+// but its reply was lost (Redis froze past the client's read timeout),
+// and Redis is back by the time the consume would try again. Run again
+// in Redis it would count twice there. It goes to Postgres with the same
+// event id instead, and Redis's copy of the counter is dropped (it
+// reloads from Postgres once the stream is flushed).
+func TestUnknownOutcomeIsNotRunTwiceInRedis(t *testing.T) {
+	rs := testenv.StartRedis(t, testenv.RedisOptions{})
+	opt, _ := redis.ParseURL(rs.URL())
+	opt.MaxRetries, opt.ReadTimeout = -1, 200*time.Millisecond
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := cache.NewHealth(rdb, discard)
+	c := cache.NewCounter(ctx, rdb, st, h, discard)
+	h.Start(ctx, c.DropStale)
+	k := quota.CounterKey{Subject: "user:unknown-outcome", Meter: "credits", Start: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if _, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "uo-0", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	h.BeforeDirect(func() {
+		once.Do(func() {
+			rs.Resume(t) // Redis runs the script it was sent, and answers again
+			for deadline := time.Now().Add(5 * time.Second); !h.Up(); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Error("redis did not come back")
+					return
+				}
+			}
+		})
+	})
+	rs.Pause(t)
+	res, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 5, EventID: "uo-1", At: time.Now()})
+	if err != nil || !res.Applied {
+		t.Fatalf("consume with its reply lost: %+v (%v)", res, err)
+	}
+	ck := "q:{" + k.Subject + "}:c:credits:" + strconv.FormatInt(k.Start.Unix(), 10)
+	if v, err := rdb.Get(ctx, ck).Result(); err != redis.Nil {
+		t.Fatalf("redis's counter is %q (%v); want it dropped (1 + 5 counted in redis, 5 more if run again)", v, err)
+	}
+	var rows int
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger WHERE event_id = 'uo-1'`).Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("%d ledger rows for the consume (%v), want 1", rows, err)
+	}
+}

@@ -25,18 +25,22 @@ package cache
 //     id; a write that may have committed is written again the careful
 //     way) and deletes an entry only after its events committed.
 //
-// Known windows (README, "When things break"): an unknown outcome of a
-// Redis consume that is re-run in Redis after the probe switched back,
-// a direct write that commits after its client gave up, an idempotency
-// key taken on one instance's direct path while another is back on Redis.
+// An op whose outcome in Redis is unknown (its reply was lost) is not run
+// there again (redisOrDirect).
+//
+// Known windows (README, "When things break"): a direct write that
+// commits after its client gave up, an idempotency key taken on one
+// instance's direct path while another is back on Redis.
 
 import (
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -87,22 +91,58 @@ func expireAt(k quota.CounterKey, now time.Time) int64 {
 // within the health gate (see Health.BeginDirect: the switch back to Redis
 // waits for it) and bounded by DirectTimeout; and if Redis came back
 // before the gate let it in, viaRedis again.
-func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(context.Context) (T, error)) (T, error) {
+//
+// Unless the first try may have reached Redis: a reply lost on the way
+// back (a read timeout, a broken connection) leaves the outcome unknown.
+// An op that must not run twice (rerun is nil: no idempotency key, a
+// reset) is then never run in Redis again, even if Redis is back by now:
+// it goes to Postgres with the same event id, which Postgres counts once
+// however both copies reach it, and then undo drops Redis's copy of what
+// it changed, which reloads once the stream is flushed past whatever the
+// first try added. undo nil means the op is safe to run again in Redis.
+func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(context.Context) (T, error), undo func(context.Context) error) (T, error) {
+	unknown := false
 	for {
 		if h.Up() {
 			res, err := viaRedis()
 			if err == nil || !h.Failed(err) {
 				return res, err
 			}
+			unknown = undo != nil && maybeSent(err)
+		}
+		if h.beforeDirect != nil {
+			h.beforeDirect()
+		}
+		if unknown {
+			h.HoldDirect()
+			break
 		}
 		if !h.BeginDirect() {
 			break
 		}
 	}
 	defer h.EndDirect()
-	ctx, cancel := context.WithTimeout(ctx, DirectTimeout)
+	dctx, cancel := context.WithTimeout(ctx, DirectTimeout)
 	defer cancel()
-	return direct(ctx)
+	res, err := direct(dctx)
+	if err == nil && unknown && h.Up() {
+		// Down again, the recovery drops the copy (the direct write
+		// marked it stale); up, nothing else will.
+		if derr := undo(ctx); derr != nil {
+			h.Failed(derr)
+		}
+	}
+	return res, err
+}
+
+// maybeSent reports whether a failed Redis call may have reached Redis:
+// anything but a failure to connect or to get a connection.
+func maybeSent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return false
+	}
+	return !errors.Is(err, redis.ErrPoolTimeout) && !errors.Is(err, redis.ErrClosed) && !errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // withCounter runs try, which answers missing when it found key's counter

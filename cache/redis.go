@@ -243,6 +243,10 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey, at time.Tim
 // Consume implements quota.Counter with one script call (two more when the
 // counter has to be loaded first).
 func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	var undo func(context.Context) error // a repeat of an idempotency key answers its first result
+	if op.IdempotencyKey == "" {
+		undo = c.dropper(op.Key)
+	}
 	return redisOrDirect(ctx, c.health,
 		func() (quota.ConsumeResult, error) {
 			if err := c.admit(); err != nil {
@@ -250,7 +254,15 @@ func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 			}
 			return c.consume(ctx, op)
 		},
-		func(ctx context.Context) (quota.ConsumeResult, error) { return c.src.Consume(ctx, op) })
+		func(ctx context.Context) (quota.ConsumeResult, error) { return c.src.Consume(ctx, op) },
+		undo)
+}
+
+// dropper answers a function that drops Redis's copy of key's counter.
+func (c *Counter) dropper(key quota.CounterKey) func(context.Context) error {
+	return func(ctx context.Context) error {
+		return dropStale(ctx, c.rdb, []string{key.Subject}, []string{counterKey(key)})
+	}
 }
 
 func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
@@ -340,7 +352,8 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 		func() (struct{}, error) {
 			return struct{}{}, translate(resetScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, expireAt(key, at), ev).Err())
 		},
-		func(ctx context.Context) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) })
+		func(ctx context.Context) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) },
+		c.dropper(key)) // a reset run again would zero what came after the first
 	return err
 }
 
