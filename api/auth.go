@@ -93,8 +93,8 @@ func (a *authenticator) require(scope string, h echo.HandlerFunc) echo.HandlerFu
 
 func (a *authenticator) scope(c echo.Context) (string, error) {
 	r := c.Request()
-	key, ok := strings.CutPrefix(r.Header.Get(echo.HeaderAuthorization), "Bearer ")
-	if !ok || key == "" {
+	key, ok := bearer(r.Header.Get(echo.HeaderAuthorization))
+	if !ok {
 		a.failures.WithLabelValues("missing").Inc()
 		return "", problem(http.StatusUnauthorized, "an Authorization: Bearer <key> header is required")
 	}
@@ -147,6 +147,14 @@ func (a *authenticator) scope(c echo.Context) (string, error) {
 	}
 	a.mu.Unlock()
 	return k.Scope, nil
+}
+
+// bearer reads the key of an Authorization header, whose scheme names
+// are case-insensitive (RFC 9110, 11.1): "Bearer", "bearer", "BEARER".
+func bearer(h string) (string, bool) {
+	scheme, key, ok := strings.Cut(h, " ")
+	key = strings.TrimLeft(key, " ")
+	return key, ok && strings.EqualFold(scheme, "Bearer") && key != ""
 }
 
 // failed counts a failed authentication from client and answers it.

@@ -50,3 +50,43 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeNamesTheField: every 400 of the decoder names the field at
+// fault by its path in the body, and says what is wrong in the API's
+// words (no Go type names or time layouts).
+func TestDecodeNamesTheField(t *testing.T) {
+	e := echo.New()
+	for _, tt := range []struct {
+		name, body string
+		target     any
+		field      string
+	}{
+		{"field twice", `{"subject":"user:1","subject":"user:2"}`, new(quota.CheckRequest), "subject"},
+		{"field twice, other case", `{"Subject":"user:1","subject":"user:2"}`, new(quota.CheckRequest), "subject"},
+		{"nested field twice", `{"subject":"user:1","usage":{"model":"m","model":"n"}}`, new(quota.ConsumeRequest), "usage.model"},
+		{"map key twice", `{"limits":{"credits":{"limit":1,"period":"day"},"credits":{"limit":2,"period":"day"}}}`, new(quota.SubjectUpdate), "limits.credits"},
+		{"time", `{"cycle_anchor":"yesterday"}`, new(quota.SubjectUpdate), "cycle_anchor"},
+		{"time as a number", `{"cycle_anchor":5}`, new(quota.SubjectUpdate), "cycle_anchor"},
+		{"nested unknown field", `{"subject":"user:1","usage":{"foo":1}}`, new(quota.ConsumeRequest), "usage.foo"},
+		{"map value's field", `{"limits":{"credits":{"limit":"x"}}}`, new(quota.SubjectUpdate), "limits.credits.limit"},
+		{"huge price", `{"input":1e308,"output":1,"cache_write":0,"cache_read":0}`, new(quota.Price), "input"},
+		{"array item's field", `{"events":[{"subject":"user:1"},{"amount":"1"}]}`, new(batchRequest), "events[1].amount"},
+		{"number too large", `{"amount":1e400}`, new(quota.CheckRequest), "amount"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("POST", "/", strings.NewReader(tt.body))
+			req.Header.Set("Content-Type", "application/json")
+			err := decode(e.NewContext(req, httptest.NewRecorder()), tt.target)
+			var pe *problemError
+			if !errors.As(err, &pe) || pe.p.Status != 400 || pe.p.Field != tt.field {
+				t.Fatalf("%s: %v (%+v), want a 400 on %s", tt.body, err, pe, tt.field)
+			}
+			t.Logf("%s -> %s: %s", tt.body, pe.p.Field, pe.p.Detail)
+			for _, leak := range []string{"2006", "Go", "int64", "quota.", "json:"} {
+				if strings.Contains(pe.p.Detail, leak) {
+					t.Errorf("detail %q shows %q", pe.p.Detail, leak)
+				}
+			}
+		})
+	}
+}

@@ -182,20 +182,32 @@ func (s *flatScanner) object(set func(key []byte, str []byte, num int64, isStr b
 	}
 }
 
-// fastCheck reads a CheckRequest; ok is false when the slow path must.
+// once records that the field with bit was seen, and answers false the
+// second time: a field given twice is for the slow path to refuse.
+func once(seen *uint8, bit uint8) bool {
+	if *seen&bit != 0 {
+		return false
+	}
+	*seen |= bit
+	return true
+}
+
+// fastCheck reads a CheckRequest; ok is false when the slow path must
+// (an amount of 0 given, too: only the slow path tells it from none).
 func fastCheck(b []byte, req *quota.CheckRequest) bool {
 	s := flatScanner{b: b}
+	var seen uint8
 	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
 			req.Subject = string(str)
-			return isStr
+			return isStr && once(&seen, 1)
 		case "meter":
 			req.Meter = string(str)
-			return isStr
+			return isStr && once(&seen, 2)
 		case "amount":
 			req.Amount = num
-			return !isStr
+			return !isStr && num != 0 && once(&seen, 4)
 		}
 		return false
 	}, nil)
@@ -212,42 +224,46 @@ func fastConsume(b []byte, req *quota.ConsumeRequest) bool {
 		}
 		u := &quota.Usage{}
 		req.Usage = u
+		var seen uint8
 		return s.object(func(key, str []byte, num int64, isStr bool) bool {
 			switch string(key) {
 			case "model":
 				u.Model = string(str)
-				return isStr
+				return isStr && once(&seen, 1)
 			case "input_tokens":
 				u.InputTokens = num
+				return !isStr && once(&seen, 2)
 			case "output_tokens":
 				u.OutputTokens = num
+				return !isStr && once(&seen, 4)
 			case "cache_write_tokens":
 				u.CacheWriteTokens = num
+				return !isStr && once(&seen, 8)
 			case "cache_read_tokens":
 				u.CacheReadTokens = num
-			default:
-				return false
+				return !isStr && once(&seen, 16)
 			}
-			return !isStr
+			return false
 		}, nil)
 	}
+	var seen uint8
 	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
 			req.Subject = string(str)
-			return isStr
+			return isStr && once(&seen, 1)
 		case "meter":
 			req.Meter = string(str)
-			return isStr
+			return isStr && once(&seen, 2)
 		case "mode":
 			req.Mode = string(str)
-			return isStr
+			return isStr && once(&seen, 4)
 		case "idempotency_key":
 			req.IdempotencyKey = string(str)
-			return isStr
+			return isStr && once(&seen, 8)
 		case "amount":
 			req.Amount = num
-			return !isStr
+			return !isStr && once(&seen, 16)
 		}
 		return false
 	}, usage)

@@ -68,16 +68,7 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 				"content":     map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(r.answer))}},
 			}
 		}
-		for _, status := range errorStatuses(r) {
-			resp := map[string]any{"description": errorDescriptions[status], "content": problem}
-			switch status {
-			case http.StatusUnauthorized:
-				resp["headers"] = map[string]any{"WWW-Authenticate": map[string]any{"required": true, "schema": map[string]any{"type": "string"}}}
-			case http.StatusTooManyRequests:
-				resp["headers"] = map[string]any{"Retry-After": map[string]any{"required": true, "schema": map[string]any{"type": "integer"}}}
-			}
-			responses[strconv.Itoa(status)] = resp
-		}
+		addErrors(responses, errorStatuses(r), problem)
 		op["responses"] = responses
 		if _, ok := r.answer.(eventStream); ok {
 			describeStream(op, g)
@@ -107,6 +98,14 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 		responses["default"] = map[string]any{"description": otherErrors, "content": others}
 		paths[p] = map[string]any{"get": map[string]any{"operationId": operationID("GET", p), "responses": responses}}
 	}
+	if s.opsScope != "" { // QUOTAD_OPS_AUTH
+		for _, p := range []string{"/readyz", "/metrics"} {
+			op := paths[p]["get"].(map[string]any)
+			op["security"] = []any{map[string]any{"bearer": []string{}}}
+			op["x-scope"] = s.opsScope
+			addErrors(op["responses"].(map[string]any), errorStatuses(route{method: http.MethodGet, path: p, scope: s.opsScope}), problem)
+		}
+	}
 	return map[string]any{
 		"openapi": "3.0.3",
 		"info": map[string]any{"title": "quotad", "version": "1", "description": "Quota and credits service. " +
@@ -117,6 +116,28 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 			"schemas":         g.schemas,
 			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer"}},
 		},
+	}
+}
+
+// addErrors documents the error statuses of an operation in responses.
+func addErrors(responses map[string]any, statuses []int, problem map[string]any) {
+	for _, status := range statuses {
+		if old, ok := responses[strconv.Itoa(status)].(map[string]any); ok {
+			// Already documented with a body of its own (/readyz's 503):
+			// the problem is one more content type.
+			content := maps.Clone(old["content"].(map[string]any))
+			maps.Copy(content, problem)
+			old["content"] = content
+			continue
+		}
+		resp := map[string]any{"description": errorDescriptions[status], "content": problem}
+		switch status {
+		case http.StatusUnauthorized:
+			resp["headers"] = map[string]any{"WWW-Authenticate": map[string]any{"required": true, "schema": map[string]any{"type": "string"}}}
+		case http.StatusTooManyRequests:
+			resp["headers"] = map[string]any{"Retry-After": map[string]any{"required": true, "schema": map[string]any{"type": "integer"}}}
+		}
+		responses[strconv.Itoa(status)] = resp
 	}
 }
 

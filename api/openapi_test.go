@@ -49,7 +49,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		}
 	}
 	for _, r := range s.Echo().Routes() {
-		if r.Method == "echo_route_not_found" {
+		if r.Method == "echo_route_not_found" || r.Method == "HEAD" { // a HEAD answers as its GET, which the document has
 			continue
 		}
 		path := r.Path

@@ -74,6 +74,11 @@ func toProblem(err error, log *slog.Logger, r *http.Request) Problem {
 		}
 		return Problem{Type: "about:blank", Title: http.StatusText(he.Code), Status: he.Code, Detail: detail}
 	}
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		// The client left (its request's context ends with its
+		// connection): what failed was waiting for it, not quotad.
+		return clientGone().(*problemError).p
+	}
 	if errors.Is(err, quota.ErrOverloaded) { // expected under overload: not logged per request
 		return Problem{Type: "about:blank", Title: http.StatusText(503), Status: 503,
 			Detail: "usage arrives faster than quotad writes it to Postgres; nothing was counted, retry after Retry-After seconds"}

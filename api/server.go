@@ -3,10 +3,13 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -57,6 +60,9 @@ type Config struct {
 	EventsHeartbeat time.Duration
 	// Limits bound what one client can hold (see conns.go).
 	Limits Limits
+	// OpsScope is the scope a key needs for /metrics and /readyz
+	// (QUOTAD_OPS_AUTH); "": none. They expose no secrets.
+	OpsScope string
 	// KeysChanged tells every instance, this one included, to call
 	// ForgetKeys (a key was revoked), and returns once they have; nil:
 	// this instance alone.
@@ -86,6 +92,7 @@ type Server struct {
 	routes      []route
 	events      events
 	keysChanged func(ctx context.Context)
+	opsScope    string
 	limits      Limits
 	conns       *connGuard // nil: no cap
 }
@@ -110,6 +117,7 @@ func New(cfg Config) *Server {
 		events:      newEvents(cfg),
 		limits:      cfg.Limits,
 		keysChanged: cfg.KeysChanged,
+		opsScope:    cfg.OpsScope,
 	}
 	if cfg.Limits.MaxConns > 0 {
 		s.conns = newConnGuard(cfg.Limits.MaxConns, cfg.Registry)
@@ -124,11 +132,24 @@ func New(cfg Config) *Server {
 			h = s.auth.require(r.scope, h)
 		}
 		e.Add(r.method, r.path, h)
+		if _, stream := r.answer.(eventStream); r.method == http.MethodGet && !stream {
+			e.Add(http.MethodHead, r.path, h) // net/http writes no body for a HEAD
+		}
 	}
-	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry})))
-	e.GET("/openapi.json", s.openapi)
+	ops := func(h echo.HandlerFunc) echo.HandlerFunc {
+		if cfg.OpsScope == "" {
+			return h
+		}
+		return s.auth.require(cfg.OpsScope, h)
+	}
+	get := func(path string, h echo.HandlerFunc) {
+		e.GET(path, h)
+		e.HEAD(path, h)
+	}
+	get("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	get("/readyz", ops(s.readyz))
+	get("/metrics", ops(echo.WrapHandler(promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{Registry: cfg.Registry}))))
+	get("/openapi.json", s.openapi)
 	if cfg.Floor {
 		e.POST("/v1/floor", s.floor)
 	}
@@ -204,17 +225,29 @@ type pricing struct {
 }
 
 func (s *Server) check(c echo.Context) error {
-	return hot(c, fastCheck, s.svc.Check, appendCheck)
+	return hot(c, fastCheck, explicitAmount, s.svc.Check, appendCheck)
 }
 
 func (s *Server) consume(c echo.Context) error {
-	return hot(c, fastConsume, s.svc.Consume, appendConsume)
+	return hot(c, fastConsume, nil, s.svc.Consume, appendConsume)
+}
+
+// explicitAmount refuses a check's amount given as 0 (or -0), which
+// decodes like none (1): the amount is 1 to 10^12 when given.
+func explicitAmount(body []byte, req *quota.CheckRequest) error {
+	if req.Amount == 0 && bytes.Contains(body, []byte(`"amount"`)) {
+		if keys, _, ok := members(body); ok && slices.ContainsFunc(keys, func(k string) bool { return strings.EqualFold(k, "amount") }) {
+			return quota.Invalid("amount", "must be between 1 and %d (1 when left out)", quota.MaxAmount)
+		}
+	}
+	return nil
 }
 
 // hot serves a hot-path operation: the body is scanned by fast (falling
-// back to strict decoding when it gives up), run answers, and the answer
-// is appended by hand into a pooled buffer.
-func hot[Req, Res any](c echo.Context, fast func([]byte, *Req) bool,
+// back to strict decoding, then slow's checks when not nil, when it
+// gives up), run answers, and the answer is appended by hand into a
+// pooled buffer.
+func hot[Req, Res any](c echo.Context, fast func([]byte, *Req) bool, slow func([]byte, *Req) error,
 	run func(context.Context, Req) (Res, error), appendRes func([]byte, *Res) []byte) error {
 	var req Req
 	body, put, err := readBody(c)
@@ -224,7 +257,15 @@ func hot[Req, Res any](c echo.Context, fast func([]byte, *Req) bool,
 	if body == nil || !fast(body, &req) {
 		var zero Req
 		req = zero
-		err = decodeFrom(c, body, &req)
+		if body == nil {
+			body, err = readJSON(c)
+		}
+		if err == nil {
+			err = decodeBytes(body, &req)
+		}
+		if err == nil && slow != nil {
+			err = slow(body, &req)
+		}
 	}
 	if put != nil {
 		put()

@@ -31,6 +31,7 @@ type Config struct {
 	WriteTimeout    time.Duration // QUOTAD_WRITE_TIMEOUT, --write-timeout; default 30s: from a request's headers to the end of its answer (events streams: per write)
 	AuthFailBurst   int           // QUOTAD_AUTH_FAIL_BURST, --auth-fail-burst; default 20: failed authentications a client address may make at once
 	AuthFailRate    float64       // QUOTAD_AUTH_FAIL_RATE, --auth-fail-rate; default 1: failed authentications an address regains a second; 0: no limit
+	OpsAuth         string        // QUOTAD_OPS_AUTH, --ops-auth; default "none": /metrics and /readyz need no key; "service" or "admin": a key with that scope
 	Tiers           string        // QUOTAD_TIERS, --tiers; default "full" (L1+Redis+Postgres); "postgres" for the Postgres-only baseline
 	FlushInterval   time.Duration // QUOTAD_FLUSH_INTERVAL, --flush-interval; default 1s
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
@@ -74,6 +75,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	var failBurst, failRate string
 	fs.StringVar(&failBurst, "auth-fail-burst", env("QUOTAD_AUTH_FAIL_BURST", "20"), "failed authentications a client address may make at once")
 	fs.StringVar(&failRate, "auth-fail-rate", env("QUOTAD_AUTH_FAIL_RATE", "1"), "failed authentications an address regains a second (0: no limit)")
+	fs.StringVar(&c.OpsAuth, "ops-auth", env("QUOTAD_OPS_AUTH", "none"), `the key /metrics and /readyz need: "none", "service" or "admin"`)
 	var flushInterval, flushBatch, flushMax, cacheTTL, nearLimit, claimIdle string
 	fs.StringVar(&flushMax, "flush-max", env("QUOTAD_FLUSH_MAX", "100000"), "events per flush transaction")
 	var paceRows string
@@ -166,6 +168,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	if c.WriteTimeout, err = time.ParseDuration(writeTimeout); err != nil || c.WriteTimeout <= 0 {
 		return Config{}, fmt.Errorf("write-timeout: %q is not a positive duration", writeTimeout)
 	}
+	if c.OpsAuth != "none" && c.OpsAuth != "service" && c.OpsAuth != "admin" {
+		return Config{}, fmt.Errorf(`ops-auth: %q is not "none", "service" or "admin"`, c.OpsAuth)
+	}
 	if c.AuthFailBurst, err = strconv.Atoi(failBurst); err != nil || c.AuthFailBurst < 1 {
 		return Config{}, fmt.Errorf("auth-fail-burst: %q is not a positive integer", failBurst)
 	}
@@ -199,6 +204,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("write_timeout", c.WriteTimeout),
 		slog.Int("auth_fail_burst", c.AuthFailBurst),
 		slog.Float64("auth_fail_rate", c.AuthFailRate),
+		slog.String("ops_auth", c.OpsAuth),
 		slog.String("tiers", c.Tiers),
 		slog.Duration("flush_interval", c.FlushInterval),
 		slog.Int("flush_batch", c.FlushBatch),
@@ -213,6 +219,14 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("bench_floor", c.BenchFloor),
 		slog.String("debug_addr", c.DebugAddr),
 	)
+}
+
+// opsScope is the API's OpsScope for QUOTAD_OPS_AUTH.
+func opsScope(auth string) string {
+	if auth == "none" {
+		return ""
+	}
+	return auth
 }
 
 // minAdminKey is the shortest admin key serve accepts outside dev mode:

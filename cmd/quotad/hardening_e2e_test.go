@@ -386,3 +386,133 @@ func metricValue(tb testing.TB, q *quotad, name string) float64 {
 	tb.Fatalf("no %s in /metrics", name)
 	return 0
 }
+
+// TestSmallerHardening: the smaller findings of the hardening review,
+// each through the real binary.
+func TestSmallerHardening(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg.URL(), "QUOTAD_OPS_AUTH=admin")
+	_, minted := q.call(t, "POST", "/v1/keys", `{"scope":"service"}`)
+	serviceKey := minted["key"].(string)
+	problemOf := func(b []byte) (p struct{ Field, Detail string }) {
+		t.Helper()
+		if err := json.Unmarshal(b, &p); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		return p
+	}
+
+	t.Run("check amount 0 and -0 are refused like the error says", func(t *testing.T) {
+		for _, ct := range []string{"application/json", "application/json; charset=utf-8"} { // the fast path, the strict one
+			for _, amount := range []string{"0", "-0"} {
+				status, _, b := q.do(t, "POST", "/v1/check", serviceKey, ct, strings.NewReader(`{"subject":"user:z","amount":`+amount+`}`))
+				if p := problemOf(b); status != 400 || p.Field != "amount" || !strings.Contains(p.Detail, "between 1 and") {
+					t.Errorf("%s amount %s: %d %s, want 400 on amount", ct, amount, status, b)
+				}
+			}
+		}
+		if status, _, b := q.do(t, "POST", "/v1/check", serviceKey, "application/json", strings.NewReader(`{"subject":"user:z"}`)); status != 200 {
+			t.Errorf("no amount: %d %s", status, b)
+		}
+	})
+
+	t.Run("a field given twice is refused, naming it", func(t *testing.T) {
+		for _, tt := range []struct{ method, path, body, field string }{
+			{"POST", "/v1/check", `{"subject":"user:a","subject":"user:b"}`, "subject"},
+			{"POST", "/v1/consume", `{"subject":"user:a","amount":1,"amount":2}`, "amount"},
+			{"POST", "/v1/consume", `{"subject":"user:a","usage":{"model":"gpt-4o","input_tokens":1,"input_tokens":9}}`, "usage.input_tokens"},
+			{"PUT", "/v1/plans/twice", `{"limits":{"credits":{"limit":1,"period":"day","limit":2}}}`, "limits.credits.limit"},
+		} {
+			status, _, b := q.do(t, tt.method, tt.path, adminKey, "application/json", strings.NewReader(tt.body))
+			if p := problemOf(b); status != 400 || p.Field != tt.field {
+				t.Errorf("%s: %d %s, want 400 on %s", tt.body, status, b, tt.field)
+			}
+		}
+	})
+
+	t.Run("error fields are paths, details have no Go", func(t *testing.T) {
+		for _, tt := range []struct{ method, path, body, field string }{
+			{"PUT", "/v1/subjects/user:f", `{"cycle_anchor":"next tuesday"}`, "cycle_anchor"},
+			{"POST", "/v1/consume", `{"subject":"user:f","usage":{"model":"gpt-4o","foo":1}}`, "usage.foo"},
+			{"PUT", "/v1/plans/f", `{"limits":{"credits":{"limit":"many","period":"day"}}}`, "limits.credits.limit"},
+			{"PUT", "/v1/pricing/f", `{"input":1e308,"output":1,"cache_write":0,"cache_read":0}`, "input"},
+		} {
+			status, _, b := q.do(t, tt.method, tt.path, adminKey, "application/json", strings.NewReader(tt.body))
+			if p := problemOf(b); status != 400 || p.Field != tt.field || strings.Contains(p.Detail, "2006") {
+				t.Errorf("%s: %d %s, want 400 on %s", tt.body, status, b, tt.field)
+			}
+		}
+	})
+
+	t.Run("lower-case bearer", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", "http://"+q.addr+"/v1/plans", nil)
+		req.Header.Set("Authorization", "bearer "+serviceKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("bearer in lower case: %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("HEAD answers like GET, without a body", func(t *testing.T) {
+		for _, path := range []string{"/healthz", "/v1/plans", "/v1/plans/free", "/v1/subjects/user:h", "/openapi.json"} {
+			req, _ := http.NewRequest("HEAD", "http://"+q.addr+path, nil)
+			req.Header.Set("Authorization", "Bearer "+serviceKey)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || len(b) != 0 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+				t.Errorf("HEAD %s: %d %q %q", path, resp.StatusCode, resp.Header.Get("Content-Type"), b)
+			}
+		}
+	})
+
+	t.Run("metrics and readyz need the key QUOTAD_OPS_AUTH names", func(t *testing.T) {
+		for _, path := range []string{"/metrics", "/readyz"} {
+			if status, _, _ := q.do(t, "GET", path, "", "", nil); status != 401 {
+				t.Errorf("%s without a key: %d, want 401", path, status)
+			}
+			if status, _, _ := q.do(t, "GET", path, serviceKey, "", nil); status != 403 {
+				t.Errorf("%s with a service key: %d, want 403", path, status)
+			}
+			if status, _, _ := q.do(t, "GET", path, adminKey, "", nil); status != 200 {
+				t.Errorf("%s with the admin key: %d, want 200", path, status)
+			}
+		}
+		if status, _, _ := q.do(t, "GET", "/healthz", "", "", nil); status != 200 {
+			t.Errorf("/healthz without a key: %d, want 200", status)
+		}
+	})
+
+	t.Run("a client that leaves mid-request is no 500 and no error", func(t *testing.T) {
+		pg.Pause(t) // the key listing waits for Postgres
+		client := &http.Client{Timeout: 300 * time.Millisecond}
+		req, _ := http.NewRequest("GET", "http://"+q.addr+"/v1/keys", nil)
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("answered %d while Postgres is frozen", resp.StatusCode)
+		}
+		time.Sleep(200 * time.Millisecond)
+		pg.Resume(t)
+		var page []byte
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if _, _, page = q.do(t, "GET", "/metrics", adminKey, "", nil); strings.Contains(string(page), `route="/v1/keys"`) {
+				break
+			}
+		}
+		lines := metricLines(page, `quotad_http_requests_total{code="`)
+		if !strings.Contains(lines, `code="499",method="GET",route="/v1/keys"`) || strings.Contains(lines, `code="500"`) {
+			t.Errorf("requests: %s; want the GET /v1/keys counted as 499, none as 500", lines)
+		}
+		if strings.Contains(q.out.String(), `"level":"ERROR"`) {
+			t.Errorf("logged an error:\n%s", q.out)
+		}
+	})
+}

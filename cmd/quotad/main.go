@@ -201,6 +201,7 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		Limits: api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
 			AuthFailBurst: cfg.AuthFailBurst, AuthFailRate: cfg.AuthFailRate},
 		KeysChanged: t.keysChanged(),
+		OpsScope:    opsScope(cfg.OpsAuth),
 	})
 	t.onKeysChanged(srv.ForgetKeys)
 	if cfg.DebugAddr != "" {
