@@ -21,12 +21,13 @@ import (
 // The load: workers send a mix of operations at a steady rate, each to a
 // random instance, and retry every operation until it has a definite
 // answer. What a client may take as definite is the contract's: a 2xx or
-// a 4xx. A 503, any other 5xx, a timeout or a broken connection says
-// nothing about whether the request was applied, so the same request (the
-// same idempotency key, the same reservation id) is sent again, with a
-// short backoff, to any instance. The first definite answer is what the
-// client was told; per subject, the sum of the amounts answered as
-// applied is what quotad acknowledged, and what it must hold at the end.
+// a 4xx other than 429. A 503, any other 5xx, a timeout or a broken
+// connection says nothing about whether the request was applied, so the
+// same request (the same idempotency key, the same reservation id) is
+// sent again, with a short backoff, to any instance. The first definite
+// answer is what the client was told; per subject, the sum of the amounts
+// answered as applied is what quotad acknowledged, and what it must hold
+// at the end.
 
 // group is what a subject is used for; the groups keep the checks exact.
 type group int
@@ -79,11 +80,12 @@ type opLog struct {
 	applied  bool
 	dup      bool
 	answered int64 // the answer's amount
+	used     int64 // the answer's used
 }
 
 func (o opLog) String() string {
-	return fmt.Sprintf("%s key=%s amount=%d sent t+%.1fs answered t+%.1fs applied=%v duplicate=%v attempts=[%s]",
-		o.what, o.key, o.amount, o.start.Seconds(), o.end.Seconds(), o.applied, o.dup, strings.Join(o.attempts, " "))
+	return fmt.Sprintf("%s key=%s amount=%d sent t+%.1fs answered t+%.1fs applied=%v duplicate=%v used=%d attempts=[%s]",
+		o.what, o.key, o.amount, o.start.Seconds(), o.end.Seconds(), o.applied, o.dup, o.used, strings.Join(o.attempts, " "))
 }
 
 func (s *subject) record(o opLog) {
@@ -222,7 +224,12 @@ func (l *loader) call(ctx context.Context, rng *rand.Rand, what, method, path, k
 			// fault. The outcome is unknown, so it is retried all the same.
 			l.st.violation("t+%.1fs %s %s %s on %s answered %d: %s", l.since().Seconds(), what, method, path, in.name, a.status, truncate(a.body))
 		}
-		if a.status != 0 && a.status < 500 {
+		if a.status == http.StatusTooManyRequests {
+			// Nothing was counted, so it is retried like a 503; but the
+			// soak's clients send valid keys at a modest rate, which no
+			// limit should refuse.
+			l.st.violation("t+%.1fs %s %s %s on %s answered 429: %s", l.since().Seconds(), what, method, path, in.name, truncate(a.body))
+		} else if a.status != 0 && a.status < 500 {
 			l.finish(what, start, attempts)
 			return a, attempts, time.Since(start)
 		}
@@ -257,6 +264,7 @@ func (l *loader) finish(what string, start time.Time, attempts []string) {
 }
 
 func truncate(b []byte) string {
+	b = bytes.TrimSpace(b)
 	if len(b) > 300 {
 		return string(b[:300]) + "..."
 	}
@@ -351,7 +359,7 @@ func (l *loader) consumed(s *subject, o *opLog, body []byte) {
 		l.st.violation("t+%.1fs %s %s on %s: answer %q: %v", o.end.Seconds(), o.what, o.key, s.name, truncate(body), err)
 		return
 	}
-	o.applied, o.dup, o.answered = ca.Applied, ca.Duplicate, ca.Amount
+	o.applied, o.dup, o.answered, o.used = ca.Applied, ca.Duplicate, ca.Amount, ca.Used
 	if ca.Applied {
 		l.st.applied.Add(1)
 		l.st.units.Add(ca.Amount)

@@ -156,19 +156,17 @@ func (v *verifier) verify() {
 
 	enforce := check{name: "enforce never admitted past a limit"}
 	for _, s := range v.l.byGroup[groupEnforce] {
-		for _, seen := range []struct {
-			what string
-			used int64
-		}{{"API", v.apiBefore[s.name]}, {"Postgres", v.counters[s.name]}, {"acknowledged", s.acked}} {
-			if seen.used > s.limit {
-				v.fail(&enforce, "%s: %s used %d > limit %d", s.name, seen.what, seen.used, s.limit)
-			}
-		}
 		s.mu.Lock()
-		for _, o := range s.overLimit {
-			v.fail(&enforce, "%s: %s", s.name, o)
-		}
+		seen := s.overLimit
 		s.mu.Unlock()
+		if s.acked > s.limit || v.apiBefore[s.name] > s.limit || v.counters[s.name] > s.limit || len(seen) > 0 {
+			line := fmt.Sprintf("%s: limit %d; acknowledged %d, API %d, Postgres %d", s.name, s.limit, s.acked, v.apiBefore[s.name], v.counters[s.name])
+			if len(seen) > 0 {
+				line += fmt.Sprintf("; %d answers showed used past the limit, the first: %s", len(seen), seen[0])
+			}
+			v.fail(&enforce, "%s", line)
+			v.diagnose[s.name] = true
+		}
 	}
 	v.checks = append(v.checks, enforce)
 
@@ -292,18 +290,19 @@ func (v *verifier) explain(ctx context.Context, name string) string {
 	}
 	defer conn.Close(ctx)
 	type row struct {
-		event     string
-		amount    int64
-		createdAt time.Time
+		event       string
+		amount      int64
+		createdAt   time.Time
+		periodStart time.Time
 	}
 	byKey := map[string][]row{}
-	rows, err := conn.Query(ctx, `SELECT event_id, amount, coalesce(idempotency_key, ''), coalesce(reservation_id, ''), created_at
+	rows, err := conn.Query(ctx, `SELECT event_id, amount, coalesce(idempotency_key, ''), coalesce(reservation_id, ''), created_at, period_start
 		FROM usage_ledger WHERE subject = $1 AND kind = 'consume' AND meter = 'credits'`, name)
 	if err == nil {
 		for rows.Next() {
 			var r row
 			var key, rsv string
-			if err = rows.Scan(&r.event, &r.amount, &key, &rsv, &r.createdAt); err != nil {
+			if err = rows.Scan(&r.event, &r.amount, &key, &rsv, &r.createdAt, &r.periodStart); err != nil {
 				break
 			}
 			k := key
@@ -366,6 +365,9 @@ func (v *verifier) explain(ctx context.Context, name string) string {
 			fmt.Fprintf(&b, "  IN THE LEDGER BUT NOT ACKNOWLEDGED (%d units): %s\n", sum, o)
 		case o.applied && sum != o.answered:
 			fmt.Fprintf(&b, "  LEDGER AMOUNT %d, ANSWERED %d: %s\n", sum, o.answered, o)
+		case len(rs) == 1 && !anchor.IsZero() && rs[0].periodStart.Before(anchor):
+			fmt.Fprintf(&b, "  COUNTED IN THE PERIOD BEFORE THE SUBJECT'S ANCHOR (event time %s, anchor %s): %s\n",
+				rs[0].createdAt.UTC().Format("15:04:05.000000"), anchor.UTC().Format(time.TimeOnly), o)
 		default:
 			continue
 		}
@@ -375,6 +377,10 @@ func (v *verifier) explain(ctx context.Context, name string) string {
 		if !seen[k] {
 			fmt.Fprintf(&b, "  LEDGER ROW(S) NO CLIENT SENT: key %q, %d row(s), first event %s\n", k, len(rs), rs[0].event)
 		}
+	}
+	if s.group == groupEnforce && s.acked > s.limit {
+		v.explainOverLimit(&b, s, ops)
+		return b.String()
 	}
 	if len(suspects) == 0 {
 		fmt.Fprintf(&b, "  the ledger matches the answers event by event: the difference is in the counters or in Redis\n")
@@ -405,6 +411,44 @@ func (v *verifier) explain(ctx context.Context, name string) string {
 		}
 	}
 	return b.String()
+}
+
+// explainOverLimit shows the enforce consumes an enforce subject applied,
+// in the order they were answered, up to the one that took the
+// acknowledged total past the limit, and the faults around them.
+func (v *verifier) explainOverLimit(b *strings.Builder, s *subject, ops []opLog) {
+	var applied []opLog
+	for _, o := range ops {
+		if o.applied {
+			applied = append(applied, o)
+		}
+	}
+	slices.SortFunc(applied, func(x, y opLog) int { return int(x.end - y.end) })
+	var sum int64
+	cross := -1
+	for i, o := range applied {
+		sum += o.answered
+		if sum > s.limit {
+			cross = i
+			break
+		}
+	}
+	if cross < 0 {
+		return
+	}
+	from := max(0, cross-6)
+	fmt.Fprintf(b, "  past the limit (%d): applied enforce consumes in the order answered, the last one took the acknowledged total to %d:\n", s.limit, sum)
+	for _, o := range applied[from : cross+1] {
+		fmt.Fprintf(b, "    %s\n", o)
+	}
+	lo, hi := applied[from].start, applied[cross].end
+	for _, o := range applied[from : cross+1] {
+		lo = min(lo, o.start)
+	}
+	fmt.Fprintf(b, "  faults around t+%.1fs..t+%.1fs:\n", lo.Seconds(), hi.Seconds())
+	for _, f := range around(v.faults, lo, hi) {
+		fmt.Fprintf(b, "    %s\n", f)
+	}
 }
 
 // report prints the figures and the checks.
