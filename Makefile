@@ -33,6 +33,7 @@ test: ## install what is missing, then run every test with the race detector and
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./api
 	$(GO) test -run '^$$' -fuzz '^FuzzFastDecode$$' -fuzztime 10s ./api
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime 10s ./cache
+	$(GO) test -run '^$$' -fuzz '^FuzzHTTP$$' -fuzztime 10s ./cmd/quotad
 
 lint: ## go vet, gofmt, staticcheck (pinned, fetched by go run), govulncheck when installed
 	$(GO) vet ./...

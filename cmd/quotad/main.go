@@ -95,6 +95,61 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return fmt.Errorf("unknown command %q\n%s", cmd, usage)
 }
 
+// newServer builds the storage tiers of cfg over store, the service and
+// the API server: quotad's whole request path (serve runs it; the HTTP
+// fuzz test drives it). Background work runs until bg ends; the caller
+// closes the tiers, also after an error.
+func newServer(ctx, bg context.Context, cfg Config, store *persist.Store, margin quota.Decimal, reg *prometheus.Registry, log *slog.Logger) (*api.Server, tiers, error) {
+	failOpen := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quotad_fail_open_total", Help: "Requests allowed without any store answering (QUOTAD_FAIL_MODE=open).",
+	}, []string{"op"})
+	reg.MustRegister(failOpen)
+
+	var t tiers
+	var err error
+	if cfg.Tiers == "postgres" {
+		t = postgresTiers(store)
+	} else if t, err = fullTiers(bg, cfg, store, reg, log); err != nil {
+		return nil, t, err
+	}
+	svc := quota.NewService(t.stores, time.Now, margin)
+	if t.settings != nil {
+		t.settings.SetOnPrices(func(ctx context.Context) {
+			if err := svc.ReloadPrices(ctx); err != nil {
+				log.Warn("reload prices", "err", err)
+			}
+		})
+	}
+	if err := svc.ReloadPrices(ctx); err != nil {
+		return nil, t, err
+	}
+	if t.feed != nil {
+		svc.SetNotifier(t.feed)
+	}
+	if cfg.FailMode == "open" {
+		svc.FailOpen(func(op, subject string, err error) {
+			failOpen.WithLabelValues(op).Inc()
+			log.Warn("fail open: allowed without a store", "op", op, "subject", subject, "err", err)
+		})
+	}
+	srv := api.New(api.Config{
+		Service:  svc,
+		Keys:     store,
+		AdminKey: cfg.AdminKey,
+		Registry: reg,
+		Logger:   log,
+		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
+		Floor:    cfg.BenchFloor,
+		Feed:     t.events(),
+		Limits: api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
+			AuthFailBurst: cfg.AuthFailBurst, AuthFailRate: cfg.AuthFailRate},
+		KeysChanged: t.keysChanged(),
+		OpsScope:    opsScope(cfg.OpsAuth),
+	})
+	t.onKeysChanged(srv.ForgetKeys)
+	return srv, t, nil
+}
+
 // serveDebug serves net/http/pprof on its own listener, never on the API
 // port.
 func serveDebug(addr string, log *slog.Logger) {
@@ -150,60 +205,17 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	failOpen := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "quotad_fail_open_total", Help: "Requests allowed without any store answering (QUOTAD_FAIL_MODE=open).",
-	}, []string{"op"})
-	reg.MustRegister(failOpen)
 
 	// bg runs the background work (flusher, Redis probe, invalidations); it
 	// ends after the HTTP server has stopped and the flusher has drained.
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 
-	var t tiers
-	if cfg.Tiers == "postgres" {
-		t = postgresTiers(store)
-	} else {
-		if t, err = fullTiers(bg, cfg, store, reg, log); err != nil {
-			return err
-		}
-		defer t.close()
-	}
-	svc := quota.NewService(t.stores, time.Now, margin)
-	if t.settings != nil {
-		t.settings.SetOnPrices(func(ctx context.Context) {
-			if err := svc.ReloadPrices(ctx); err != nil {
-				log.Warn("reload prices", "err", err)
-			}
-		})
-	}
-	if err := svc.ReloadPrices(ctx); err != nil {
+	srv, t, err := newServer(ctx, bg, cfg, store, margin, reg, log)
+	defer t.close()
+	if err != nil {
 		return err
 	}
-	if t.feed != nil {
-		svc.SetNotifier(t.feed)
-	}
-	if cfg.FailMode == "open" {
-		svc.FailOpen(func(op, subject string, err error) {
-			failOpen.WithLabelValues(op).Inc()
-			log.Warn("fail open: allowed without a store", "op", op, "subject", subject, "err", err)
-		})
-	}
-	srv := api.New(api.Config{
-		Service:  svc,
-		Keys:     store,
-		AdminKey: cfg.AdminKey,
-		Registry: reg,
-		Logger:   log,
-		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
-		Floor:    cfg.BenchFloor,
-		Feed:     t.events(),
-		Limits: api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
-			AuthFailBurst: cfg.AuthFailBurst, AuthFailRate: cfg.AuthFailRate},
-		KeysChanged: t.keysChanged(),
-		OpsScope:    opsScope(cfg.OpsAuth),
-	})
-	t.onKeysChanged(srv.ForgetKeys)
 	if cfg.DebugAddr != "" {
 		go serveDebug(cfg.DebugAddr, log)
 	}
