@@ -441,10 +441,10 @@ func (v *verifier) explainOverLimit(b *strings.Builder, s *subject, ops []opLog)
 	for _, o := range applied[from : cross+1] {
 		fmt.Fprintf(b, "    %s\n", o)
 	}
-	lo, hi := applied[from].start, applied[cross].end
-	for _, o := range applied[from : cross+1] {
-		lo = min(lo, o.start)
-	}
+	// The faults that matter are those around the crossing consume and
+	// the one answered before it: the two saw different counts.
+	lo, hi := applied[max(0, cross-1)].start, applied[cross].end
+	lo = min(lo, applied[cross].start)
 	fmt.Fprintf(b, "  faults around t+%.1fs..t+%.1fs:\n", lo.Seconds(), hi.Seconds())
 	for _, f := range around(v.faults, lo, hi) {
 		fmt.Fprintf(b, "    %s\n", f)
