@@ -107,3 +107,31 @@ func TestDevMode(t *testing.T) {
 		t.Error("QUOTAD_DEV=maybe accepted")
 	}
 }
+
+// TestHardeningSettings: the connection, timeout and authentication
+// settings take values in their range and refuse the rest.
+func TestHardeningSettings(t *testing.T) {
+	cfg, err := parseEnv(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxConns != 10000 || cfg.ReadTimeout != 10*time.Second || cfg.WriteTimeout != 30*time.Second ||
+		cfg.AuthFailBurst != 20 || cfg.AuthFailRate != 1 || opsScope(cfg.OpsAuth) != "" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	for _, tt := range []struct {
+		name, value string
+		ok          bool
+	}{
+		{"QUOTAD_MAX_CONNS", "100", true}, {"QUOTAD_MAX_CONNS", "0", false}, {"QUOTAD_MAX_CONNS", "many", false},
+		{"QUOTAD_READ_TIMEOUT", "2s", true}, {"QUOTAD_READ_TIMEOUT", "0s", false}, {"QUOTAD_READ_TIMEOUT", "10", false},
+		{"QUOTAD_WRITE_TIMEOUT", "1m", true}, {"QUOTAD_WRITE_TIMEOUT", "-1s", false},
+		{"QUOTAD_AUTH_FAIL_BURST", "1", true}, {"QUOTAD_AUTH_FAIL_BURST", "0", false},
+		{"QUOTAD_AUTH_FAIL_RATE", "0", true}, {"QUOTAD_AUTH_FAIL_RATE", "0.5", true}, {"QUOTAD_AUTH_FAIL_RATE", "-1", false}, {"QUOTAD_AUTH_FAIL_RATE", "+Inf", false},
+		{"QUOTAD_OPS_AUTH", "admin", true}, {"QUOTAD_OPS_AUTH", "service", true}, {"QUOTAD_OPS_AUTH", "root", false},
+	} {
+		if _, err := parseEnv(map[string]string{tt.name: tt.value}); (err == nil) != tt.ok {
+			t.Errorf("%s=%q: %v, want ok=%v", tt.name, tt.value, err, tt.ok)
+		}
+	}
+}
