@@ -379,6 +379,15 @@ func (s *Server) guard(next echo.HandlerFunc) echo.HandlerFunc {
 			}
 			r.Body = b
 		}
+		if s.limits.WriteTimeout > 0 && !strings.HasSuffix(c.Path(), "/events") {
+			// The work stops a little before its answer could no longer
+			// be written: a hung store (Postgres frozen, not down) answers
+			// 503 instead of holding the request for good. Events streams
+			// are long by design and bound each write instead.
+			ctx, cancel := context.WithTimeout(r.Context(), s.limits.WriteTimeout*9/10)
+			defer cancel()
+			c.SetRequest(r.WithContext(ctx))
+		}
 		return next(c)
 	}
 }

@@ -191,3 +191,33 @@ func TestRedisFull(t *testing.T) {
 	acked := q.used(t, subject)
 	waitFlushed(t, pg, subject, acked)
 }
+
+// TestHungPostgresAnswers503: Postgres frozen (SIGSTOP: connections open,
+// no answer). A request that needs it answers 503 within the write
+// timeout instead of hanging; once Postgres answers again so does quotad.
+func TestHungPostgresAnswers503(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg.URL(), "QUOTAD_WRITE_TIMEOUT=2s")
+	plan := `{"limits":{"credits":{"limit":100,"period":"month"}}}`
+	if status, v := q.call(t, "PUT", "/v1/plans/hung", plan); status != 200 {
+		t.Fatalf("put plan: %d %v", status, v)
+	}
+	pg.Pause(t)
+	start := time.Now()
+	status, v := q.call(t, "PUT", "/v1/plans/hung", plan) // a write: Postgres first
+	if took := time.Since(start); status != 503 || took > 5*time.Second {
+		t.Fatalf("put plan with postgres frozen: %d %v after %v; want 503 within the write timeout", status, v, took)
+	}
+	pg.Resume(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		status, v = q.call(t, "PUT", "/v1/plans/hung", plan)
+		if status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("put plan after postgres came back: %d %v", status, v)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
