@@ -789,3 +789,25 @@ func TestDeadFlushersEntriesClaimedAtOnce(t *testing.T) {
 		t.Fatalf("%d entries left (%v), want 0", n, err)
 	}
 }
+
+// TestPooledCallForgetsItsScript: a reservation's script call whose
+// request ended before it was queued goes back to the pool; the consume
+// that takes it next must run as a consume, not as that script on its own
+// keys (a 500, or a reserve on a consume's keys).
+func TestPooledCallForgetsItsScript(t *testing.T) {
+	e := newEnv(t)
+	c := e.counter(t)
+	k := key
+	k.Subject = "user:pooled"
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 50 { // reservations whose request is gone: their calls go back to the pool at once
+		id := quota.NewReservationID(k, 1, time.Now().Add(time.Minute))
+		_, _ = c.Reserve(done, quota.ReserveOp{Key: k, ID: id, Amount: 1, Limit: 10, Enforce: true, ExpiresAt: time.Now().Add(time.Minute), At: time.Now()})
+		res, err := c.Consume(context.Background(), quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprint("pooled-", i),
+			IdempotencyKey: fmt.Sprint("k", i), RequestHash: "h", At: time.Now()})
+		if err != nil || !res.Applied || res.Used != int64(i+1) { // some reservations are queued before the select sees ctx done
+			t.Fatalf("consume %d after a cancelled reservation: %+v (%v)", i, res, err)
+		}
+	}
+}

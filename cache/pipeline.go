@@ -115,7 +115,7 @@ func (b *batcher) queue(ctx context.Context, c *call, consume bool, keys []strin
 	select {
 	case b.calls <- c:
 	case <-ctx.Done():
-		callPool.Put(c)
+		b.release(c) // cleared: a pooled call must not keep its script for the next user
 		return nil, ctx.Err()
 	}
 	<-c.done
