@@ -621,7 +621,14 @@ func meterNames(sub *Subject, plan *Plan) []string {
 	return names
 }
 
+// counterKey names the counter of sub's meter for the period holding now.
+// No usage is before a subject's anchor: a time before it (the subject
+// was provisioned a moment later than the request read its clock, or on a
+// clock a little ahead) counts in the first period.
 func counterKey(sub *Subject, meter string, p Period, now time.Time) CounterKey {
+	if now.Before(sub.CycleAnchor) {
+		now = sub.CycleAnchor
+	}
 	start, end := p.Window(sub.CycleAnchor, now)
 	return CounterKey{Subject: sub.ID, Meter: meter, Start: start, End: end}
 }
