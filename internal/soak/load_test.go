@@ -150,6 +150,7 @@ type loader struct {
 	hc       *http.Client
 	seq      atomic.Int64 // idempotency keys
 	salt     string
+	noResets bool // the reset group gets record consumes instead of resets (SOAK_RESETS=0)
 }
 
 func newLoader(c *cluster, subjects []*subject, t0 time.Time, salt string) *loader {
@@ -325,7 +326,7 @@ func (l *loader) one(rng *rand.Rand) {
 		l.consume(ctx, rng, pick(groupAdmin), "record")
 	case n < 92:
 		l.admin(ctx, rng, pick(groupAdmin))
-	case n < 98:
+	case n < 98 || l.noResets:
 		l.consume(ctx, rng, pick(groupReset), "record")
 	default:
 		l.reset(ctx, rng, pick(groupReset))

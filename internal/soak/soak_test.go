@@ -30,6 +30,10 @@ type config struct {
 	rate      float64       // SOAK_RATE; default 300 operations a second in all (the machine has 2 cores shared with the stores)
 	faults    []string      // SOAK_FAULTS; default every kind; a comma list, or "none"
 	race      bool          // SOAK_RACE=1: quotad built with the race detector
+	// SOAK_RESETS=0: the reset group's resets become record consumes. A
+	// reset racing with a batch replayed after a crash is an open window
+	// of issue 11 (docs/failures.md); CI's soak leaves it out.
+	resets bool
 }
 
 func readConfig(t *testing.T) config {
@@ -54,6 +58,7 @@ func readConfig(t *testing.T) config {
 		workers:   atoi("SOAK_WORKERS", "32"),
 		rate:      float64(atoi("SOAK_RATE", "300")),
 		race:      env("SOAK_RACE", "") == "1",
+		resets:    env("SOAK_RESETS", "1") != "0",
 	}
 	var err error
 	if c.duration, err = time.ParseDuration(os.Getenv("SOAK_DURATION")); err != nil || c.duration <= 0 {
@@ -102,8 +107,8 @@ func TestSoak(t *testing.T) {
 		}
 		os.RemoveAll(logDir)
 	})
-	t.Logf("soak: %v, seed %d (SOAK_SEED=%d to draw the same faults and operations), %d instances, %d subjects, %d clients at %.0f operations/s, faults: %s",
-		cfg.duration, cfg.seed, cfg.seed, cfg.instances, cfg.subjects, cfg.workers, cfg.rate, strings.Join(cfg.faults, ", "))
+	t.Logf("soak: %v, seed %d (SOAK_SEED=%d to draw the same faults and operations), %d instances, %d subjects, %d clients at %.0f operations/s, resets %v, faults: %s",
+		cfg.duration, cfg.seed, cfg.seed, cfg.instances, cfg.subjects, cfg.workers, cfg.rate, cfg.resets, strings.Join(cfg.faults, ", "))
 
 	bin := buildQuotad(t, logDir, cfg.race)
 	c := newCluster(t, bin, cfg.instances, logDir)
@@ -111,6 +116,7 @@ func TestSoak(t *testing.T) {
 	salt := strconv.FormatUint(cfg.seed%1_000_000, 36)
 	subjects := makeSubjects(cfg.subjects, salt, rng)
 	l := newLoader(c, subjects, time.Now(), salt)
+	l.noResets = !cfg.resets
 	l.svcKey = mintServiceKey(t, c)
 	setLimits(t, l, rng)
 
