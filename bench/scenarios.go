@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Subject name prefixes of the seeded population (see Seed).
@@ -256,21 +257,25 @@ func nextFloor(g *Gen, dst []byte) Request {
 }
 
 // appendKey appends a unique idempotency key, as a billing client sends
-// with every consume: this process's salt and 16 random hex digits of the
-// worker's generator. The generators are seeded alike in every run and
-// scenario (runs repeat request by request), so without the salt a run
-// would replay the keys of the one before it and get its first answers
-// (or a 409, for a key reused by another kind of request).
-func appendKey(dst []byte, g *Gen) []byte {
+// with every consume: this process's salt and a number no other request
+// of the process had. Not drawn from the worker's generator: those are
+// seeded alike in every run and scenario (runs repeat request by
+// request), so their keys would repeat across scenarios and the warm-up
+// and get a first answer back, or a 409 for another kind of request.
+func appendKey(dst []byte, _ *Gen) []byte {
 	dst = append(dst, `,"idempotency_key":"`...)
 	dst = strconv.AppendUint(dst, keySalt, 36)
 	dst = append(dst, '-')
-	dst = strconv.AppendUint(dst, g.rng.Uint64(), 16)
+	dst = strconv.AppendUint(dst, keySeq.Add(1), 36)
 	return append(dst, '"')
 }
 
-// keySalt makes this process's idempotency keys its own.
-var keySalt = rand.Uint64()
+// keySalt makes this process's idempotency keys its own; keySeq numbers
+// them.
+var (
+	keySalt = rand.Uint64()
+	keySeq  atomic.Uint64
+)
 
 func nextReserveCommit(g *Gen, dst []byte) Request {
 	b := appendKey(appendAmount(appendSubject(dst, HotPrefix, g.Subject()), g.cfg.Amount), g)
