@@ -72,6 +72,7 @@ type Config struct {
 // Limits bound the connections and the time a client can hold.
 type Limits struct {
 	MaxConns     int           // open connections (QUOTAD_MAX_CONNS); 0: no cap
+	MaxInFlight  int           // usage requests handled at once (QUOTAD_MAX_IN_FLIGHT); 0: no bound (see admission)
 	ReadTimeout  time.Duration // for the headers, then again for the body (QUOTAD_READ_TIMEOUT); 0: none
 	WriteTimeout time.Duration // from the headers to the end of the answer (QUOTAD_WRITE_TIMEOUT); 0: none
 	// Failed authentications a client address may make at once
@@ -95,6 +96,7 @@ type Server struct {
 	opsScope    string
 	limits      Limits
 	conns       *connGuard // nil: no cap
+	admission   *admission // nil: no bound
 }
 
 // Scopes of API keys. An admin key may do everything a service key may.
@@ -122,12 +124,18 @@ func New(cfg Config) *Server {
 	if cfg.Limits.MaxConns > 0 {
 		s.conns = newConnGuard(cfg.Limits.MaxConns, cfg.Registry)
 	}
+	if cfg.Limits.MaxInFlight > 0 {
+		s.admission = newAdmission(cfg.Limits.MaxInFlight, cfg.Registry)
+	}
 	e.HTTPErrorHandler = s.handleError
 	e.Pre(s.guard)
 	e.Use(s.metrics.middleware)
 	s.routes = s.table()
 	for _, r := range s.routes {
 		h := r.handler
+		if usageRoutes[r.method+" "+r.path] {
+			h = s.admission.wrap(h)
+		}
 		if r.scope != "" {
 			h = s.auth.require(r.scope, h)
 		}

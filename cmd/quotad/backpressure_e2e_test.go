@@ -221,3 +221,61 @@ func TestHungPostgresAnswers503(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestInFlightBound: with QUOTAD_MAX_IN_FLIGHT at 2 and 32 clients
+// consuming at once, the usage requests past the bound are answered 503
+// at once, with Retry-After and a problem body saying nothing was
+// counted; clients that retry them with their keys get every one counted
+// exactly once. Checks are not bounded.
+func TestInFlightBound(t *testing.T) {
+	pg := testenv.PostgresURL(t)
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_MAX_IN_FLIGHT=2")
+	const subject = "user:in-flight"
+	var acked, refused atomic.Int64
+	var bad atomic.Value
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Go(func() {
+			for i := range 40 {
+				body := fmt.Sprintf(`{"subject":"%s","amount":1,"idempotency_key":"f%d-%d"}`, subject, w, i)
+				for {
+					req, _ := http.NewRequest("POST", "http://"+q.addr+"/v1/consume", strings.NewReader(body))
+					req.Header.Set("Authorization", "Bearer "+adminKey)
+					req.Header.Set("Content-Type", "application/json")
+					resp, err := client.Do(req)
+					if err != nil {
+						bad.Store(err.Error())
+						return
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						acked.Add(1)
+						break
+					}
+					if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(b), "nothing was counted") {
+						bad.Store(fmt.Sprintf("%d %v %s", resp.StatusCode, resp.Header, b))
+						return
+					}
+					refused.Add(1)
+					time.Sleep(time.Millisecond)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if v := bad.Load(); v != nil {
+		t.Fatalf("a consume was answered %v", v)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("32 clients at once were never refused with 2 usage requests allowed in flight")
+	}
+	if status, v := q.check(`{"subject":"` + subject + `"}`); status != 200 {
+		t.Fatalf("check: %d %v", status, v)
+	}
+	if acked.Load() != 32*40 {
+		t.Fatalf("%d acknowledged, want %d", acked.Load(), 32*40)
+	}
+	t.Logf("%d refused and retried", refused.Load())
+	waitFlushed(t, pg, subject, 32*40)
+}

@@ -26,6 +26,7 @@ type Config struct {
 	Margin          string        // QUOTAD_MARGIN, --margin; default "0.2"
 	PostgresConns   int           // QUOTAD_POSTGRES_CONNS, --postgres-conns; default 32
 	ShutdownTimeout time.Duration // QUOTAD_SHUTDOWN_TIMEOUT, --shutdown-timeout; default 15s
+	MaxInFlight     int           // QUOTAD_MAX_IN_FLIGHT, --max-in-flight; default 256: usage requests (consumes, batches, reservations, commits) handled at once; past it they answer 503 at once
 	MaxConns        int           // QUOTAD_MAX_CONNS, --max-conns; default 10000: open client connections; over it, the oldest idle or never-served one is closed
 	ReadTimeout     time.Duration // QUOTAD_READ_TIMEOUT, --read-timeout; default 10s: for a request's headers, then again for its body
 	WriteTimeout    time.Duration // QUOTAD_WRITE_TIMEOUT, --write-timeout; default 30s: from a request's headers to the end of its answer (events streams: per write)
@@ -68,7 +69,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&c.Margin, "margin", env("QUOTAD_MARGIN", "0.2"), "cost book margin")
 	fs.StringVar(&conns, "postgres-conns", env("QUOTAD_POSTGRES_CONNS", "32"), "Postgres pool size")
 	fs.StringVar(&shutdown, "shutdown-timeout", env("QUOTAD_SHUTDOWN_TIMEOUT", "15s"), "time to finish in-flight work on SIGTERM")
-	var maxConns, readTimeout, writeTimeout string
+	var maxConns, maxInFlight, readTimeout, writeTimeout string
+	fs.StringVar(&maxInFlight, "max-in-flight", env("QUOTAD_MAX_IN_FLIGHT", "256"), "usage requests handled at once; past it 503 at once")
 	fs.StringVar(&maxConns, "max-conns", env("QUOTAD_MAX_CONNS", "10000"), "open client connections at most")
 	fs.StringVar(&readTimeout, "read-timeout", env("QUOTAD_READ_TIMEOUT", "10s"), "time for a request's headers, then again for its body")
 	fs.StringVar(&writeTimeout, "write-timeout", env("QUOTAD_WRITE_TIMEOUT", "30s"), "time from a request's headers to the end of its answer")
@@ -159,6 +161,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	if c.PostgresConns, err = strconv.Atoi(conns); err != nil || c.PostgresConns < 1 {
 		return Config{}, fmt.Errorf("postgres-conns: must be a positive integer")
 	}
+	if c.MaxInFlight, err = strconv.Atoi(maxInFlight); err != nil || c.MaxInFlight < 1 {
+		return Config{}, fmt.Errorf("max-in-flight: %q is not a positive integer", maxInFlight)
+	}
 	if c.MaxConns, err = strconv.Atoi(maxConns); err != nil || c.MaxConns < 1 {
 		return Config{}, fmt.Errorf("max-conns: %q is not a positive integer", maxConns)
 	}
@@ -200,6 +205,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("postgres_conns", c.PostgresConns),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.Int("max_conns", c.MaxConns),
+		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Duration("read_timeout", c.ReadTimeout),
 		slog.Duration("write_timeout", c.WriteTimeout),
 		slog.Int("auth_fail_burst", c.AuthFailBurst),

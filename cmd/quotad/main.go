@@ -141,7 +141,7 @@ func newServer(ctx, bg context.Context, cfg Config, store *persist.Store, margin
 		Ready:    func(ctx context.Context) api.Readiness { return t.ready(ctx, store) },
 		Floor:    cfg.BenchFloor,
 		Feed:     t.events(),
-		Limits: api.Limits{MaxConns: cfg.MaxConns, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
+		Limits: api.Limits{MaxConns: cfg.MaxConns, MaxInFlight: cfg.MaxInFlight, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
 			AuthFailBurst: cfg.AuthFailBurst, AuthFailRate: cfg.AuthFailRate},
 		KeysChanged: t.keysChanged(),
 		OpsScope:    opsScope(cfg.OpsAuth),
