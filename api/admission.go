@@ -50,7 +50,7 @@ func (a *admission) wrap(next echo.HandlerFunc) echo.HandlerFunc {
 			a.inFlight.Add(-1)
 			a.shed.Inc()
 			c.Response().Header().Set("Retry-After", retryAfterOverloaded)
-			return &problemError{p: Problem{Type: "about:blank", Title: http.StatusText(503), Status: 503,
+			return &problemError{p: Problem{Type: "about:blank", Title: http.StatusText(http.StatusServiceUnavailable), Status: http.StatusServiceUnavailable,
 				Detail: "quotad is handling as many usage requests as it can; nothing was counted, retry after Retry-After seconds"}}
 		}
 		defer a.inFlight.Add(-1)

@@ -53,14 +53,6 @@ func readJSON(c echo.Context) ([]byte, error) {
 	return b, nil
 }
 
-// decodeFrom is decode for a body readBody already read (nil: not read).
-func decodeFrom(c echo.Context, body []byte, v any) error {
-	if body == nil {
-		return decode(c, v)
-	}
-	return decodeBytes(body, v)
-}
-
 // decodeReader is decode for a body from r.
 func decodeReader(r io.Reader, v any) error {
 	b, err := io.ReadAll(r)

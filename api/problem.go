@@ -80,7 +80,7 @@ func toProblem(err error, log *slog.Logger, r *http.Request) Problem {
 		return clientGone().(*problemError).p
 	}
 	if errors.Is(err, quota.ErrOverloaded) { // expected under overload: not logged per request
-		return Problem{Type: "about:blank", Title: http.StatusText(503), Status: 503,
+		return Problem{Type: "about:blank", Title: http.StatusText(http.StatusServiceUnavailable), Status: http.StatusServiceUnavailable,
 			Detail: "usage arrives faster than quotad writes it to Postgres; nothing was counted, retry after Retry-After seconds"}
 	}
 	for _, e := range errorStatus {
