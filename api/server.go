@@ -1,4 +1,4 @@
-// Package api serves quotad's REST contract (DESIGN.md, "REST contract") with
+// Package api serves quotad's REST contract (the OpenAPI document it serves) with
 // echo: routing, auth, problem+json errors, metrics and the OpenAPI document.
 package api
 
