@@ -256,49 +256,130 @@ func members(raw []byte) (keys []string, vals []json.RawMessage, ok bool) {
 }
 
 // duplicateField returns the path of the first member of an object in b
-// whose name an earlier member of the same object has (in any case), or
-// "".
+// whose name an earlier member of the same object has (in any case, as
+// encoding/json matches names), or "". b is valid JSON (it decoded): a
+// scan over its bytes, which allocates only for a key with escapes and
+// for the answer (encoding/json's token walk cost as much as the decode).
 func duplicateField(b []byte) string {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	var walk func(path string) string
-	walk = func(path string) string {
-		tok, err := dec.Token()
-		if err != nil {
-			return ""
-		}
-		switch tok {
-		case json.Delim('{'):
-			seen := map[string]bool{}
-			for dec.More() {
-				tok, err := dec.Token()
-				if err != nil {
-					return ""
-				}
-				k := tok.(string)
-				p := k
-				if path != "" {
-					p = path + "." + k
-				}
-				if seen[strings.ToLower(k)] {
-					return p
-				}
-				seen[strings.ToLower(k)] = true
-				if d := walk(p); d != "" {
-					return d
-				}
-			}
-			_, _ = dec.Token()
-		case json.Delim('['):
-			for i := 0; dec.More(); i++ {
-				if d := walk(cmpOr(path, "body") + "[" + strconv.Itoa(i) + "]"); d != "" {
-					return d
-				}
-			}
-			_, _ = dec.Token()
-		}
+	d := dupScanner{b: b}
+	path, dup := d.value()
+	if !dup {
 		return ""
 	}
-	return walk("")
+	var out strings.Builder
+	for i := len(path) - 1; i >= 0; i-- { // innermost first
+		switch p := path[i]; {
+		case strings.HasPrefix(p, "["):
+			if out.Len() == 0 {
+				out.WriteString("body")
+			}
+			out.WriteString(p)
+		case out.Len() == 0:
+			out.WriteString(p)
+		default:
+			out.WriteString("." + p)
+		}
+	}
+	return out.String()
+}
+
+// dupScanner walks valid JSON for duplicateField; keys holds the names of
+// the members seen so far in each object being walked.
+type dupScanner struct {
+	b    []byte
+	i    int
+	keys [][]byte
+}
+
+func (d *dupScanner) ws() {
+	for d.i < len(d.b) && (d.b[d.i] == ' ' || d.b[d.i] == '\t' || d.b[d.i] == '\n' || d.b[d.i] == '\r') {
+		d.i++
+	}
+}
+
+// str reads the string at d.i and answers its text, unescaped.
+func (d *dupScanner) str() []byte {
+	start, escaped := d.i+1, false
+	i := start
+	for d.b[i] != '"' {
+		if d.b[i] == '\\' {
+			escaped = true
+			i++
+		}
+		i++
+	}
+	d.i = i + 1
+	if !escaped {
+		return d.b[start:i]
+	}
+	var s string
+	_ = json.Unmarshal(d.b[start-1:i+1], &s) // valid JSON: it decodes
+	return []byte(s)
+}
+
+// value walks one value and answers the path (innermost first) of a
+// member named twice in an object.
+func (d *dupScanner) value() ([]string, bool) {
+	d.ws()
+	switch d.b[d.i] {
+	case '{':
+		d.i++
+		base := len(d.keys)
+		defer func() { d.keys = d.keys[:base] }()
+		d.ws()
+		if d.b[d.i] == '}' {
+			d.i++
+			return nil, false
+		}
+		for {
+			d.ws()
+			k := d.str()
+			for _, seen := range d.keys[base:] {
+				if bytes.EqualFold(seen, k) {
+					return []string{string(k)}, true
+				}
+			}
+			d.keys = append(d.keys, k)
+			d.ws()
+			d.i++ // ':'
+			if p, dup := d.value(); dup {
+				return append(p, string(k)), true
+			}
+			d.ws()
+			if d.b[d.i] == ',' {
+				d.i++
+				continue
+			}
+			d.i++ // '}'
+			return nil, false
+		}
+	case '[':
+		d.i++
+		d.ws()
+		if d.b[d.i] == ']' {
+			d.i++
+			return nil, false
+		}
+		for n := 0; ; n++ {
+			if p, dup := d.value(); dup {
+				return append(p, "["+strconv.Itoa(n)+"]"), true
+			}
+			d.ws()
+			if d.b[d.i] == ',' {
+				d.i++
+				continue
+			}
+			d.i++ // ']'
+			return nil, false
+		}
+	case '"':
+		d.str()
+	default: // a number, true, false or null
+		for d.i < len(d.b) && bytes.IndexByte([]byte(",}] \t\n\r"), d.b[d.i]) < 0 {
+			d.i++
+		}
+	}
+	return nil, false
 }
 
 // jsonKind names the JSON a Go type takes.

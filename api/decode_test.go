@@ -90,3 +90,30 @@ func TestDecodeNamesTheField(t *testing.T) {
 		})
 	}
 }
+
+// TestDuplicateFieldPaths: the scanner names the member given twice by
+// its path, through arrays, escapes and case, and finds none where there
+// is none.
+func TestDuplicateFieldPaths(t *testing.T) {
+	for _, c := range []struct{ body, want string }{
+		{`{"a":1,"b":{"c":[1,{"d":2,"D":3}]}}`, "b.c[1].D"},
+		{`[{"x":1},{"y":1,"y":2}]`, "body[1].y"},
+		{`{"amount":1,"\u0061mount":2}`, "amount"},
+		{`{"s":"a\"b","t":"{\"u\":1,\"u\":2}","e":{},"f":[],"n":null,"m":-1.5e3}`, ""},
+		{`{"events":[{"subject":"user:1"},{"subject":"user:2","amount":1,"Amount":2}]}`, "events[1].Amount"},
+	} {
+		if got := duplicateField([]byte(c.body)); got != c.want {
+			t.Errorf("%s: %q, want %q", c.body, got, c.want)
+		}
+	}
+}
+
+func BenchmarkDuplicateField(b *testing.B) {
+	body := []byte(`{"subject":"user:hot-42","meter":"credits","amount":1,"usage":{"model":"claude-3-5-sonnet","input_tokens":1000,"output_tokens":200},"idempotency_key":"k-123456"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if duplicateField(body) != "" {
+			b.Fatal("found a duplicate")
+		}
+	}
+}
