@@ -41,7 +41,7 @@ import "github.com/redis/go-redis/v9"
 // day, as a payment API replays only a completed payment.
 //
 // Answers three values per op, in one flat array (a table per op cost
-// Redis 17 % more): applied (0 or 1) and used when it counted or refused;
+// Redis measurably more; the figure is in ac2ea55's message): applied (0 or 1) and used when it counted or refused;
 // "dup", "<hash>|<applied>|<amount>|<used>" for a known idempotency key;
 // "load", "" when the counter is not in Redis (the caller loads it from
 // Postgres, see Counter.load, and retries); "err", message. The third is
