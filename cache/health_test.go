@@ -21,11 +21,7 @@ import (
 // Postgres took directly) and the switch to up wait until that write ends;
 // otherwise a counter reloaded into Redis in between would miss it.
 func TestRecoveryWaitsForDirectWrites(t *testing.T) {
-	rs := testenv.StartRedis(t, testenv.RedisOptions{})
-	opt, _ := redis.ParseURL(rs.URL())
-	opt.MaxRetries = -1
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
+	rs, rdb := privateRedis(t, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -220,11 +216,7 @@ func TestBusReportsResubscription(t *testing.T) {
 // running and starts none; the probe must look again, or the instance
 // stays on Postgres for good while Redis answers.
 func TestProbeNotStrandedByAFailureAsItEnds(t *testing.T) {
-	rs := testenv.StartRedis(t, testenv.RedisOptions{})
-	opt, _ := redis.ParseURL(rs.URL())
-	opt.MaxRetries = -1
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
+	_, rdb := privateRedis(t, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	h := cache.NewHealth(rdb, discard)
@@ -256,11 +248,7 @@ func TestProbeNotStrandedByAFailureAsItEnds(t *testing.T) {
 // event id instead, and Redis's copy of the counter is dropped (it
 // reloads from Postgres once the stream is flushed).
 func TestUnknownOutcomeIsNotRunTwiceInRedis(t *testing.T) {
-	rs := testenv.StartRedis(t, testenv.RedisOptions{})
-	opt, _ := redis.ParseURL(rs.URL())
-	opt.MaxRetries, opt.ReadTimeout = -1, 200*time.Millisecond
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
+	rs, rdb := privateRedis(t, 200*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
@@ -303,4 +291,20 @@ func TestUnknownOutcomeIsNotRunTwiceInRedis(t *testing.T) {
 	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM usage_ledger WHERE event_id = 'uo-1'`).Scan(&rows); err != nil || rows != 1 {
 		t.Fatalf("%d ledger rows for the consume (%v), want 1", rows, err)
 	}
+}
+
+// privateRedis starts a Redis server of the test's own (to stop, pause or
+// lose it) and a client of it that never retries, as quotad's; a
+// readTimeout of 0 keeps the client's default.
+func privateRedis(t *testing.T, readTimeout time.Duration) (*testenv.Redis, *redis.Client) {
+	t.Helper()
+	rs := testenv.StartRedis(t, testenv.RedisOptions{})
+	opt, _ := redis.ParseURL(rs.URL())
+	opt.MaxRetries = -1
+	if readTimeout > 0 {
+		opt.ReadTimeout = readTimeout
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { rdb.Close() })
+	return rs, rdb
 }
