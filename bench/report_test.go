@@ -413,15 +413,6 @@ func TestMachineInfo(t *testing.T) {
 	}
 }
 
-func TestNiceCeil(t *testing.T) {
-	for _, c := range []struct{ v, top, step float64 }{{9.7, 10, 2}, {31234, 40000, 10000}, {0.42, 0.5, 0.1}, {0, 1, 0.2}} {
-		top, step := niceCeil(c.v, 5)
-		if math.Abs(top-c.top) > 1e-9 || math.Abs(step-c.step) > 1e-9 {
-			t.Errorf("niceCeil(%v) = %v, %v; want %v, %v", c.v, top, step, c.top, c.step)
-		}
-	}
-}
-
 func TestCountCPUList(t *testing.T) {
 	for list, want := range map[string]int{"0-1": 2, "0": 1, "0-3,8,10-11": 7, "": 0, "3-1": 0, "x": 0} {
 		if got := countCPUList(list); got != want {

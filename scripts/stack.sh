@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Dev stack for quotad: a private Postgres and Redis with data under $DATA_DIR.
 #
-#   scripts/stack.sh install   install redis-server / postgresql-15 via apt-get if missing
+#   scripts/stack.sh install   install redis-server / postgresql-15 / chromium via apt-get if missing
 #   scripts/stack.sh start     start both servers (idempotent), wait until they accept connections
 #   scripts/stack.sh stop      stop both servers (fine if already stopped)
 #   scripts/stack.sh status    show whether each server is up
@@ -67,6 +67,8 @@ cmd_install() {
 	if ! command -v initdb >/dev/null 2>&1 && [[ ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
 		pkgs+=(postgresql-15)
 	fi
+	# The console's browser tests drive headless Chromium (chromedp).
+	command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 	((${#pkgs[@]} == 0)) && return 0
 	log "installing ${pkgs[*]}"
 	export DEBIAN_FRONTEND=noninteractive
