@@ -190,6 +190,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.Serv
 // Echo returns the echo instance, for tests that list its routes.
 func (s *Server) Echo() *echo.Echo { return s.echo }
 
+// Mount serves h at prefix and below (the admin console), behind the same
+// connection guard, time limits and metrics as the API; a path of h
+// ending in /events is a stream, as the API's are. h sees the whole path.
+func (s *Server) Mount(prefix string, h http.Handler) {
+	wrapped := echo.WrapHandler(h)
+	s.echo.Any(prefix, wrapped)
+	s.echo.Any(prefix+"/*", wrapped)
+	s.echo.GET(prefix+"/events", wrapped)
+}
+
 // route is one row of the contract: it registers the handler and describes
 // the operation in the OpenAPI document, so the two cannot drift apart.
 type route struct {

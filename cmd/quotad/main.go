@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/quotad/quotad/api"
+	"github.com/quotad/quotad/console"
 	"github.com/quotad/quotad/persist"
 	"github.com/quotad/quotad/quota"
 )
@@ -147,6 +148,11 @@ func newServer(ctx, bg context.Context, cfg Config, store *persist.Store, margin
 		OpsScope:    opsScope(cfg.OpsAuth),
 	})
 	t.onKeysChanged(srv.ForgetKeys)
+	// The console calls the API in-process, so it sees exactly what an API
+	// user with the signed-in key sees.
+	con := console.New(console.Config{API: srv, Logger: log})
+	srv.Mount("/console", con)
+	go con.Run(bg)
 	return srv, t, nil
 }
 
