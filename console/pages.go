@@ -216,7 +216,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 	var list subjectList
 	q := url.Values{"order": {"share"}, "limit": {"10"}}
 	if err := c.call(r, s.key, http.MethodGet, "/v1/subjects?"+q.Encode(), nil, &list); err != nil {
-		d.NearErr = err.Error()
+		d.NearErr = unavailable(err, "listing")
 	} else {
 		for _, row := range list.Subjects {
 			if row.Share() >= 0.8 {
@@ -419,7 +419,7 @@ func (c *Console) subjectPage(w http.ResponseWriter, r *http.Request, s *session
 func unavailable(err error, what string) string {
 	var p *Problem
 	if errors.As(err, &p) && (p.Status == http.StatusNotFound || p.Status == http.StatusMethodNotAllowed) {
-		return "This quotad does not serve the subject's " + what + "."
+		return "This quotad does not serve the " + what + " (" + p.Error() + ")."
 	}
 	return err.Error()
 }
