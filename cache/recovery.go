@@ -24,13 +24,24 @@ package cache
 //  4. The flusher writes each event once (the ledger's key is the event
 //     id; a write that may have committed is written again the careful
 //     way) and deletes an entry only after its events committed.
+//  5. Postgres arbitrates idempotency keys: an event whose key Postgres
+//     holds for another event (taken on a direct path while the key's
+//     first use waited in the stream, or taken in Redis while a direct
+//     path had it) is a duplicate when flushed: no ledger row, no count,
+//     and its counter is marked stale, whose Redis copy counted it; the
+//     flusher then runs DropStale, so the copy reloads from Postgres by
+//     invariant 1 like any other stale one.
+//  6. A counter counts only the events after its last reset in the
+//     stream (the row keeps the reset's stream position; a direct reset
+//     takes its time), whatever order flushes bring them in.
 //
 // An op whose outcome in Redis is unknown (its reply was lost) is not run
 // there again (redisOrDirect).
 //
-// Known windows (README, "When things break"): a direct write that
-// commits after its client gave up, an idempotency key taken on one
-// instance's direct path while another is back on Redis.
+// Known windows (docs/failures.md, "Windows still open"): an enforce
+// consume on a direct path does not see usage unflushed in Redis; a direct
+// write that commits after its client gave up; a subject provisioned on a
+// direct path while its provisioning in Redis waits in the stream.
 
 import (
 	"context"
@@ -281,8 +292,9 @@ func parseStreamID(id string) (ms, seq uint64, ok bool) {
 }
 
 // DropStale drops Redis's copies of counters that Postgres changed
-// directly (while Redis was unreachable), so they reload from Postgres.
-// It runs before Redis is used again.
+// directly (while Redis was unreachable) or found to have counted a
+// duplicate (invariant 5), so they reload from Postgres. It runs before
+// Redis is used again, and after a flush that met duplicates.
 func (c *Counter) DropStale(ctx context.Context) error {
 	if err := c.restoreIdempotency(ctx); err != nil {
 		return err

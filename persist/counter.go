@@ -40,19 +40,28 @@ const (
 	// retakes one older than 24 hours. No row back means the key is held by
 	// an earlier request; a concurrent holder makes this wait until it
 	// commits, so the SELECT that follows sees its result.
-	claimIdempotencySQL = `INSERT INTO idempotency AS i (subject, key, request_hash, created_at, l2_stale) VALUES ($1, $2, $3, $4, true)
+	// The key records the event that took it: a flush meeting the key
+	// with another event counts that one as a duplicate (see
+	// Flusher.insertKeysDedup).
+	claimIdempotencySQL = `INSERT INTO idempotency AS i (subject, key, request_hash, created_at, l2_stale, event_id) VALUES ($1, $2, $3, $4, true, $5)
 		ON CONFLICT (subject, key) DO UPDATE
 			SET request_hash = EXCLUDED.request_hash, created_at = EXCLUDED.created_at,
-				applied = NULL, amount = NULL, used = NULL, l2_stale = true
+				applied = NULL, amount = NULL, used = NULL, l2_stale = true, event_id = EXCLUDED.event_id
 			WHERE i.created_at < EXCLUDED.created_at - interval '24 hours'
 		RETURNING true`
 	selectIdempotencySQL = `SELECT request_hash, applied, amount, used FROM idempotency WHERE subject = $1 AND key = $2`
 	storeIdempotencySQL  = `UPDATE idempotency SET applied = $3, amount = $4, used = $5 WHERE subject = $1 AND key = $2`
 
+	// resetSQL: a reset taken here has no place in the pending stream; it
+	// takes the place its time gives it ($7, unix ms, after every entry of
+	// that millisecond), so that events Redis counted before it and a
+	// flush writes later are not counted after it (see addCountersSQL).
 	resetSQL = `WITH c AS (
-		INSERT INTO counters (subject, meter, period_start, period_end, used, l2_stale)
-		VALUES ($1, $2, $3, $6, 0, true)
-		ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = 0, l2_stale = true, updated_at = now()
+		INSERT INTO counters (subject, meter, period_start, period_end, used, l2_stale, reset_ms, reset_seq)
+		VALUES ($1, $2, $3, $6, 0, true, $7, 9223372036854775807)
+		ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = 0, l2_stale = true, updated_at = now(),
+			reset_ms = CASE WHEN (counters.reset_ms, counters.reset_seq) > (EXCLUDED.reset_ms, EXCLUDED.reset_seq) THEN counters.reset_ms ELSE EXCLUDED.reset_ms END,
+			reset_seq = CASE WHEN (counters.reset_ms, counters.reset_seq) > (EXCLUDED.reset_ms, EXCLUDED.reset_seq) THEN counters.reset_seq ELSE EXCLUDED.reset_seq END
 		RETURNING 1
 	)
 	INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, created_at)
@@ -120,7 +129,7 @@ func (s *Store) consumeOnce(ctx context.Context, op quota.ConsumeOp) (quota.Cons
 	var res quota.ConsumeResult
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var claimed bool
-		err := tx.QueryRow(ctx, claimIdempotencySQL, op.Key.Subject, op.IdempotencyKey, op.RequestHash, op.At).Scan(&claimed)
+		err := tx.QueryRow(ctx, claimIdempotencySQL, op.Key.Subject, op.IdempotencyKey, op.RequestHash, op.At, op.EventID).Scan(&claimed)
 		if errors.Is(err, pgx.ErrNoRows) {
 			res, err = firstResult(ctx, tx, op)
 			return err
@@ -229,7 +238,7 @@ func firstResult(ctx context.Context, tx pgx.Tx, op quota.ConsumeOp) (quota.Cons
 // Reset implements quota.Counter: the counter goes to 0 and the ledger gets
 // a reset row.
 func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
-	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, quota.NewEventID(at), at, nullTime(key.End))
+	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, quota.NewEventID(at), at, nullTime(key.End), at.UnixMilli())
 	return translate(err)
 }
 

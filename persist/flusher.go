@@ -13,7 +13,8 @@ package persist
 //	                                       DO NOTHING RETURNING event_id: only events Postgres did
 //	                                       not have yet
 //	                                    2. counter upserts from those events only, one row per
-//	                                       (subject, meter, period) per flush
+//	                                       (subject, meter, period) per flush, counting only
+//	                                       events after the row's last reset (stream positions)
 //	                                    3. idempotency answers and provisioned subjects
 //	                                  COMMIT
 //	                                  (step 1 paced: a 1 ms pause every
@@ -31,7 +32,12 @@ package persist
 // step 2 counts only what step 1 inserted, so events that were committed
 // but never acknowledged (crash between COMMIT and Ack) add nothing when
 // they are flushed again, by this flusher or by another one that claimed
-// them.
+// them. Postgres also arbitrates idempotency keys: on the careful path the
+// keys go in first, and an event whose key Postgres holds for another
+// event (taken on the direct path while Redis was unreachable, or by
+// Redis twice) is a duplicate: no ledger row, no count, and its counter is
+// marked stale, so Redis's copy, which counted it, is dropped (OnStale)
+// and reloads from Postgres (see cache/recovery.go).
 //
 // What may block: Claim, Next and Ack wait on Redis, the transaction on
 // Postgres. When Postgres is down the flusher keeps the events in memory
@@ -44,6 +50,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,8 +112,14 @@ type FlusherConfig struct {
 	// AfterCommit, if set, runs between a batch's commit and its Ack. Tests
 	// use it to kill the process at the worst moment.
 	AfterCommit func()
-	Registry    *prometheus.Registry
-	Logger      *slog.Logger
+	// OnStale, if set, runs after a write that marked counters stale (it
+	// met events Postgres counts as duplicates, which Redis counted):
+	// quotad drops Redis's copies of stale counters there (the recovery's
+	// DropStale), so they reload from Postgres. Its failure leaves the
+	// marks for the next recovery.
+	OnStale  func(ctx context.Context) error
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
 }
 
 // Flusher drains Pending into the Store.
@@ -482,7 +495,7 @@ var ledgerColumns = []string{"event_id", "kind", "subject", "meter", "period_sta
 	"model", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "idempotency_key", "created_at", "reservation_id"}
 
 // idempotencyColumns are the idempotency columns a flush copies.
-var idempotencyColumns = []string{"subject", "key", "request_hash", "applied", "amount", "used", "created_at"}
+var idempotencyColumns = []string{"subject", "key", "request_hash", "applied", "amount", "used", "created_at", "event_id"}
 
 var insertLedgerInSQL = `INSERT INTO usage_ledger (` + strings.Join(ledgerColumns, ", ") + `)
 		SELECT ` + strings.Join(ledgerColumns, ", ") + ` FROM ledger_in
@@ -493,77 +506,116 @@ const (
 	// temporary table first, and only the events the ledger did not have
 	// are counted (RETURNING).
 	createLedgerInSQL = `CREATE TEMP TABLE ledger_in (LIKE usage_ledger INCLUDING DEFAULTS) ON COMMIT DROP`
-	// addCountersSQL adds each row's sum; resetCountersSQL sets each row to
-	// the sum of what came after its reset.
-	// Both go in key order, and a flush's first statement locks every
-	// counter it touches (upsertCounters): two flushers (two instances)
-	// writing counters they share take the rows' locks in the same order
-	// and cannot deadlock (TestConcurrentFlushesDoNotDeadlock; Postgres
-	// aborted one before). Postgres also walks the index in order: sorting
-	// 10,000 rows costs it ~3 ms and saved ~10 ms of a ~49 ms upsert.
-	addCountersSQL = `INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
-		ORDER BY 1, 2, 3 ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = c.used + EXCLUDED.used, updated_at = now()`
-	resetCountersSQL = `INSERT INTO counters AS c (subject, meter, period_start, period_end, used)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
-		ORDER BY 1, 2, 3 ON CONFLICT (subject, meter, period_start) DO UPDATE SET used = EXCLUDED.used, updated_at = now()`
-	insertIdempotencySQL = `INSERT INTO idempotency (subject, key, request_hash, applied, amount, used, created_at)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bigint[], $6::bigint[], $7::timestamptz[])
-		ON CONFLICT (subject, key) DO NOTHING`
+	// addCountersSQL writes a flush's counters, one row each: used, the
+	// sum of the counted events after the flush's last reset of the row
+	// (all of them without one); reset_ms, reset_seq, that reset's place
+	// in the stream (0, 0 for none); l2_stale, whether Redis's copy
+	// counted a duplicate. A reset newer than the row's sets the row to
+	// the sum; else the sum is added, and a row whose last reset is newer
+	// than the flush's comes back (rows ever reset come back) so that
+	// events from before that reset are taken off again (a batch replayed
+	// after it, or flushed by a slower flusher: see upsertCounters).
+	// Rows go in key order, every counter of a flush in this one
+	// statement: two flushers (two instances) writing counters they share
+	// take the rows' locks in the same order and cannot deadlock
+	// (TestConcurrentFlushesDoNotDeadlock). Postgres also walks the index
+	// in order (sorting 10,000 rows costs it ~3 ms).
+	addCountersSQL = `WITH up AS (
+		INSERT INTO counters AS c (subject, meter, period_start, period_end, used, reset_ms, reset_seq, l2_stale)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bool[])
+		ORDER BY 1, 2, 3 ON CONFLICT (subject, meter, period_start) DO UPDATE SET
+			used = CASE WHEN (EXCLUDED.reset_ms, EXCLUDED.reset_seq) > (c.reset_ms, c.reset_seq) THEN EXCLUDED.used ELSE c.used + EXCLUDED.used END,
+			reset_ms = CASE WHEN (EXCLUDED.reset_ms, EXCLUDED.reset_seq) > (c.reset_ms, c.reset_seq) THEN EXCLUDED.reset_ms ELSE c.reset_ms END,
+			reset_seq = CASE WHEN (EXCLUDED.reset_ms, EXCLUDED.reset_seq) > (c.reset_ms, c.reset_seq) THEN EXCLUDED.reset_seq ELSE c.reset_seq END,
+			l2_stale = c.l2_stale OR EXCLUDED.l2_stale, updated_at = now()
+		RETURNING subject, meter, period_start, reset_ms, reset_seq
+	)
+	SELECT subject, meter, period_start, reset_ms, reset_seq FROM up WHERE reset_ms > 0 OR reset_seq > 0`
+	// takeBackSQL takes off a row's count what a flush added from before
+	// the row's last reset; the flush holds the rows already.
+	takeBackSQL = `UPDATE counters AS c SET used = c.used - k.u
+		FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[]) AS k(s, m, ps, u)
+		WHERE c.subject = k.s AND c.meter = k.m AND c.period_start = k.ps`
+	// insertIdempotencySQL: a key Postgres holds from more than a day
+	// before the event is a new use of it and is taken over. Answers the
+	// keys taken.
+	insertIdempotencySQL = `INSERT INTO idempotency AS i (subject, key, request_hash, applied, amount, used, created_at, event_id)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bigint[], $6::bigint[], $7::timestamptz[], $8::text[])
+		ON CONFLICT (subject, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, applied = EXCLUDED.applied,
+			amount = EXCLUDED.amount, used = EXCLUDED.used, created_at = EXCLUDED.created_at, event_id = EXCLUDED.event_id, l2_stale = false
+			WHERE i.created_at < EXCLUDED.created_at - interval '24 hours'
+		RETURNING subject, key`
+	// keyHoldersSQL answers which event holds each key.
+	keyHoldersSQL = `SELECT i.subject, i.key, coalesce(i.event_id, '') FROM idempotency i
+		JOIN unnest($1::text[], $2::text[]) AS k(s, key) ON i.subject = k.s AND i.key = k.key`
 	insertSubjectsSQL = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides)
 		SELECT s, p, a, '{}' FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t(s, p, a)
 		ON CONFLICT (subject) DO NOTHING`
 )
 
 // Write applies events to Postgres in one transaction, skipping events it
-// already has. Events must be in queue order (a reset cuts the sum).
+// already has and events whose idempotency key it holds for another event.
 //
 // The ledger rows go in with COPY, the cheapest way into Postgres, and the
 // ledger's primary key on event_id refuses the whole flush if any event is
 // there already. That happens only to a flush written before and never
 // acknowledged (a crash between commit and ack), or holding an event the
-// Postgres fallback path took; then the flush is written again the careful
-// way, counting only the events the ledger did not have. Either way each
-// event counts once.
+// Postgres fallback path took; so does the keys' COPY for a key Postgres
+// holds. Then the flush is written again the careful way, counting only
+// the events the ledger did not have and whose keys are theirs. Either way
+// each event counts once, and each key once.
 func (f *Flusher) Write(ctx context.Context, events []quota.Event) error {
-	err := f.write(ctx, events, false)
+	stale, err := f.write(ctx, events, false)
 	if isDuplicateEvent(err) || isDuplicateKey(err) {
-		err = f.write(ctx, events, true)
+		stale, err = f.write(ctx, events, true)
+	}
+	if err == nil && stale && f.cfg.OnStale != nil {
+		if serr := f.cfg.OnStale(ctx); serr != nil {
+			f.cfg.Logger.Warn("flush: dropping redis's copies of counters that counted duplicates failed; the next recovery does", "err", serr)
+		}
 	}
 	return translate(err)
 }
 
-func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) error {
+// write writes events in one transaction and answers whether it marked
+// counters stale (it met duplicates by key).
+func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) (bool, error) {
 	if dedup {
 		// The ledger takes an event id once; so must the counters. The
 		// fast path cannot hold one twice (its COPY would be refused).
 		events = firstOfEachEvent(events)
 	}
 	rows := map[string]int{} // by table, for the metric once committed
+	var stale bool
 	err := pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
 		var fresh map[string]bool // nil: every event is new
+		var dupes map[string]bool // events whose key Postgres holds for another event
 		var err error
 		if dedup {
-			fresh, err = f.insertLedgerDedup(ctx, tx, events, rows)
+			if dupes, err = f.insertKeysDedup(ctx, tx, events, rows); err != nil {
+				return err
+			}
+			fresh, err = f.insertLedgerDedup(ctx, tx, events, dupes, rows)
 		} else {
 			var n int64
-			n, err = f.copyLedger(ctx, tx, "usage_ledger", events)
+			n, err = f.copyLedger(ctx, tx, "usage_ledger", events, nil)
 			rows["usage_ledger"] += int(n)
 		}
 		if err != nil {
 			return err
 		}
-		if err := f.upsertCounters(ctx, tx, events, fresh, rows); err != nil {
+		if err := f.upsertCounters(ctx, tx, events, fresh, dupes, rows); err != nil {
 			return err
 		}
-		return f.insertExtras(ctx, tx, events, fresh, dedup, rows)
+		stale = len(dupes) > 0
+		return f.insertExtras(ctx, tx, events, dedup, rows)
 	})
 	if err == nil {
 		for table, n := range rows {
 			f.m.rows.WithLabelValues(table).Add(float64(n))
 		}
 	}
-	return err
+	return stale, err
 }
 
 // firstOfEachEvent answers events without the repeats of an event id
@@ -583,12 +635,91 @@ func firstOfEachEvent(events []quota.Event) []quota.Event {
 // isNew reports whether the event is one the ledger did not have.
 func isNew(fresh map[string]bool, e *quota.Event) bool { return fresh == nil || fresh[e.ID] }
 
-// copyLedger copies the ledger rows of events into table and answers how
-// many it copied.
-func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, events []quota.Event) (int64, error) {
+// keyed reports whether e takes an idempotency key in Postgres.
+func keyed(e *quota.Event) bool { return e.Kind == quota.EventConsume && e.IdempotencyKey != "" }
+
+// insertKeysDedup writes the idempotency keys of a flush on the careful
+// path, before anything else of it, and answers the events that are
+// duplicates: their key Postgres holds for another event (the direct path
+// took it while Redis was unreachable, or Redis took it twice, having
+// lost it in between), or another event of the flush took it first. A
+// key held for the event itself is a replay, which the ledger dedups.
+// A concurrent direct write of the same key is waited for by the insert
+// and then seen by the read after it.
+func (f *Flusher) insertKeysDedup(ctx context.Context, tx pgx.Tx, events []quota.Event, rows map[string]int) (map[string]bool, error) {
+	type skey struct{ subject, key string }
+	first := map[skey]string{} // the event of the flush that takes the key
+	dupes := map[string]bool{}
+	var sub, key, hash, ids []string
+	var applied []bool
+	var amount, used []int64
+	var at []time.Time
+	for i := range events {
+		e := &events[i]
+		if !keyed(e) {
+			continue
+		}
+		k := skey{e.Subject, e.IdempotencyKey}
+		if id, seen := first[k]; seen {
+			if id != e.ID {
+				dupes[e.ID] = true
+			}
+			continue
+		}
+		first[k] = e.ID
+		sub, key, hash, ids = append(sub, e.Subject), append(key, e.IdempotencyKey), append(hash, e.RequestHash), append(ids, e.ID)
+		applied, amount, used, at = append(applied, true), append(amount, e.Amount), append(used, e.Used), append(at, e.At)
+	}
+	if len(sub) == 0 {
+		return dupes, nil
+	}
+	taken, err := tx.Query(ctx, insertIdempotencySQL, sub, key, hash, applied, amount, used, at, ids)
+	if err != nil {
+		return nil, fmt.Errorf("insert idempotency keys: %w", err)
+	}
+	got, err := pgx.CollectRows(taken, func(r pgx.CollectableRow) (skey, error) {
+		var k skey
+		err := r.Scan(&k.subject, &k.key)
+		return k, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("insert idempotency keys: %w", err)
+	}
+	rows["idempotency"] += len(got)
+	if len(got) == len(sub) {
+		return dupes, nil
+	}
+	for _, k := range got {
+		delete(first, k)
+	}
+	var hs, hk []string
+	for k := range first {
+		hs, hk = append(hs, k.subject), append(hk, k.key)
+	}
+	held, err := tx.Query(ctx, keyHoldersSQL, hs, hk)
+	if err != nil {
+		return nil, fmt.Errorf("read idempotency keys: %w", err)
+	}
+	var k skey
+	var holder string
+	_, err = pgx.ForEachRow(held, []any{&k.subject, &k.key, &holder}, func() error {
+		if id := first[k]; id != holder {
+			dupes[id] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read idempotency keys: %w", err)
+	}
+	return dupes, nil
+}
+
+// copyLedger copies the ledger rows of events, but those in skip, into
+// table and answers how many it copied.
+func (f *Flusher) copyLedger(ctx context.Context, tx pgx.Tx, table string, events []quota.Event, skip map[string]bool) (int64, error) {
 	ledger := make([]*quota.Event, 0, len(events))
 	for i := range events {
-		if events[i].Kind != quota.EventProvision {
+		if events[i].Kind != quota.EventProvision && !skip[events[i].ID] {
 			ledger = append(ledger, &events[i])
 		}
 	}
@@ -698,13 +829,13 @@ func (p pacer) row(i int) {
 	yieldEvery(i)
 }
 
-// insertLedgerDedup writes the ledger rows Postgres does not have yet and
-// answers their event ids.
-func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quota.Event, rows map[string]int) (map[string]bool, error) {
+// insertLedgerDedup writes the ledger rows Postgres does not have yet,
+// but those of duplicates, and answers their event ids.
+func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quota.Event, dupes map[string]bool, rows map[string]int) (map[string]bool, error) {
 	if _, err := tx.Exec(ctx, createLedgerInSQL); err != nil {
 		return nil, fmt.Errorf("create ledger_in: %w", err)
 	}
-	if _, err := f.copyLedger(ctx, tx, "ledger_in", events); err != nil {
+	if _, err := f.copyLedger(ctx, tx, "ledger_in", events, dupes); err != nil {
 		return nil, err
 	}
 	inserted, err := tx.Query(ctx, insertLedgerInSQL)
@@ -726,23 +857,48 @@ func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quo
 // counterDelta is what one batch does to one counter.
 type counterDelta struct {
 	key   quota.CounterKey
-	sum   int64
-	reset bool // the counter was reset in this batch; sum counts from the reset
+	sum   int64     // the counted consumes after reset (all of them without one)
+	reset streamPos // the batch's last reset of the counter; zero: none
+	stale bool      // Redis's copy counted a duplicate
 }
 
-func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool, rows map[string]int) error {
+// streamPos is an event's place in the pending stream: its entry's id,
+// <ms>-<seq>. Events of one entry share it (an entry holding a reset holds
+// nothing else).
+type streamPos struct{ ms, seq int64 }
+
+func (p streamPos) after(q streamPos) bool { return p.ms > q.ms || p.ms == q.ms && p.seq > q.seq }
+
+// positionOf answers the stream position of events[i]: its entry's id;
+// for an event that has none (written by a test or a tool, not read from
+// the stream), its time and its place in the flush.
+func positionOf(events []quota.Event, i int) streamPos {
+	ms, seq, ok := strings.Cut(events[i].Ref, "-")
+	if ok {
+		m, err1 := strconv.ParseInt(ms, 10, 64)
+		q, err2 := strconv.ParseInt(seq, 10, 64)
+		if err1 == nil && err2 == nil {
+			return streamPos{m, q}
+		}
+	}
+	return streamPos{events[i].At.UnixMilli(), int64(i)}
+}
+
+// upsertCounters writes the counters of a flush (addCountersSQL). A reset
+// counts only the consumes after it in the stream, whatever the order of
+// the flushes that bring them: a batch of events from before a reset that
+// is flushed after it (replayed after a crash, claimed from a dead
+// flusher, or slower than another flusher's batch holding the reset)
+// adds nothing to the counter. Duplicates by key (dupes) count nothing and
+// mark their counter stale in Redis.
+func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh, dupes map[string]bool, rows map[string]int) error {
 	type id struct {
 		subject, meter string
 		start          int64
 	}
 	deltas := map[id]*counterDelta{}
 	var order []*counterDelta
-	for i := range events {
-		yieldEvery(i)
-		e := &events[i]
-		if e.Kind == quota.EventProvision || !isNew(fresh, e) {
-			continue
-		}
+	delta := func(e *quota.Event) *counterDelta {
 		k := id{e.Subject, e.Meter, e.Start.UnixNano()}
 		d := deltas[k]
 		if d == nil {
@@ -750,8 +906,32 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 			deltas[k] = d
 			order = append(order, d)
 		}
-		if e.Kind == quota.EventReset {
-			d.sum, d.reset = 0, true
+		return d
+	}
+	// Resets first: a consume counts if it comes after its counter's last
+	// reset of the batch, wherever it stands in the batch.
+	for i := range events {
+		if e := &events[i]; e.Kind == quota.EventReset && isNew(fresh, e) {
+			if d, p := delta(e), positionOf(events, i); p.after(d.reset) {
+				d.reset = p
+			}
+		}
+	}
+	for i := range events {
+		yieldEvery(i)
+		e := &events[i]
+		if e.Kind != quota.EventConsume {
+			continue
+		}
+		if dupes[e.ID] {
+			delta(e).stale = true
+			continue
+		}
+		if !isNew(fresh, e) {
+			continue
+		}
+		d := delta(e)
+		if d.reset != (streamPos{}) && !positionOf(events, i).after(d.reset) {
 			continue
 		}
 		if d.sum > (1<<63-1)-e.Amount {
@@ -759,51 +939,77 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 		}
 		d.sum += e.Amount
 	}
-	// First every counter the flush touches, in one statement, in key
-	// order (see addCountersSQL): a reset counter adds 0 there, so that
-	// its row is locked in that order too, and the resets, second, only
-	// set rows this transaction holds already.
-	for _, resets := range []bool{false, true} {
-		var subjects, meters []string
-		var starts []time.Time
-		var ends []*time.Time
-		var sums []int64
-		for _, d := range order {
-			if resets && !d.reset {
-				continue
-			}
-			sum := d.sum
-			if d.reset && !resets {
-				sum = 0
-			}
-			subjects, meters, starts = append(subjects, d.key.Subject), append(meters, d.key.Meter), append(starts, d.key.Start)
-			ends, sums = append(ends, nullTime(d.key.End)), append(sums, sum)
+	if len(order) == 0 {
+		return nil
+	}
+	n := len(order)
+	subjects, meters, starts := make([]string, n), make([]string, n), make([]time.Time, n)
+	ends, sums := make([]*time.Time, n), make([]int64, n)
+	resetMS, resetSeq, stale := make([]int64, n), make([]int64, n), make([]bool, n)
+	for i, d := range order {
+		subjects[i], meters[i], starts[i], ends[i], sums[i] = d.key.Subject, d.key.Meter, d.key.Start, nullTime(d.key.End), d.sum
+		resetMS[i], resetSeq[i], stale[i] = d.reset.ms, d.reset.seq, d.stale
+	}
+	reset, err := tx.Query(ctx, addCountersSQL, subjects, meters, starts, ends, sums, resetMS, resetSeq, stale)
+	if err != nil {
+		return fmt.Errorf("upsert counters: %w", err)
+	}
+	// Rows whose last reset is newer than the batch's: what the batch
+	// added from before it is taken back.
+	later := map[id]streamPos{}
+	var k id
+	var start time.Time
+	var p streamPos
+	_, err = pgx.ForEachRow(reset, []any{&k.subject, &k.meter, &start, &p.ms, &p.seq}, func() error {
+		k.start = start.UnixNano()
+		if d := deltas[k]; d != nil && p.after(d.reset) {
+			later[k] = p
 		}
-		if len(subjects) == 0 {
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("upsert counters: %w", err)
+	}
+	rows["counters"] += n
+	if len(later) == 0 {
+		return nil
+	}
+	back := map[id]int64{}
+	for i := range events {
+		e := &events[i]
+		if e.Kind != quota.EventConsume || dupes[e.ID] || !isNew(fresh, e) {
 			continue
 		}
-		sql := addCountersSQL
-		if resets {
-			sql = resetCountersSQL
+		k := id{e.Subject, e.Meter, e.Start.UnixNano()}
+		if last, ok := later[k]; ok && positionOf(events, i).after(deltas[k].reset) && !positionOf(events, i).after(last) {
+			back[k] += e.Amount
 		}
-		if _, err := tx.Exec(ctx, sql, subjects, meters, starts, ends, sums); err != nil {
-			return fmt.Errorf("upsert counters: %w", err)
+	}
+	var bs, bm []string
+	var bps []time.Time
+	var bu []int64
+	for k, u := range back {
+		if u > 0 {
+			bs, bm, bps, bu = append(bs, k.subject), append(bm, k.meter), append(bps, time.Unix(0, k.start)), append(bu, u)
 		}
-		if !resets { // the first statement has every counter; a reset one is not another row
-			rows["counters"] += len(subjects)
+	}
+	if len(bs) > 0 {
+		if _, err := tx.Exec(ctx, takeBackSQL, bs, bm, bps, bu); err != nil {
+			return fmt.Errorf("take back usage from before a reset: %w", err)
 		}
 	}
 	return nil
 }
 
-// insertExtras writes the provisioned subjects and the idempotency keys
-// of a flush. The keys go in with COPY, the cheapest way (a keyed consume
-// cost about twice an unkeyed one in the flush with an INSERT ... ON
-// CONFLICT); a key Postgres has already (taken on the direct path too, or
-// reused after its day) refuses the COPY, and the flush is written again
-// the careful way (dedup), which keeps the first row.
-func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh map[string]bool, dedup bool, rows map[string]int) error {
-	var isub, ikey, ihash []string
+// insertExtras writes the provisioned subjects of a flush and, on the
+// fast path, its idempotency keys (the careful path wrote them first:
+// insertKeysDedup). The keys go in with COPY, the cheapest way (a keyed
+// consume cost about twice an unkeyed one in the flush with an INSERT ...
+// ON CONFLICT); a key Postgres has already (taken on the direct path too,
+// or reused after its day) refuses the COPY, and the flush is written
+// again the careful way.
+func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Event, dedup bool, rows map[string]int) error {
+	var isub, ikey, ihash, iid []string
 	var iapplied []bool
 	var iamount, iused []int64
 	var iat []time.Time
@@ -814,8 +1020,8 @@ func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Ev
 		switch {
 		case e.Kind == quota.EventProvision && e.Settings != nil:
 			psub, pplan, panchor = append(psub, e.Settings.ID), append(pplan, e.Settings.Plan), append(panchor, e.Settings.CycleAnchor)
-		case e.Kind == quota.EventConsume && e.IdempotencyKey != "" && isNew(fresh, e):
-			isub, ikey, ihash = append(isub, e.Subject), append(ikey, e.IdempotencyKey), append(ihash, e.RequestHash)
+		case keyed(e) && !dedup:
+			isub, ikey, ihash, iid = append(isub, e.Subject), append(ikey, e.IdempotencyKey), append(ihash, e.RequestHash), append(iid, e.ID)
 			iapplied, iamount, iused, iat = append(iapplied, true), append(iamount, e.Amount), append(iused, e.Used), append(iat, e.At)
 		}
 	}
@@ -825,18 +1031,13 @@ func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Ev
 		}
 		rows["subjects"] += len(psub)
 	}
-	if len(isub) > 0 && !dedup {
+	if len(isub) > 0 {
 		// So that the Postgres fallback path knows keys first seen in Redis.
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"idempotency"}, idempotencyColumns, pgx.CopyFromSlice(len(isub), func(i int) ([]any, error) {
-			return []any{isub[i], ikey[i], ihash[i], iapplied[i], iamount[i], iused[i], iat[i]}, nil
+			return []any{isub[i], ikey[i], ihash[i], iapplied[i], iamount[i], iused[i], iat[i], iid[i]}, nil
 		}))
 		if err != nil {
 			return fmt.Errorf("copy idempotency keys: %w", err)
-		}
-		rows["idempotency"] += len(isub)
-	} else if len(isub) > 0 {
-		if _, err := tx.Exec(ctx, insertIdempotencySQL, isub, ikey, ihash, iapplied, iamount, iused, iat); err != nil {
-			return fmt.Errorf("insert idempotency keys: %w", err)
 		}
 		rows["idempotency"] += len(isub)
 	}

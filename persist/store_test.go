@@ -558,9 +558,11 @@ func TestPacedFlushCountsEveryEvent(t *testing.T) {
 }
 
 // TestFlushOfAKeyPostgresHas: a flush whose idempotency key Postgres took
-// already (on the direct path, while Redis was unreachable) is refused by
-// the keys' COPY and written again the careful way: every new event
-// counts once, and the key keeps its first answer.
+// already for another event (on the direct path, while Redis was
+// unreachable) is refused by the keys' COPY and written again the careful
+// way: the event of the key Postgres holds is a duplicate (no ledger row,
+// no count; its counter is marked stale, as Redis counted it), every other
+// new event counts once, and the key keeps its first answer.
 func TestFlushOfAKeyPostgresHas(t *testing.T) {
 	st := newStore(t)
 	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
@@ -580,13 +582,22 @@ func TestFlushOfAKeyPostgresHas(t *testing.T) {
 		t.Fatal(err)
 	}
 	var used, rows, keys, firstUsed int64
+	var stale bool
 	if err := st.Pool().QueryRow(ctx, `SELECT (SELECT used FROM counters WHERE subject = $1), (SELECT count(*) FROM usage_ledger WHERE subject = $1),
-		(SELECT count(*) FROM idempotency WHERE subject = $1), (SELECT used FROM idempotency WHERE subject = $1 AND key = 'k-1')`, key.Subject).
-		Scan(&used, &rows, &keys, &firstUsed); err != nil {
+		(SELECT count(*) FROM idempotency WHERE subject = $1), (SELECT used FROM idempotency WHERE subject = $1 AND key = 'k-1'),
+		(SELECT l2_stale FROM counters WHERE subject = $1)`, key.Subject).
+		Scan(&used, &rows, &keys, &firstUsed, &stale); err != nil {
 		t.Fatal(err)
 	}
-	if used != 5+3+5+7 || rows != 4 || keys != 2 || firstUsed != 5 {
-		t.Fatalf("counter %d, ledger rows %d, keys %d, k-1's used %d; want 20, 4, 2, 5", used, rows, keys, firstUsed)
+	if used != 5+3+7 || rows != 3 || keys != 2 || firstUsed != 5 || !stale {
+		t.Fatalf("counter %d, ledger rows %d, keys %d, k-1's used %d, stale %v; want 15, 3, 2, 5, true", used, rows, keys, firstUsed, stale)
+	}
+	// Written again (a replay): nothing changes.
+	if err := f.Write(ctx, []quota.Event{ev("ev-a", "k-0", 3), ev("ev-b", "k-1", 5), ev("ev-c", "", 7)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Pool().QueryRow(ctx, `SELECT used FROM counters WHERE subject = $1`, key.Subject).Scan(&used); err != nil || used != 15 {
+		t.Fatalf("after a replay: counter %d (%v), want 15", used, err)
 	}
 }
 
