@@ -158,3 +158,45 @@ func TestIdempotencyKeyAcrossTheDirectPath(t *testing.T) {
 		})
 	}
 }
+
+// TestLateDirectWriteIsSwept: a direct write that Postgres commits after
+// the recovery ran (its client gave up at DirectTimeout; a frozen
+// Postgres still commits what it was sent) marks its counter stale with
+// no recovery left to take the mark. The sweep drops Redis's copy, which
+// reloads with the write, and copies its idempotency key into Redis.
+func TestLateDirectWriteIsSwept(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := cache.NewHealth(e.rdb, discard)
+	x := cache.NewCounter(ctx, e.rdb, e.store, h, discard)
+	h.Start(ctx, x.DropStale)
+	k := key
+	k.Subject = "user:late-direct"
+	if _, err := x.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "late-0", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := persist.NewFlusher(e.store, cache.NewPending(e.rdb, "late"), persist.FlusherConfig{}).Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	late := quota.ConsumeOp{Key: k, Amount: 5, EventID: "late-1", IdempotencyKey: "k-late", RequestHash: "h", At: time.Now()}
+	if _, err := e.store.Consume(ctx, late); err != nil { // as the late commit of a direct write
+		t.Fatal(err)
+	}
+	go cache.SweepStale(ctx, h, 100*time.Millisecond, x.DropStale, discard)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		used, err := x.Used(ctx, quota.UsageRead{Key: k})
+		if err == nil && used.Used == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis reads %d (%v) 5 s after the late write, want 6 (1 + 5)", used.Used, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	late.EventID = "late-retry"
+	if res, err := x.Consume(ctx, late); err != nil || !res.Duplicate {
+		t.Fatalf("the client's retry through redis: %+v (%v), want a duplicate", res, err)
+	}
+}

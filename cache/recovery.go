@@ -38,16 +38,21 @@ package cache
 // An op whose outcome in Redis is unknown (its reply was lost) is not run
 // there again (redisOrDirect).
 //
+// Marks set after the recovery that should have taken them (a direct
+// write committed after its client gave up, another instance's direct
+// writes) are taken by SweepStale, every few seconds while Redis is up.
+//
 // Known windows (docs/failures.md, "Windows still open"): an enforce
-// consume on a direct path does not see usage unflushed in Redis; a direct
-// write that commits after its client gave up; a subject provisioned on a
-// direct path while its provisioning in Redis waits in the stream.
+// consume on a direct path does not see usage unflushed in Redis; a
+// subject provisioned on a direct path while its provisioning in Redis
+// waits in the stream.
 
 import (
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -339,4 +344,33 @@ func (c *Counter) restoreIdempotency(ctx context.Context) error {
 	}
 	c.log.Info("copied idempotency keys taken while redis was unreachable", "keys", len(recs))
 	return c.src.ClearStaleIdempotency(ctx, recs)
+}
+
+// SweepStale runs drop (the recovery's steps: DropStale of counters and
+// settings) every interval while Redis is up, until ctx ends. A stale
+// mark can be set after the recovery that should have taken it: a direct
+// write whose client gave up at DirectTimeout and that Postgres committed
+// later (the deadline is the client's; a frozen server still commits what
+// it was sent), or a direct write of another instance still cut off from
+// Redis. Swept, Redis's copy is dropped within an interval instead of at
+// the next outage. The looks are two queries on partial indexes.
+func SweepStale(ctx context.Context, h *Health, interval time.Duration, drop func(context.Context) error, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !h.Up() {
+			continue // the recovery does it before Redis is used again
+		}
+		dctx, cancel := context.WithTimeout(ctx, interval)
+		err := drop(dctx)
+		cancel()
+		if err != nil && !h.Failed(err) {
+			log.Warn("sweep of stale copies failed; retrying", "err", err)
+		}
+	}
 }

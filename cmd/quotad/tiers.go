@@ -107,14 +107,17 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 			redisUp.Set(0)
 		}
 	}
+	dropStale := func(ctx context.Context) error {
+		if err := l2.DropStale(ctx); err != nil {
+			return err
+		}
+		return settings.DropStale(ctx)
+	}
 	health.Start(bg, func(ctx context.Context) error {
 		// Counters and subject settings Postgres took directly while
 		// Redis was away are stale in Redis; and invalidations may have
 		// been missed.
-		if err := l2.DropStale(ctx); err != nil {
-			return err
-		}
-		if err := settings.DropStale(ctx); err != nil {
+		if err := dropStale(ctx); err != nil {
 			return err
 		}
 		snaps.Clear()
@@ -122,6 +125,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		keys.received()
 		return nil
 	})
+	go cache.SweepStale(bg, health, staleSweep, dropStale, log)
 	if health.Up() {
 		redisUp.Set(1)
 	}
@@ -255,6 +259,10 @@ func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
 	}
 	return r
 }
+
+// staleSweep is how often an instance on Redis drops Redis's copies of
+// what Postgres marked stale since the last recovery (cache.SweepStale).
+const staleSweep = 2 * time.Second
 
 // redisMemoryWarn is the share of Redis's maxmemory above which /readyz
 // says degraded.
