@@ -213,41 +213,50 @@ func fastCheck(b []byte, req *quota.CheckRequest) bool {
 	}, nil)
 }
 
+// usage scans a usage object into *dst (a Usage, priced by the cost
+// book) for the field "usage"; it answers false for any other field, or
+// a second "usage" (encoding/json merges it into the first: left to it).
+func (s *flatScanner) usage(key []byte, dst **quota.Usage) bool {
+	if string(key) != "usage" || *dst != nil {
+		return false
+	}
+	u := &quota.Usage{}
+	*dst = u
+	var seen uint8
+	return s.object(func(key, str []byte, num int64, isStr bool) bool {
+		switch string(key) {
+		case "model":
+			u.Model = string(str)
+			return isStr && once(&seen, 1)
+		case "input_tokens":
+			u.InputTokens = num
+			return !isStr && once(&seen, 2)
+		case "output_tokens":
+			u.OutputTokens = num
+			return !isStr && once(&seen, 4)
+		case "cache_write_tokens":
+			u.CacheWriteTokens = num
+			return !isStr && once(&seen, 8)
+		case "cache_read_tokens":
+			u.CacheReadTokens = num
+			return !isStr && once(&seen, 16)
+		}
+		return false
+	}, nil)
+}
+
 // fastConsume reads a ConsumeRequest, usage included (the priced consume
 // of an LLM message is the common one); ok is false when the slow path
 // must.
 func fastConsume(b []byte, req *quota.ConsumeRequest) bool {
 	s := flatScanner{b: b}
-	usage := func(key []byte) bool {
-		if string(key) != "usage" || req.Usage != nil {
-			return false // a second "usage" merges into the first in encoding/json: leave that to it
-		}
-		u := &quota.Usage{}
-		req.Usage = u
-		var seen uint8
-		return s.object(func(key, str []byte, num int64, isStr bool) bool {
-			switch string(key) {
-			case "model":
-				u.Model = string(str)
-				return isStr && once(&seen, 1)
-			case "input_tokens":
-				u.InputTokens = num
-				return !isStr && once(&seen, 2)
-			case "output_tokens":
-				u.OutputTokens = num
-				return !isStr && once(&seen, 4)
-			case "cache_write_tokens":
-				u.CacheWriteTokens = num
-				return !isStr && once(&seen, 8)
-			case "cache_read_tokens":
-				u.CacheReadTokens = num
-				return !isStr && once(&seen, 16)
-			}
-			return false
-		}, nil)
-	}
+	return s.fields(consumeFields(req), func(key []byte) bool { return s.usage(key, &req.Usage) })
+}
+
+// consumeFields takes a consume's flat fields into req.
+func consumeFields(req *quota.ConsumeRequest) func(key, str []byte, num int64, isStr bool) bool {
 	var seen uint8
-	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
+	return func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
 			req.Subject = string(str)
@@ -266,7 +275,47 @@ func fastConsume(b []byte, req *quota.ConsumeRequest) bool {
 			return !isStr && once(&seen, 16)
 		}
 		return false
-	}, usage)
+	}
+}
+
+// fastReserve reads a ReserveRequest; ok is false when the slow path
+// must.
+func fastReserve(b []byte, req *quota.ReserveRequest) bool {
+	s := flatScanner{b: b}
+	var seen uint8
+	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
+		switch string(key) {
+		case "subject":
+			req.Subject = string(str)
+			return isStr && once(&seen, 1)
+		case "meter":
+			req.Meter = string(str)
+			return isStr && once(&seen, 2)
+		case "idempotency_key":
+			req.IdempotencyKey = string(str)
+			return isStr && once(&seen, 4)
+		case "amount":
+			req.Amount = num
+			return !isStr && once(&seen, 8)
+		case "ttl_seconds":
+			req.TTLSeconds = num
+			return !isStr && once(&seen, 16)
+		}
+		return false
+	}, func(key []byte) bool { return s.usage(key, &req.Usage) })
+}
+
+// fastCommit reads a CommitRequest; ok is false when the slow path must.
+func fastCommit(b []byte, req *quota.CommitRequest) bool {
+	s := flatScanner{b: b}
+	var seen uint8
+	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
+		if string(key) == "amount" {
+			req.Amount = num
+			return !isStr && once(&seen, 1)
+		}
+		return false
+	}, func(key []byte) bool { return s.usage(key, &req.Usage) })
 }
 
 var jsonContentType = []string{"application/json"}
@@ -308,7 +357,13 @@ func appendCheck(b []byte, r *quota.CheckResult) []byte {
 }
 
 func appendConsume(b []byte, r *quota.ConsumeResponse) []byte {
-	b = append(b, `{"applied":`...)
+	return append(appendConsumeFields(append(b, '{'), r), "}\n"...)
+}
+
+// appendConsumeFields appends a consume answer's fields, without braces
+// (a commit's answer embeds them).
+func appendConsumeFields(b []byte, r *quota.ConsumeResponse) []byte {
+	b = append(b, `"applied":`...)
 	b = strconv.AppendBool(b, r.Applied)
 	b = append(b, `,"duplicate":`...)
 	b = strconv.AppendBool(b, r.Duplicate)
@@ -318,6 +373,41 @@ func appendConsume(b []byte, r *quota.ConsumeResponse) []byte {
 	b = append(b, `,"exceeded":`...)
 	b = strconv.AppendBool(b, r.Exceeded)
 	b = append(b, `,"resets_at":`...)
+	return jsonw.TimeOrNull(b, r.ResetsAt.Time)
+}
+
+func appendReserve(b []byte, r *quota.ReserveResponse) []byte {
+	b = append(b, '{')
+	if r.ID != "" {
+		b = append(b, `"id":`...)
+		b = jsonw.String(b, r.ID)
+		b = append(b, ',')
+	}
+	b = append(b, `"granted":`...)
+	b = strconv.AppendBool(b, r.Granted)
+	b = append(b, `,"duplicate":`...)
+	b = strconv.AppendBool(b, r.Duplicate)
+	b = append(b, `,"subject":`...)
+	b = jsonw.String(b, r.Subject)
+	b = append(b, `,"meter":`...)
+	b = jsonw.String(b, r.Meter)
+	b = append(b, `,"amount":`...)
+	b = strconv.AppendInt(b, r.Amount, 10)
+	if r.ExpiresAt != nil {
+		b = append(b, `,"expires_at":`...)
+		b = jsonw.TimeOrNull(b, r.ExpiresAt.Time)
+	}
+	b = appendUsage(b, r.Used, r.Reserved, r.Limit, r.Remaining)
+	b = append(b, `,"resets_at":`...)
 	b = jsonw.TimeOrNull(b, r.ResetsAt.Time)
+	return append(b, "}\n"...)
+}
+
+func appendCommit(b []byte, r *quota.CommitResponse) []byte {
+	b = appendConsumeFields(append(b, '{'), &r.ConsumeResponse)
+	b = append(b, `,"id":`...)
+	b = jsonw.String(b, r.ID)
+	b = append(b, `,"reservation":`...)
+	b = jsonw.String(b, r.Reservation)
 	return append(b, "}\n"...)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,8 @@ func FuzzFastDecode(f *testing.F) {
 		`{"usage":{"model":"m","cache_write_tokens":1,"cache_read_tokens":2},"subject":"u:1"}`, `{"usage":{}}`,
 		`{"usage":{"model":"m"},"usage":{"input_tokens":3}}`, `{"usage":null}`, `{"usage":{"x":1}}`, `{"usage":{"model":1}}`,
 		`{"usage":{"input_tokens":"1"}}`, `{"usage":{"model":"m","input_tokens":-5}}`, `{"usage":{"usage":{}}}`, `{"amount":{}}`,
+		`{"subject":"user:1","amount":500,"ttl_seconds":60,"idempotency_key":"k1"}`, `{"ttl_seconds":1.5}`, `{"ttl_seconds":"60"}`,
+		`{"subject":"u:1","usage":{"model":"m","input_tokens":10},"ttl_seconds":3600}`, `{"amount":3,"amount":4}`, `{"usage":{},"amount":1}`,
 	} {
 		f.Add(s)
 	}
@@ -45,7 +48,25 @@ func FuzzFastDecode(f *testing.F) {
 				t.Fatalf("%q: fast %+v (usage %+v), encoding/json %+v (usage %+v)", body, fr, fr.Usage, sr, sr.Usage)
 			}
 		}
+		agrees(t, body, fastReserve)
+		agrees(t, body, fastCommit)
 	})
+}
+
+// agrees fails when fast takes body and encoding/json (strict) refuses it
+// or reads it differently.
+func agrees[Req any](t *testing.T, body string, fast func([]byte, *Req) bool) {
+	var fr Req
+	if !fast([]byte(body), &fr) {
+		return
+	}
+	var sr Req
+	if err := decodeReader(strings.NewReader(body), &sr); err != nil {
+		t.Fatalf("fast path took %q as %T, encoding/json refuses it: %v", body, fr, err)
+	}
+	if !reflect.DeepEqual(fr, sr) {
+		t.Fatalf("%q: fast %+v, encoding/json %+v", body, fr, sr)
+	}
 }
 
 func TestAppendedAnswersMatchEncodingJSON(t *testing.T) {
@@ -70,4 +91,88 @@ func TestAppendedAnswersMatchEncodingJSON(t *testing.T) {
 			t.Errorf("consume:\n got %s\nwant %s", got, want)
 		}
 	}
+	expires := quota.Time{Time: time.Date(2026, 12, 3, 13, 5, 0, 0, time.FixedZone("x", 3600))}
+	reserves := []quota.ReserveResponse{
+		{ID: "rsv_abc<&>", Granted: true, Subject: "user:42", Meter: "credits", Amount: 500, ExpiresAt: &expires, Used: 7, Reserved: 500, Limit: 2500, Remaining: 1993, ResetsAt: reset},
+		{Subject: "anon:\u2028x", Meter: "m", Amount: 1 << 50, Used: 1<<53 + 1, Limit: 1 << 53},
+		{Granted: true, Duplicate: true, ExpiresAt: &quota.Time{}},
+	}
+	for _, r := range reserves {
+		sameJSON(t, "reserve", appendReserve(nil, &r), r)
+	}
+	commits := []quota.CommitResponse{
+		{ConsumeResponse: consumes[0], ID: "rsv_x", Reservation: "committed"},
+		{ConsumeResponse: consumes[1], ID: `rsv_"y"`, Reservation: "expired"},
+	}
+	for _, c := range commits {
+		sameJSON(t, "commit", appendCommit(nil, &c), c)
+	}
+}
+
+// sameJSON fails unless got is one JSON value, with the fields in
+// encoding/json's order, that decodes to what v encodes to (strings may
+// escape differently: encoding/json escapes <, > and & for HTML).
+func sameJSON(t *testing.T, what string, got []byte, v any) {
+	t.Helper()
+	want, _ := json.Marshal(v)
+	var g, w any
+	dec := json.NewDecoder(bytes.NewReader(got))
+	dec.UseNumber()
+	if err := dec.Decode(&g); err != nil || dec.More() {
+		t.Fatalf("%s: %s is not one JSON value: %v", what, got, err)
+	}
+	dec = json.NewDecoder(bytes.NewReader(want))
+	dec.UseNumber()
+	_ = dec.Decode(&w)
+	if !reflect.DeepEqual(g, w) || !sameKeys(got, want) {
+		t.Errorf("%s:\n got %s\nwant %s", what, got, want)
+	}
+}
+
+// sameKeys says whether a and b name the same top-level keys in the same
+// order.
+func sameKeys(a, b []byte) bool {
+	ka, _, okA := members(bytes.TrimSpace(a))
+	kb, _, okB := members(b)
+	return okA && okB && slices.Equal(ka, kb)
+}
+
+// BenchmarkReservationJSON: a reservation and its commit, read and
+// answered by hand (fast) and by encoding/json (the strict path every
+// body fell to before, and still falls to when the scanner gives up).
+func BenchmarkReservationJSON(b *testing.B) {
+	reserve := []byte(`{"subject":"user:hot-42","amount":5,"idempotency_key":"bench-0123456789abcdef"}`)
+	commit := []byte(`{"amount":4}`)
+	expires := quota.Time{Time: time.Date(2026, 12, 3, 13, 5, 0, 0, time.UTC)}
+	granted := quota.ReserveResponse{ID: "rsv_dXNlcjpob3QtNDIfY3JlZGl0cx8xNzY0NTQ3MjAwHzE3NjcyMjU2MDAfNR8xNzY0NzY3MTAwMDAwHzAxMjM0NTY3ODlhYmNkZWY", Granted: true,
+		Subject: "user:hot-42", Meter: "credits", Amount: 5, ExpiresAt: &expires, Used: 7, Reserved: 5, Limit: 1000000000, Remaining: 999999988, ResetsAt: expires}
+	committed := quota.CommitResponse{ConsumeResponse: quota.ConsumeResponse{Applied: true, Amount: 4, Used: 11, Limit: 1000000000, Remaining: 999999989, ResetsAt: expires},
+		ID: granted.ID, Reservation: "committed"}
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 1024)
+		for b.Loop() {
+			var r quota.ReserveRequest
+			var c quota.CommitRequest
+			if !fastReserve(reserve, &r) || !fastCommit(commit, &c) {
+				b.Fatal("the fast path gave up")
+			}
+			buf = appendReserve(buf[:0], &granted)
+			buf = appendCommit(buf[:0], &committed)
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var r quota.ReserveRequest
+			var c quota.CommitRequest
+			if decodeBytes(reserve, &r) != nil || decodeBytes(commit, &c) != nil {
+				b.Fatal("refused")
+			}
+			var out bytes.Buffer
+			enc := json.NewEncoder(&out)
+			_ = enc.Encode(granted)
+			_ = enc.Encode(committed)
+		}
+	})
 }

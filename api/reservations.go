@@ -60,9 +60,13 @@ func (s *Server) consumeBatch(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
+// Reserve and commit are on the hot path of every metered request (one
+// of each per model call), so they read and write their JSON like check
+// and consume (see fastjson.go).
+
 func (s *Server) reserve(c echo.Context) error {
 	var req quota.ReserveRequest
-	if err := decode(c, &req); err != nil {
+	if err := readHot(c, fastReserve, nil, &req); err != nil {
 		return err
 	}
 	res, err := s.svc.Reserve(c.Request().Context(), req)
@@ -73,7 +77,7 @@ func (s *Server) reserve(c echo.Context) error {
 	if !res.Granted {
 		status = http.StatusOK
 	}
-	return c.JSON(status, res)
+	return writeHot(c, status, appendReserve, &res)
 }
 
 func (s *Server) commit(c echo.Context) error {
@@ -83,7 +87,7 @@ func (s *Server) commit(c echo.Context) error {
 	}
 	var req quota.CommitRequest
 	if c.Request().ContentLength != 0 { // no body: the held amount
-		if err := decode(c, &req); err != nil {
+		if err := readHot(c, fastCommit, nil, &req); err != nil {
 			return err
 		}
 	}
@@ -91,7 +95,7 @@ func (s *Server) commit(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, res)
+	return writeHot(c, http.StatusOK, appendCommit, &res)
 }
 
 func (s *Server) release(c echo.Context) error {

@@ -261,43 +261,54 @@ func explicitAmount(body []byte, req *quota.CheckRequest) error {
 	return nil
 }
 
-// hot serves a hot-path operation: the body is scanned by fast (falling
-// back to strict decoding, then slow's checks when not nil, when it
-// gives up), run answers, and the answer is appended by hand into a
-// pooled buffer.
+// hot serves a hot-path operation: the body is read by readHot, run
+// answers, and writeHot writes the answer with status 200.
 func hot[Req, Res any](c echo.Context, fast func([]byte, *Req) bool, slow func([]byte, *Req) error,
 	run func(context.Context, Req) (Res, error), appendRes func([]byte, *Res) []byte) error {
 	var req Req
-	body, put, err := readBody(c)
-	if err != nil {
-		return err
-	}
-	if body == nil || !fast(body, &req) {
-		var zero Req
-		req = zero
-		if body == nil {
-			body, err = readJSON(c)
-		}
-		if err == nil {
-			err = decodeBytes(body, &req)
-		}
-		if err == nil && slow != nil {
-			err = slow(body, &req)
-		}
-	}
-	if put != nil {
-		put()
-	}
-	if err != nil {
+	if err := readHot(c, fast, slow, &req); err != nil {
 		return err
 	}
 	res, err := run(c.Request().Context(), req)
 	if err != nil {
 		return err
 	}
+	return writeHot(c, http.StatusOK, appendRes, &res)
+}
+
+// readHot reads a hot-path request's body into req: scanned by fast,
+// falling back to strict decoding (then slow's checks when not nil) when
+// fast gives up, so that errors and edge cases answer as on the slow
+// path.
+func readHot[Req any](c echo.Context, fast func([]byte, *Req) bool, slow func([]byte, *Req) error, req *Req) error {
+	body, put, err := readBody(c)
+	if err != nil {
+		return err
+	}
+	if body == nil || !fast(body, req) {
+		var zero Req
+		*req = zero
+		if body == nil {
+			body, err = readJSON(c)
+		}
+		if err == nil {
+			err = decodeBytes(body, req)
+		}
+		if err == nil && slow != nil {
+			err = slow(body, req)
+		}
+	}
+	if put != nil {
+		put()
+	}
+	return err
+}
+
+// writeHot writes res, appended by hand into a pooled buffer.
+func writeHot[Res any](c echo.Context, status int, appendRes func([]byte, *Res) []byte, res *Res) error {
 	bp := bodyPool.Get().(*[]byte)
-	*bp = appendRes((*bp)[:0], &res)
-	err = writeJSON(c, http.StatusOK, *bp)
+	*bp = appendRes((*bp)[:0], res)
+	err := writeJSON(c, status, *bp)
 	bodyPool.Put(bp)
 	return err
 }
