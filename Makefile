@@ -18,6 +18,7 @@ run: build ## install what is missing, start Postgres and Redis under .data/, se
 	  bin/quotad migrate >/dev/null && \
 	  echo "" && \
 	  echo "quotad on http://localhost:8080   dev admin key: $$QUOTAD_ADMIN_KEY" && \
+	  echo "console: http://localhost:8080/console (sign in with the dev admin key)" && \
 	  echo "try:  curl -s localhost:8080/v1/check -H 'Authorization: Bearer $$QUOTAD_ADMIN_KEY' -H 'Content-Type: application/json' -d '{\"subject\":\"user:42\"}'" && \
 	  echo "Ctrl-C stops quotad; make stop stops Postgres and Redis." && echo "" && \
 	  QUOTAD_DEV=1 exec bin/quotad serve

@@ -168,7 +168,7 @@ func TestConsole(t *testing.T) {
 	base := "http://" + q.addr
 	b := newBrowser(t, base)
 	defer b.check(t)
-	subject := fmt.Sprintf("user:console-%d", time.Now().UnixNano()) // the test Redis may outlive a run
+	subject := fmt.Sprintf("user:console-%06d", time.Now().UnixNano()%1_000_000) // the test Redis may outlive a run
 
 	// A wrong key is refused, and counted as a failed authentication.
 	failedBefore := authFailures(t, q)
@@ -201,6 +201,9 @@ func TestConsole(t *testing.T) {
 	if code, _ := q.call(t, "POST", "/v1/consume", `{"subject":"`+subject+`","amount":100}`); code != 200 {
 		t.Fatalf("consume: %d", code)
 	}
+	if code, _ := q.call(t, "PUT", "/v1/subjects/"+subject, `{"limits":{"requests":{"limit":500,"period":"day"}}}`); code != 200 {
+		t.Fatalf("override: %d", code)
+	}
 	b.run(t, "find the subject",
 		chromedp.Navigate(base+"/console/subjects"),
 		chromedp.WaitVisible("#prefix", chromedp.ByID),
@@ -223,12 +226,29 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("consume: %d", code)
 	}
 	b.waitText(t, used, "350", 2*time.Second)
+	if code, _ := q.call(t, "POST", "/v1/reservations", `{"subject":"`+subject+`","amount":300,"ttl_seconds":600}`); code != 201 {
+		t.Fatalf("reserve: %d", code)
+	}
+	b.waitText(t, `li[data-meter="credits"] [data-f="reserved"]`, "300", 2*time.Second)
+	if code, _ := q.call(t, "POST", "/v1/consume", `{"subject":"`+subject+`","meter":"requests","amount":120}`); code != 200 {
+		t.Fatalf("consume requests: %d", code)
+	}
+	b.waitText(t, `li[data-meter="requests"] [data-f="used"]`, "120", 2*time.Second)
 	var same bool
 	b.run(t, "check no reload", chromedp.Evaluate(`window.notReloaded === true`, &same))
 	if !same {
 		t.Error("the page reloaded to show the consume")
 	}
 	b.shots2(t, "subject")
+	if p := os.Getenv("CONSOLE_DOCS_SHOT"); p != "" {
+		// The README's picture: CONSOLE_DOCS_SHOT=$PWD/docs/console-subject.png
+		// go test -run TestConsole ./cmd/quotad
+		var png []byte
+		b.run(t, "docs screenshot", chromedp.EmulateViewport(1000, 560), chromedp.CaptureScreenshot(&png), chromedp.EmulateViewport(1280, 900))
+		if err := os.WriteFile(p, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Change the plan: the new limit shows.
 	b.run(t, "change the plan",
