@@ -42,10 +42,12 @@ package cache
 // write committed after its client gave up, another instance's direct
 // writes) are taken by SweepStale, every few seconds while Redis is up.
 //
+// A subject provisioned on a direct path while its provisioning in Redis
+// waits in the stream keeps Postgres's anchor; the flusher moves the
+// usage counted under Redis's to it (persist.Flusher's followAnchors).
+//
 // Known windows (docs/failures.md, "Windows still open"): an enforce
-// consume on a direct path does not see usage unflushed in Redis; a
-// subject provisioned on a direct path while its provisioning in Redis
-// waits in the stream.
+// consume on a direct path does not see usage unflushed in Redis.
 
 import (
 	"context"

@@ -590,7 +590,10 @@ func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) (
 	err := pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
 		var fresh map[string]bool // nil: every event is new
 		var dupes map[string]bool // events whose key Postgres holds for another event
-		var err error
+		moved, err := f.followAnchors(ctx, tx, events)
+		if err != nil {
+			return err
+		}
 		if dedup {
 			if dupes, err = f.insertKeysDedup(ctx, tx, events, rows); err != nil {
 				return err
@@ -604,10 +607,10 @@ func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) (
 		if err != nil {
 			return err
 		}
-		if err := f.upsertCounters(ctx, tx, events, fresh, dupes, rows); err != nil {
+		if err := f.upsertCounters(ctx, tx, events, fresh, dupes, moved, rows); err != nil {
 			return err
 		}
-		stale = len(dupes) > 0
+		stale = len(dupes) > 0 || len(moved) > 0
 		return f.insertExtras(ctx, tx, events, dedup, rows)
 	})
 	if err == nil {
@@ -854,6 +857,71 @@ func (f *Flusher) insertLedgerDedup(ctx context.Context, tx pgx.Tx, events []quo
 	return fresh, nil
 }
 
+// directAnchorsSQL answers the anchors of the given subjects that were
+// provisioned on the direct path (direct_anchor).
+const directAnchorsSQL = `SELECT subject, cycle_anchor FROM subjects WHERE direct_anchor AND subject = ANY($1::text[])`
+
+// followAnchors moves month usage to its subject's anchor in Postgres.
+// A subject provisioned on an instance's direct path, while Redis was
+// unreachable to it, may also have been provisioned in Redis by another
+// instance with another anchor (its provisioning event not flushed yet):
+// Postgres keeps the row it has, the recovery drops Redis's copy of the
+// subject, and the usage Redis counted meanwhile under the other anchor's
+// month is moved here to the month of the row's anchor that holds its
+// time, so that one subject has one anchor. Events are changed in place
+// (ledger rows too); the moved ones are answered by id, and their
+// counters' Redis copies, which lack them, are marked stale. Months are
+// told by their length: the other periods are a week or shorter.
+func (f *Flusher) followAnchors(ctx context.Context, tx pgx.Tx, events []quota.Event) (map[string]bool, error) {
+	seen := map[string]bool{}
+	var subjects []string
+	for i := range events {
+		e := &events[i]
+		if e.Kind != quota.EventProvision && e.End.Sub(e.Start) > 8*24*time.Hour && !seen[e.Subject] {
+			seen[e.Subject] = true
+			subjects = append(subjects, e.Subject)
+		}
+	}
+	if len(subjects) == 0 {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, directAnchorsSQL, subjects)
+	if err != nil {
+		return nil, fmt.Errorf("read direct anchors: %w", err)
+	}
+	anchors := map[string]time.Time{}
+	var sub string
+	var anchor time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&sub, &anchor}, func() error {
+		anchors[sub] = anchor.UTC()
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read direct anchors: %w", err)
+	}
+	var moved map[string]bool
+	for i := range events {
+		e := &events[i]
+		a, ok := anchors[e.Subject]
+		if !ok || e.Kind == quota.EventProvision || e.End.Sub(e.Start) <= 8*24*time.Hour {
+			continue
+		}
+		at := e.At
+		if at.Before(a) {
+			at = a
+		}
+		start, end := quota.PeriodMonth.Window(a, at)
+		if start.Equal(e.Start) {
+			continue
+		}
+		e.Start, e.End = start, end
+		if moved == nil {
+			moved = map[string]bool{}
+		}
+		moved[e.ID] = true
+	}
+	return moved, nil
+}
+
 // counterDelta is what one batch does to one counter.
 type counterDelta struct {
 	key   quota.CounterKey
@@ -890,8 +958,9 @@ func positionOf(events []quota.Event, i int) streamPos {
 // is flushed after it (replayed after a crash, claimed from a dead
 // flusher, or slower than another flusher's batch holding the reset)
 // adds nothing to the counter. Duplicates by key (dupes) count nothing and
-// mark their counter stale in Redis.
-func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh, dupes map[string]bool, rows map[string]int) error {
+// mark their counter stale in Redis, as do events moved to another
+// counter (moved: see followAnchors), whose Redis copy lacks them.
+func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh, dupes, moved map[string]bool, rows map[string]int) error {
 	type id struct {
 		subject, meter string
 		start          int64
@@ -912,9 +981,11 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 	// reset of the batch, wherever it stands in the batch.
 	for i := range events {
 		if e := &events[i]; e.Kind == quota.EventReset && isNew(fresh, e) {
-			if d, p := delta(e), positionOf(events, i); p.after(d.reset) {
+			d, p := delta(e), positionOf(events, i)
+			if p.after(d.reset) {
 				d.reset = p
 			}
+			d.stale = d.stale || moved[e.ID]
 		}
 	}
 	for i := range events {
@@ -931,6 +1002,7 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 			continue
 		}
 		d := delta(e)
+		d.stale = d.stale || moved[e.ID]
 		if d.reset != (streamPos{}) && !positionOf(events, i).after(d.reset) {
 			continue
 		}

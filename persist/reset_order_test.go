@@ -76,3 +76,50 @@ func TestResetCutsALateBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestUsageFollowsTheDirectAnchor: a subject provisioned in Redis by one
+// instance (anchor a1, its provisioning event not flushed yet) and on
+// another instance's direct path (anchor a2, Postgres has no row yet)
+// keeps Postgres's row, and the usage Redis counted under a1's month
+// moves to a2's month when flushed, its counter marked stale (Redis's
+// copy lacks it): one subject, one anchor, all its usage in its view.
+func TestUsageFollowsTheDirectAnchor(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	f := persist.NewFlusher(st, nil, persist.FlusherConfig{})
+	a1 := time.Now().UTC().Add(-time.Minute).Truncate(time.Second)
+	a2 := a1.Add(5 * time.Second)
+	sub := quota.Subject{ID: "user:two-anchors", Plan: "free", CycleAnchor: a2}
+	if _, err := st.ProvisionSubject(ctx, sub); err != nil {
+		t.Fatal(err)
+	}
+	at := a2.Add(10 * time.Second)
+	s2, e2 := quota.PeriodMonth.Window(a2, at)
+	if _, err := st.Consume(ctx, quota.ConsumeOp{Key: quota.CounterKey{Subject: sub.ID, Meter: "credits", Start: s2, End: e2},
+		Amount: 7, EventID: "direct-1", At: at}); err != nil {
+		t.Fatal(err)
+	}
+	s1, e1 := quota.PeriodMonth.Window(a1, at)
+	redis1 := sub
+	redis1.CycleAnchor = a1
+	if err := f.Write(ctx, []quota.Event{
+		{ID: "prov-1", Kind: quota.EventProvision, Subject: sub.ID, At: a1, Settings: &redis1},
+		{ID: "redis-1", Kind: quota.EventConsume, Subject: sub.ID, Meter: "credits", Start: s1, End: e1, Amount: 3, At: a1.Add(time.Second)},
+		{ID: "redis-2", Kind: quota.EventConsume, Subject: sub.ID, Meter: "credits", Start: s1, End: e1, Amount: 4, At: at},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Subject(ctx, sub.ID)
+	if err != nil || !got.CycleAnchor.Equal(a2) {
+		t.Fatalf("anchor %v (%v), want postgres's %v", got.CycleAnchor, err, a2)
+	}
+	var rows int
+	var used int64
+	var stale bool
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*), max(used), bool_or(l2_stale) FROM counters WHERE subject = $1`, sub.ID).Scan(&rows, &used, &stale); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 || used != 14 || !stale {
+		t.Fatalf("%d counter rows, used %d, stale %v; want one row of a2's month with 7 + 3 + 4, marked stale", rows, used, stale)
+	}
+}

@@ -25,8 +25,10 @@ const (
 	// existing row, so two instances provisioning at once agree on it. A
 	// subject provisioned here (Redis unreachable) is stale in Redis: a
 	// copy another instance provisioned there meanwhile is dropped when
-	// Redis is back, so every instance ends up with this one.
-	provisionSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides, l2_stale) VALUES ($1, $2, $3, $4, true)
+	// Redis is back, so every instance ends up with this one; and usage
+	// counted in Redis under that copy's anchor follows this one when it
+	// is flushed (direct_anchor, see Flusher.followAnchors).
+	provisionSubject = `INSERT INTO subjects (subject, plan, cycle_anchor, overrides, l2_stale, direct_anchor) VALUES ($1, $2, $3, $4, true, true)
 		ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject
 		RETURNING subject, plan, cycle_anchor, overrides`
 	// upsertSubject is an admin change: stale in Redis until the change
