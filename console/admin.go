@@ -32,7 +32,18 @@ type plansData struct {
 }
 
 func (c *Console) plans(w http.ResponseWriter, r *http.Request, s *session) {
-	c.plansPage(w, r, s, http.StatusOK, page{Data: plansData{Meter: quota.DefaultMeter, Period: "month"}})
+	d := plansData{Meter: quota.DefaultMeter, Period: "month"}
+	// ?edit=plan&meter=m fills the form with that meter's limit.
+	if name := r.URL.Query().Get("edit"); name != "" {
+		var pl quota.Plan
+		if err := c.call(r, s.key, http.MethodGet, pathOf("/v1/plans/", name), nil, &pl); err == nil {
+			d.Name = pl.Name
+			if l, ok := pl.Limits[r.URL.Query().Get("meter")]; ok {
+				d.Meter, d.Limit, d.Period, d.Overage = r.URL.Query().Get("meter"), itoa(l.Limit), string(l.Period), l.Overage
+			}
+		}
+	}
+	c.plansPage(w, r, s, http.StatusOK, page{Data: d})
 }
 
 func (c *Console) plansPage(w http.ResponseWriter, r *http.Request, s *session, status int, p page) {
@@ -64,7 +75,11 @@ func (c *Console) putPlan(w http.ResponseWriter, r *http.Request, s *session) {
 		Limit: strings.TrimSpace(r.PostFormValue("limit")), Period: r.PostFormValue("period"), Overage: r.PostFormValue("overage") != "",
 	}
 	refused := func(p *Problem) { c.plansPage(w, r, s, p.Status, page{Data: d, Error: p}) }
+	remove := r.PostFormValue("remove") != ""
 	n, err := strconv.ParseInt(d.Limit, 10, 64)
+	if remove {
+		n, err = 0, nil
+	}
 	if err != nil {
 		refused(&Problem{Status: http.StatusBadRequest, Field: "limits.limit", Detail: "must be a whole number"})
 		return
@@ -80,10 +95,18 @@ func (c *Console) putPlan(w http.ResponseWriter, r *http.Request, s *session) {
 			plan.Limits[m] = l
 		}
 	}
-	plan.Limits[d.Meter] = quota.Limit{Limit: n, Period: quota.Period(d.Period), Overage: d.Overage}
+	msg := "Plan " + d.Name + " saved."
+	if remove {
+		delete(plan.Limits, d.Meter)
+		msg = "Meter " + d.Meter + " removed from plan " + d.Name + "."
+	} else {
+		plan.Limits[d.Meter] = quota.Limit{Limit: n, Period: quota.Period(d.Period), Overage: d.Overage}
+	}
 	if err := c.call(r, s.key, http.MethodPut, pathOf("/v1/plans/", d.Name), plan, nil); err != nil {
 		c.formFailed(w, r, err, func(p *Problem) {
-			if f, ok := strings.CutPrefix(p.Field, "limits."); ok {
+			if p.Field == "limits" {
+				p.Field = "limits.meter" // a meter name the API refused
+			} else if f, ok := strings.CutPrefix(p.Field, "limits."); ok {
 				if i := strings.LastIndexByte(f, '.'); i >= 0 {
 					p.Field = "limits." + f[i+1:]
 				} else {
@@ -94,7 +117,7 @@ func (c *Console) putPlan(w http.ResponseWriter, r *http.Request, s *session) {
 		})
 		return
 	}
-	c.done(w, r, "/plans", "Plan "+d.Name+" saved.")
+	c.done(w, r, "/plans", msg)
 }
 
 func (c *Console) deletePlan(w http.ResponseWriter, r *http.Request, s *session) {
@@ -115,7 +138,26 @@ type pricingData struct {
 var priceFields = []string{"model", "input", "output", "cache_write", "cache_read"}
 
 func (c *Console) pricing(w http.ResponseWriter, r *http.Request, s *session) {
-	c.pricingPage(w, r, s, http.StatusOK, page{})
+	var d pricingData
+	// ?edit=model fills the form with that model's price.
+	if model := r.URL.Query().Get("edit"); model != "" {
+		prices, _ := c.svcPrices(r, s)
+		for _, p := range prices {
+			if p.Model == model {
+				d.Form = map[string]string{"model": p.Model, "input": p.Input.String(), "output": p.Output.String(),
+					"cache_write": p.CacheWrite.String(), "cache_read": p.CacheRead.String()}
+			}
+		}
+	}
+	c.pricingPage(w, r, s, http.StatusOK, page{Data: d})
+}
+
+func (c *Console) svcPrices(r *http.Request, s *session) ([]quota.Price, error) {
+	var book struct {
+		Prices []quota.Price `json:"prices"`
+	}
+	err := c.call(r, s.key, http.MethodGet, "/v1/pricing", nil, &book)
+	return book.Prices, err
 }
 
 func (c *Console) pricingPage(w http.ResponseWriter, r *http.Request, s *session, status int, p page) {

@@ -483,7 +483,9 @@ func (c *Console) subjectSettings(w http.ResponseWriter, r *http.Request, s *ses
 		c.formFailed(w, r, err, func(p *Problem) {
 			// The API names the field by its path in the body
 			// (limits.credits.limit); the form has one of each.
-			if f, ok := strings.CutPrefix(p.Field, "limits."); ok {
+			if p.Field == "limits" {
+				p.Field = "limits.meter" // a meter name the API refused
+			} else if f, ok := strings.CutPrefix(p.Field, "limits."); ok {
 				if i := strings.LastIndexByte(f, '.'); i >= 0 {
 					p.Field = "limits." + f[i+1:]
 				} else {
