@@ -406,7 +406,11 @@ func (c *Console) subjectPage(w http.ResponseWriter, r *http.Request, s *session
 		d.Chart = usageSVG(u, d.Days)
 	}
 	var l ledgerPage
-	if err := c.call(r, s.key, http.MethodGet, pathOf("/v1/subjects/", id, "/ledger")+"?limit=20", nil, &l); err != nil {
+	lq := url.Values{"limit": {"20"}}
+	if cur := r.URL.Query().Get("ledger"); cur != "" {
+		lq.Set("cursor", cur)
+	}
+	if err := c.call(r, s.key, http.MethodGet, pathOf("/v1/subjects/", id, "/ledger")+"?"+lq.Encode(), nil, &l); err != nil {
 		d.LedgerErr = unavailable(err, "ledger")
 	} else {
 		d.Ledger = &l
