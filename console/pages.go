@@ -224,6 +224,11 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 			}
 		}
 	}
+	if c.traffic.stale(c.now()) {
+		// Sampled now too, so that the chart starts from the first look
+		// rather than one period after it.
+		c.sample(r.Context(), s.key)
+	}
 	d.Traffic = c.traffic.rates()
 	c.render(w, r, http.StatusOK, "overview", page{Title: "Overview", Nav: "overview", Data: d})
 }

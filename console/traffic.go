@@ -108,6 +108,13 @@ func label(labels, name string) string {
 	return ""
 }
 
+// stale reports whether the last sample is older than sampleEvery.
+func (t *traffic) stale(now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.samples) == 0 || now.Sub(t.samples[len(t.samples)-1].at) >= sampleEvery
+}
+
 func (t *traffic) add(s sample) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
