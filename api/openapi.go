@@ -49,8 +49,14 @@ func (s *Server) openapiWith(g *schemaGen) map[string]any {
 				params = append(params, map[string]any{"name": name, "in": "path", "required": true, "schema": schema})
 			}
 		}
+		if q, ok := queries[key]; ok {
+			params = append(params, g.queryParams(reflect.TypeOf(q))...)
+		}
 		if params != nil {
 			op["parameters"] = params
+		}
+		if d, ok := descriptions[key]; ok {
+			op["description"] = d
 		}
 		if r.body != nil {
 			op["requestBody"] = map[string]any{
@@ -166,7 +172,7 @@ var errorDescriptions = map[int]string{
 func errorStatuses(r route) []int {
 	var out []int
 	params := strings.Contains(r.path, "/:")
-	if r.body != nil || params {
+	if _, query := queries[r.method+" "+r.path]; r.body != nil || params || query {
 		out = append(out, http.StatusBadRequest)
 	}
 	if r.scope != "" {
@@ -291,6 +297,8 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 		return g.schema(t.Elem())
 	case reflect.Bool:
 		return map[string]any{"type": "boolean"}
+	case reflect.Float64:
+		return map[string]any{"type": "number"}
 	case reflect.Int, reflect.Int64, reflect.Int32:
 		return map[string]any{"type": "integer", "format": "int64"}
 	case reflect.String:
@@ -336,6 +344,21 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 }
 
 func (g *schemaGen) use(rule string) { g.used[rule] = true }
+
+// queryParams describes the fields of struct t as optional query
+// parameters, each with its rule ("<Type>.<field>") if it has one.
+func (g *schemaGen) queryParams(t reflect.Type) []any {
+	var out []any
+	for _, f := range JSONFields(t) {
+		schema := g.schema(f.Type)
+		if rl, ok := rules[t.Name()+"."+f.Name]; ok {
+			schema = withRule(schema, rl.schema)
+			g.use(t.Name() + "." + f.Name)
+		}
+		out = append(out, map[string]any{"name": f.Name, "in": "query", "required": false, "schema": schema})
+	}
+	return out
+}
 
 // withRule returns schema s with a rule's keywords added: beside a $ref
 // (which OpenAPI 3.0 reads alone) through allOf, and numeric bounds of a

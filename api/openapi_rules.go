@@ -61,6 +61,18 @@ var (
 	}
 )
 
+var (
+	cursorSchema = map[string]any{"maxLength": 1024, "pattern": `^[A-Za-z0-9_-]*$`,
+		"description": "next_cursor of the previous page, for the same query; the first page when left out"}
+	pageSchema = map[string]any{"minimum": 1, "maximum": quota.MaxPage,
+		"description": fmt.Sprintf("items per page, 1-%d; %d when left out", quota.MaxPage, quota.DefaultPage)}
+)
+
+// meterQuerySchema is a meter given as a query parameter.
+func meterQuerySchema(description string) map[string]any {
+	return map[string]any{"pattern": meterSchema["pattern"], "description": description}
+}
+
 var rules = map[string]rule{
 	// Anywhere.
 	"subject":   {schema: subjectSchema},
@@ -117,6 +129,30 @@ var rules = map[string]rule{
 	"MeterStatus.overage_used": {schema: map[string]any{"minimum": 0, "description": "usage past the limit"}},
 	"Readiness.status": {schema: map[string]any{"enum": []string{"ok", "degraded", "unavailable"},
 		"description": "degraded: one store is down and quotad serves from the other"}},
+
+	// Listings and history: query parameters, then answers.
+	"subjectsQuery.prefix": {schema: map[string]any{"maxLength": 133, "pattern": `^[A-Za-z0-9._@+:-]*$`,
+		"description": "only subjects whose id starts with this (\"user:\", \"anon:abc\"); every subject when left out"}},
+	"subjectsQuery.order": {schema: map[string]any{"enum": []string{quota.OrderID, quota.OrderUsed, quota.OrderShare},
+		"description": "id (ascending; the default), used (the meter's usage this period, most first) or share (used over the limit, largest first)"}},
+	"subjectsQuery.meter":  {schema: meterQuerySchema("the meter order=used and order=share sort by; \"credits\" when left out")},
+	"subjectsQuery.cursor": {schema: cursorSchema},
+	"subjectsQuery.limit":  {schema: pageSchema},
+	"usageQuery.meter":     {schema: meterQuerySchema("\"credits\" when left out")},
+	"usageQuery.days": {schema: map[string]any{"minimum": 1, "maximum": quota.MaxUsageDays,
+		"description": fmt.Sprintf("days, today included, 1-%d; %d when left out", quota.MaxUsageDays, quota.DefaultUsageDays)}},
+	"ledgerQuery.meter":       {schema: meterQuerySchema("only this meter's events; every meter's when left out")},
+	"ledgerQuery.cursor":      {schema: cursorSchema},
+	"ledgerQuery.limit":       {schema: pageSchema},
+	"subjectList.next_cursor": {schema: map[string]any{"description": "the cursor of the next page; absent on the last"}},
+	"ledgerList.next_cursor":  {schema: map[string]any{"description": "the cursor of the next page; absent on the last"}},
+	"MeterShare.share": {schema: map[string]any{"nullable": true, "minimum": 0,
+		"description": "used over limit (above 1 past the limit); null when the limit is 0"}},
+	"UsageSeries.total":          {schema: countSchema},
+	"DayUsage.day":               {schema: map[string]any{"format": "date", "description": "a UTC day"}},
+	"LedgerEvent.kind":           {schema: map[string]any{"enum": []string{"consume", "reset"}}},
+	"LedgerEvent.reservation_id": {schema: map[string]any{"description": "the reservation a commit settled"}},
+	"LedgerEvent.period_start":   {schema: map[string]any{"description": "the start of the period the event counted in"}},
 
 	// Path parameters.
 	"path:subject": {schema: subjectSchema},

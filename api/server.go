@@ -230,6 +230,7 @@ func (s *Server) table() []route {
 	}
 	rows = append(rows, s.keyRoutes()...)
 	rows = append(rows, s.flowRoutes()...)
+	rows = append(rows, s.subjectRoutes()...)
 	return append(rows, s.eventRoutes()...)
 }
 

@@ -24,7 +24,8 @@ type Stores struct {
 	Subjects Subjects
 	Prices   Prices
 	Counter  Counter
-	Holds    Holds // nil: reservations are unavailable (they need Redis)
+	Holds    Holds   // nil: reservations are unavailable (they need Redis)
+	Reports  Reports // nil: listings and history answer ErrUnavailable
 }
 
 // Service answers every quota operation. It holds no usage itself: every
@@ -36,6 +37,7 @@ type Service struct {
 	prices   Prices
 	counter  Counter
 	holds    Holds
+	reports  Reports
 	notifier Notifier
 	now      func() time.Time
 	margin   Decimal
@@ -59,7 +61,7 @@ func NewService(st Stores, now func() time.Time, margin Decimal) *Service {
 	if now == nil {
 		now = time.Now
 	}
-	s := &Service{plans: st.Plans, subjects: st.Subjects, prices: st.Prices, counter: st.Counter, holds: st.Holds, now: now, margin: margin}
+	s := &Service{plans: st.Plans, subjects: st.Subjects, prices: st.Prices, counter: st.Counter, holds: st.Holds, reports: st.Reports, now: now, margin: margin}
 	s.book.Store(NewCostBook(margin, nil))
 	return s
 }

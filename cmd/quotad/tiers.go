@@ -66,7 +66,7 @@ func (t tiers) onKeysChanged(forget func()) {
 
 // postgresTiers puts every request on Postgres: the benchmark baseline.
 func postgresTiers(store *persist.Store) tiers {
-	return tiers{stores: quota.Stores{Plans: store, Subjects: store, Prices: store, Counter: store}}
+	return tiers{stores: quota.Stores{Plans: store, Subjects: store, Prices: store, Counter: store, Reports: store}}
 }
 
 // fullTiers wires L1 (ristretto) over L2 (Redis) over Postgres, the
@@ -169,7 +169,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	feed := cache.NewFeed(bg, rdb, cache.FeedConfig{Lookback: cfg.CacheTTL + 250*time.Millisecond}, log)
 	feed.Register(reg)
 	return tiers{
-		stores:      quota.Stores{Plans: settings, Subjects: settings, Prices: settings, Counter: snaps, Holds: snaps},
+		stores:      quota.Stores{Plans: settings, Subjects: settings, Prices: settings, Counter: snaps, Holds: snaps, Reports: store},
 		settings:    settings,
 		health:      health,
 		flusher:     flusher,
