@@ -31,9 +31,10 @@ package cache
 //     and its counter is marked stale, whose Redis copy counted it; the
 //     flusher then runs DropStale, so the copy reloads from Postgres by
 //     invariant 1 like any other stale one.
-//  6. A counter counts only the events after its last reset in the
-//     stream (the row keeps the reset's stream position; a direct reset
-//     takes its time), whatever order flushes bring them in.
+//  6. A counter row keeps the stream position of its last reset (a
+//     direct reset takes its time); events from before it that a flush
+//     brings later count nothing (usage after a reset flushed before it
+//     is still a window: docs/failures.md).
 //
 // An op whose outcome in Redis is unknown (its reply was lost) is not run
 // there again (redisOrDirect).

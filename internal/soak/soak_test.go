@@ -30,9 +30,8 @@ type config struct {
 	rate      float64       // SOAK_RATE; default 300 operations a second in all (the machine has 2 cores shared with the stores)
 	faults    []string      // SOAK_FAULTS; default every kind; a comma list, or "none"
 	race      bool          // SOAK_RACE=1: quotad built with the race detector
-	// SOAK_RESETS=0: the reset group's resets become record consumes. A
-	// reset racing with a batch replayed after a crash is an open window
-	// of issue 11 (docs/failures.md); CI's soak leaves it out.
+	// SOAK_RESETS=0: the reset group's resets become record consumes
+	// (their own subjects' checks then are those of record subjects).
 	resets bool
 }
 

@@ -116,7 +116,7 @@ func (v *verifier) verify() {
 			v.diagnose[s.name] = true
 		}
 	}
-	v.checks = append(v.checks, api, pgc, led)
+	v.checks = append(v.checks, api, pgc, led, resets)
 
 	// Postgres alone: stop every instance (a graceful stop drains its
 	// flusher and must exit 0), lose Redis's data, start again.
