@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/quotad/quotad/internal/testenv"
 )
@@ -116,12 +117,31 @@ func (b *browser) shot(t *testing.T, name string) string {
 	return p
 }
 
-// shots saves the page at 1280 and at 390 px wide.
+// unlabelled lists the page's controls without a label a screen reader
+// can announce.
+const unlabelled = `[...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')].filter(e =>
+	e.tagName === 'BUTTON' ? !(e.textContent.trim() || e.getAttribute('aria-label'))
+		: !((e.labels && e.labels.length) || e.getAttribute('aria-label'))).map(e => e.outerHTML)`
+
+// shots2 saves the page at 1280 and at 390 px wide, and checks that each
+// of its controls has a label and that nothing is wider than 390 px.
 func (b *browser) shots2(t *testing.T, name string) {
 	t.Helper()
+	var bare []string
+	b.run(t, "labels of "+name, chromedp.Evaluate(unlabelled, &bare))
+	for _, e := range bare {
+		t.Errorf("%s: a control without a label: %s", name, e)
+	}
 	b.shot(t, name+"-1280")
 	b.run(t, "narrow", chromedp.EmulateViewport(390, 844))
 	b.shot(t, name+"-390")
+	var wide bool
+	b.run(t, "width of "+name, chromedp.Evaluate(`document.documentElement.scrollWidth > 390`, &wide))
+	if wide {
+		var culprits []string
+		_ = chromedp.Run(b.ctx, chromedp.Evaluate(`[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 391).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)).slice(0, 8)`, &culprits))
+		t.Errorf("%s is wider than 390 px: %v", name, culprits)
+	}
 	b.run(t, "wide", chromedp.EmulateViewport(1280, 900))
 }
 
@@ -164,11 +184,11 @@ func (b *browser) check(t *testing.T) {
 // TestConsole drives the admin console in headless Chromium against a
 // real quotad, Redis and Postgres.
 func TestConsole(t *testing.T) {
-	q := startQuotad(t)
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(t))
 	base := "http://" + q.addr
 	b := newBrowser(t, base)
 	defer b.check(t)
-	subject := fmt.Sprintf("user:console-%06d", time.Now().UnixNano()%1_000_000) // the test Redis may outlive a run
+	subject := "user:ada"
 
 	// A wrong key is refused, and counted as a failed authentication.
 	failedBefore := authFailures(t, q)
@@ -188,8 +208,7 @@ func TestConsole(t *testing.T) {
 	b.shots2(t, "signin-refused")
 
 	b.run(t, "sign in",
-		chromedp.SendKeys("#key", adminKey, chromedp.ByID),
-		chromedp.Submit("#key", chromedp.ByID),
+		chromedp.SendKeys("#key", adminKey+kb.Enter, chromedp.ByID), // by keyboard
 		chromedp.WaitVisible("#h-health", chromedp.ByID),
 	)
 	if got := b.text(t, "h1"); got != "Overview" {
@@ -204,14 +223,35 @@ func TestConsole(t *testing.T) {
 	if code, _ := q.call(t, "PUT", "/v1/subjects/"+subject, `{"limits":{"requests":{"limit":500,"period":"day"}}}`); code != 200 {
 		t.Fatalf("override: %d", code)
 	}
-	b.run(t, "find the subject",
-		chromedp.Navigate(base+"/console/subjects"),
-		chromedp.WaitVisible("#prefix", chromedp.ByID),
-		chromedp.SendKeys("#prefix", subject, chromedp.ByID),
+	// Find it by prefix in the listing, once flushed to Postgres (the
+	// listing's source); a whole id opens the subject at once.
+	link := `a[href="/console/subjects/` + subject + `"]`
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n []*cdp.Node
+		b.run(t, "search by prefix",
+			chromedp.Navigate(base+"/console/subjects"),
+			chromedp.WaitVisible("#prefix", chromedp.ByID),
+			chromedp.SendKeys("#prefix", "user:a", chromedp.ByID),
+			chromedp.SetValue("#order", "share", chromedp.ByID),
+			chromedp.Click(`//button[text()="List"]`, chromedp.BySearch),
+			chromedp.WaitVisible("table", chromedp.ByQuery),
+			chromedp.Nodes(link, &n, chromedp.ByQuery, chromedp.AtLeast(0)),
+		)
+		if len(n) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listed under its prefix", subject)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.shots2(t, "subjects")
+	b.run(t, "open by id",
+		chromedp.SetValue("#prefix", subject, chromedp.ByID),
 		chromedp.Click(`button[name="go"]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#meters", chromedp.ByID),
 	)
-	b.shots2(t, "subjects-search")
 	if got := b.text(t, "h1"); got != subject {
 		t.Fatalf("subject page of %q", got)
 	}
