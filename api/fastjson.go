@@ -318,6 +318,59 @@ func fastCommit(b []byte, req *quota.CommitRequest) bool {
 	}, func(key []byte) bool { return s.usage(key, &req.Usage) })
 }
 
+// fastBatch reads a batch body, {"events":[consume, ...]}; ok is false
+// when the slow path must.
+func fastBatch(b []byte, req *batchRequest) bool {
+	s := flatScanner{b: b}
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return false
+	}
+	s.i++
+	s.ws()
+	if key, ok := s.str(); !ok || string(key) != "events" {
+		return false
+	}
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != ':' {
+		return false
+	}
+	s.i++
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '[' {
+		return false
+	}
+	s.i++
+	s.ws()
+	req.Events = make([]quota.ConsumeRequest, 0, 100)
+	for s.i < len(s.b) && s.b[s.i] != ']' {
+		req.Events = append(req.Events, quota.ConsumeRequest{})
+		item := &req.Events[len(req.Events)-1]
+		if !s.object(consumeFields(item), func(key []byte) bool { return s.usage(key, &item.Usage) }) {
+			return false
+		}
+		s.ws()
+		if s.i < len(s.b) && s.b[s.i] == ',' {
+			s.i++
+			s.ws()
+			if s.i < len(s.b) && s.b[s.i] == ']' {
+				return false // a trailing comma
+			}
+		}
+	}
+	if s.i >= len(s.b) {
+		return false
+	}
+	s.i++ // ]
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '}' {
+		return false
+	}
+	s.i++
+	s.ws()
+	return s.i == len(s.b)
+}
+
 var jsonContentType = []string{"application/json"}
 
 // writeJSON writes an appended JSON answer.
@@ -410,4 +463,40 @@ func appendCommit(b []byte, r *quota.CommitResponse) []byte {
 	b = append(b, `,"reservation":`...)
 	b = jsonw.String(b, r.Reservation)
 	return append(b, "}\n"...)
+}
+
+func appendBatch(b []byte, r *batchAnswer) []byte {
+	b = append(b, `{"results":[`...)
+	for i := range r.Results {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		item := &r.Results[i]
+		b = append(b, '{')
+		if item.ConsumeResponse != nil {
+			b = appendConsumeFields(b, item.ConsumeResponse)
+		}
+		if p := item.Error; p != nil {
+			if item.ConsumeResponse != nil {
+				b = append(b, ',')
+			}
+			b = append(b, `"error":{"type":`...)
+			b = jsonw.String(b, p.Type)
+			b = append(b, `,"title":`...)
+			b = jsonw.String(b, p.Title)
+			b = append(b, `,"status":`...)
+			b = strconv.AppendInt(b, int64(p.Status), 10)
+			if p.Detail != "" {
+				b = append(b, `,"detail":`...)
+				b = jsonw.String(b, p.Detail)
+			}
+			if p.Field != "" {
+				b = append(b, `,"field":`...)
+				b = jsonw.String(b, p.Field)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}\n"...)
 }

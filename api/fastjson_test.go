@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -23,7 +24,9 @@ func FuzzFastDecode(f *testing.F) {
 		`{"usage":{"model":"m"},"usage":{"input_tokens":3}}`, `{"usage":null}`, `{"usage":{"x":1}}`, `{"usage":{"model":1}}`,
 		`{"usage":{"input_tokens":"1"}}`, `{"usage":{"model":"m","input_tokens":-5}}`, `{"usage":{"usage":{}}}`, `{"amount":{}}`,
 		`{"subject":"user:1","amount":500,"ttl_seconds":60,"idempotency_key":"k1"}`, `{"ttl_seconds":1.5}`, `{"ttl_seconds":"60"}`,
-		`{"subject":"u:1","usage":{"model":"m","input_tokens":10},"ttl_seconds":3600}`, `{"amount":3,"amount":4}`, `{"usage":{},"amount":1}`,
+		`{"subject":"u:1","usage":{"model":"m","input_tokens":10},"ttl_seconds":3600}`,
+		`{"events":[{"subject":"u:1","amount":2},{"subject":"u:2","usage":{"model":"m"},"idempotency_key":"k"}]}`, `{"events":[]}`,
+		`{"events":[{},]}`, `{"events":[{}] }`, `{"events":null}`, `{"events":[{"amount":1}],"events":[]}`, `{"events":[[]]}`, `{"amount":3,"amount":4}`, `{"usage":{},"amount":1}`,
 	} {
 		f.Add(s)
 	}
@@ -49,6 +52,7 @@ func FuzzFastDecode(f *testing.F) {
 			}
 		}
 		agrees(t, body, fastReserve)
+		agrees(t, body, fastBatch)
 		agrees(t, body, fastCommit)
 	})
 }
@@ -99,6 +103,14 @@ func TestAppendedAnswersMatchEncodingJSON(t *testing.T) {
 	}
 	for _, r := range reserves {
 		sameJSON(t, "reserve", appendReserve(nil, &r), r)
+	}
+	p := &Problem{Type: "about:blank", Title: "Bad Request", Status: 400, Detail: "amount <must> be", Field: "events[1].amount"}
+	batches := []batchAnswer{
+		{Results: []batchItem{{ConsumeResponse: &consumes[0]}, {Error: p}, {ConsumeResponse: &consumes[1]}, {Error: &Problem{Type: "about:blank", Title: "Service Unavailable", Status: 503}}}},
+		{Results: []batchItem{}},
+	}
+	for _, r := range batches {
+		sameJSON(t, "batch", appendBatch(nil, &r), r)
 	}
 	commits := []quota.CommitResponse{
 		{ConsumeResponse: consumes[0], ID: "rsv_x", Reservation: "committed"},
@@ -173,6 +185,46 @@ func BenchmarkReservationJSON(b *testing.B) {
 			enc := json.NewEncoder(&out)
 			_ = enc.Encode(granted)
 			_ = enc.Encode(committed)
+		}
+	})
+}
+
+// BenchmarkBatchJSON: a batch of 100 keyed consumes, read and answered by
+// hand (fast) and by encoding/json.
+func BenchmarkBatchJSON(b *testing.B) {
+	var body bytes.Buffer
+	body.WriteString(`{"events":[`)
+	var out batchAnswer
+	resets := quota.Time{Time: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+	for i := range 100 {
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		fmt.Fprintf(&body, `{"subject":"user:hot-%d","amount":1,"idempotency_key":"bench-%016x"}`, i, i)
+		out.Results = append(out.Results, batchItem{ConsumeResponse: &quota.ConsumeResponse{Applied: true, Amount: 1, Used: int64(1000 + i), Limit: 1000000000, Remaining: 999999000, ResetsAt: resets}})
+	}
+	body.WriteString(`]}`)
+	in := body.Bytes()
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 32<<10)
+		for b.Loop() {
+			var req batchRequest
+			if !fastBatch(in, &req) {
+				b.Fatal("the fast path gave up")
+			}
+			buf = appendBatch(buf[:0], &out)
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var req batchRequest
+			if err := decodeBytes(in, &req); err != nil {
+				b.Fatal(err)
+			}
+			var w bytes.Buffer
+			_ = json.NewEncoder(&w).Encode(out)
 		}
 	})
 }

@@ -38,7 +38,7 @@ type batchAnswer struct {
 
 func (s *Server) consumeBatch(c echo.Context) error {
 	var req batchRequest
-	if err := decode(c, &req); err != nil {
+	if err := readHot(c, fastBatch, nil, &req); err != nil {
 		return err
 	}
 	res, err := s.svc.ConsumeBatch(c.Request().Context(), req.Events)
@@ -57,7 +57,7 @@ func (s *Server) consumeBatch(c echo.Context) error {
 			out.Results[i].ConsumeResponse = &res[i].Response
 		}
 	}
-	return c.JSON(http.StatusOK, out)
+	return writeHot(c, http.StatusOK, appendBatch, &out)
 }
 
 // Reserve and commit are on the hot path of every metered request (one
