@@ -27,27 +27,35 @@ func BenchmarkConsolePage(b *testing.B) {
 	h, store := consoleServer(b)
 	seedConsole(b, store, 100_000)
 	cookie := consoleSignIn(b, h)
-	for _, page := range []string{
-		"/console/overview",
-		"/console/subjects",
-		"/console/subjects?order=share",
-		"/console/subjects?order=used&prefix=user:0123",
-		"/console/subjects/user:000001",
-		"/console/subjects/user:000001?days=90",
-		"/console/plans",
-		"/console/pricing",
-		"/console/keys",
+	get := func(page string) string {
+		req := httptest.NewRequest(http.MethodGet, page, nil)
+		req.RemoteAddr = "192.0.2.9:1234"
+		req.Header.Set("Cookie", cookie)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("%s: %d %s", page, rec.Code, rec.Body)
+		}
+		return rec.Body.String()
+	}
+	for _, bc := range []struct{ page, holds string }{
+		{"/console/overview", "Flush lag"},
+		{"/console/subjects", `href="/console/subjects/anon:000003"`},
+		{"/console/subjects?order=share", "Next page"},
+		{"/console/subjects?order=used&prefix=user:0123", `href="/console/subjects/user:012301"`},
+		{"/console/subjects/user:000001", "msg-1<"},
+		{"/console/subjects/user:000001?days=90", "over 90 days"},
+		{"/console/plans", "anonymous"},
+		{"/console/pricing", "gpt-4o"},
+		{"/console/keys", "Mint a key"},
 	} {
-		b.Run(strings.TrimPrefix(page, "/console/"), func(b *testing.B) {
+		// The page shows what it is measured for.
+		if body := get(bc.page); !strings.Contains(body, bc.holds) {
+			b.Fatalf("%s does not hold %q:\n%s", bc.page, bc.holds, body)
+		}
+		b.Run(strings.TrimPrefix(bc.page, "/console/"), func(b *testing.B) {
 			for b.Loop() {
-				req := httptest.NewRequest(http.MethodGet, page, nil)
-				req.RemoteAddr = "192.0.2.9:1234"
-				req.Header.Set("Cookie", cookie)
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
-				if rec.Code != http.StatusOK {
-					b.Fatalf("%s: %d %s", page, rec.Code, rec.Body)
-				}
+				get(bc.page)
 			}
 		})
 	}
