@@ -50,6 +50,41 @@ type Pending struct {
 // aliveKey is the key that says a flusher (a consumer of the group) lives.
 func aliveKey(consumer string) string { return "q:flushers:alive:" + consumer }
 
+// LiveFlusher is a flusher whose alive key is set: a running quotad.
+type LiveFlusher struct {
+	Name    string  `json:"name"`    // host-pid-start of its process
+	Pending int64   `json:"pending"` // entries it read and has not acknowledged
+	IdleSec float64 `json:"idle_seconds"`
+}
+
+// LiveFlushers lists the consumers of the flush group that say they are
+// alive (their heartbeat key has not lapsed): the running instances, for
+// readiness and the console's overview.
+func LiveFlushers(ctx context.Context, rdb redis.UniversalClient) ([]LiveFlusher, error) {
+	cs, err := rdb.XInfoConsumers(ctx, PendingStream, FlushGroup).Result()
+	if isNoGroup(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list flushers: %w", err)
+	}
+	pipe := rdb.Pipeline()
+	alive := make([]*redis.IntCmd, len(cs))
+	for i, c := range cs {
+		alive[i] = pipe.Exists(ctx, aliveKey(c.Name))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("list flushers: %w", err)
+	}
+	var out []LiveFlusher
+	for i, c := range cs {
+		if alive[i].Val() == 1 {
+			out = append(out, LiveFlusher{Name: c.Name, Pending: c.Pending, IdleSec: c.Idle.Seconds()})
+		}
+	}
+	return out, nil
+}
+
 // NewPending returns the stream reader for consumer, a name unique to this
 // process.
 func NewPending(rdb redis.UniversalClient, consumer string) *Pending {

@@ -176,13 +176,20 @@ type overviewData struct {
 	Stores    []storeState
 	FlushLag  string
 	Pending   string
-	Instances []string
+	Instances []instance
 	Near      []subjectRow
 	NearErr   string
 	Traffic   []rate
 }
 
 type storeState struct{ Name, State string }
+
+// instance is a running quotad, known from its flusher's heartbeat.
+type instance struct {
+	Name    string
+	Pending int64  // stream entries it read and has not flushed
+	Idle    string // since it last read the stream
+}
 
 func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 	var d overviewData
@@ -208,8 +215,12 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	if v, ok := d.Ready.Detail["instances"].([]any); ok {
 		for _, i := range v {
-			if name, ok := i.(string); ok {
-				d.Instances = append(d.Instances, name)
+			m, _ := i.(map[string]any)
+			name, _ := m["name"].(string)
+			pending, _ := m["pending"].(float64)
+			idle, _ := m["idle_seconds"].(float64)
+			if name != "" {
+				d.Instances = append(d.Instances, instance{Name: name, Pending: int64(pending), Idle: strconv.FormatFloat(idle, 'f', 1, 64) + " s"})
 			}
 		}
 	}
