@@ -214,6 +214,8 @@ func TestConsole(t *testing.T) {
 	if got := b.text(t, "h1"); got != "Overview" {
 		t.Fatalf("after sign-in: %q", got)
 	}
+	// This instance, from its flusher's heartbeat.
+	b.run(t, "live instances", chromedp.WaitVisible(`#h-inst + .scroll td code`, chromedp.ByQuery))
 	b.shots2(t, "overview")
 
 	// Find a subject the API has used.

@@ -250,6 +250,9 @@ func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
 				r.Detail["redis_memory_warning"] = "redis is nearly full; at maxmemory it refuses usage (503)"
 			}
 		}
+		if live, err := cache.LiveFlushers(ctx, t.rdb); err == nil {
+			r.Detail["instances"] = live
+		}
 	}
 	switch {
 	case !pgUp && !redisUp:
