@@ -42,6 +42,14 @@ func fieldProblem(field, detail string) error {
 // the flusher is behind, in seconds: about one flush.
 const retryAfterOverloaded = "1"
 
+// retryLater says whether err refused usage that is worth sending again
+// in a moment (Retry-After): the flusher was behind, or Redis, where
+// enforcing is exact, was unreachable (its probe looks again several
+// times a second).
+func retryLater(err error) bool {
+	return errors.Is(err, quota.ErrOverloaded) || errors.Is(err, quota.ErrEnforceUnavailable)
+}
+
 // errorStatus is the one table from domain errors to HTTP statuses.
 var errorStatus = []struct {
 	err    error
@@ -79,6 +87,10 @@ func toProblem(err error, log *slog.Logger, r *http.Request) Problem {
 		// connection): what failed was waiting for it, not quotad.
 		return clientGone().(*problemError).p
 	}
+	if errors.Is(err, quota.ErrEnforceUnavailable) { // expected during an outage: not logged per request
+		return Problem{Type: "about:blank", Title: http.StatusText(http.StatusServiceUnavailable), Status: http.StatusServiceUnavailable,
+			Detail: "Redis, where enforce consumes are counted exactly, is unreachable; nothing was counted, retry after Retry-After seconds (record consumes are still taken)"}
+	}
 	if errors.Is(err, quota.ErrOverloaded) { // expected under overload: not logged per request
 		return Problem{Type: "about:blank", Title: http.StatusText(http.StatusServiceUnavailable), Status: http.StatusServiceUnavailable,
 			Detail: "usage arrives faster than quotad writes it to Postgres; nothing was counted, retry after Retry-After seconds"}
@@ -111,7 +123,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 	if p.Status == http.StatusUnauthorized {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="quotad"`)
 	}
-	if errors.Is(err, quota.ErrOverloaded) {
+	if retryLater(err) {
 		c.Response().Header().Set("Retry-After", retryAfterOverloaded)
 	}
 	if pe := (*problemError)(nil); errors.As(err, &pe) && pe.retryAfter != "" {

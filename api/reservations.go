@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -50,7 +49,7 @@ func (s *Server) consumeBatch(c echo.Context) error {
 		if res[i].Err != nil {
 			p := toProblem(res[i].Err, s.log, c.Request())
 			out.Results[i].Error = &p
-			if errors.Is(res[i].Err, quota.ErrOverloaded) {
+			if retryLater(res[i].Err) {
 				c.Response().Header().Set("Retry-After", retryAfterOverloaded)
 			}
 		} else {

@@ -47,8 +47,11 @@ package cache
 // waits in the stream keeps Postgres's anchor; the flusher moves the
 // usage counted under Redis's to it (persist.Flusher's followAnchors).
 //
-// Known windows (docs/failures.md, "Windows still open"): an enforce
-// consume on a direct path does not see usage unflushed in Redis.
+// An enforce consume is not run on a direct path (ErrEnforceUnavailable),
+// which does not see usage unflushed in Redis, unless its outcome in
+// Redis is unknown (it must then be written with its event id) or quotad
+// is set to enforce against Postgres alone (QUOTAD_DIRECT_ENFORCE=admit;
+// the over-admission window of docs/failures.md).
 
 import (
 	"context"
@@ -119,7 +122,7 @@ func expireAt(k quota.CounterKey, now time.Time) int64 {
 // however both copies reach it, and then undo drops Redis's copy of what
 // it changed, which reloads once the stream is flushed past whatever the
 // first try added. undo nil means the op is safe to run again in Redis.
-func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(context.Context) (T, error), undo func(context.Context) error) (T, error) {
+func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(ctx context.Context, unknown bool) (T, error), undo func(context.Context) error) (T, error) {
 	unknown := false
 	for {
 		if h.Up() {
@@ -143,7 +146,7 @@ func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, er
 	defer h.EndDirect()
 	dctx, cancel := context.WithTimeout(ctx, DirectTimeout)
 	defer cancel()
-	res, err := direct(dctx)
+	res, err := direct(dctx, unknown)
 	if err == nil && unknown && h.Up() {
 		// Down again, the recovery drops the copy (the direct write
 		// marked it stale); up, nothing else will.

@@ -64,6 +64,10 @@ type Counter struct {
 	// reads counts usage reads answered by Redis (L2); those that fall back
 	// to Postgres are not in it.
 	reads prometheus.Counter
+	// DirectEnforce runs enforce consumes against Postgres alone while
+	// Redis is unreachable (available, may over-admit by the usage still
+	// unflushed in Redis); false refuses them (exact). Set before serving.
+	DirectEnforce bool
 }
 
 var (
@@ -254,7 +258,12 @@ func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 			}
 			return c.consume(ctx, op)
 		},
-		func(ctx context.Context) (quota.ConsumeResult, error) { return c.src.Consume(ctx, op) },
+		func(ctx context.Context, unknown bool) (quota.ConsumeResult, error) {
+			if op.Enforce && !unknown && !c.DirectEnforce {
+				return quota.ConsumeResult{}, quota.ErrEnforceUnavailable
+			}
+			return c.src.Consume(ctx, op)
+		},
 		undo)
 }
 
@@ -352,7 +361,7 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 		func() (struct{}, error) {
 			return struct{}{}, translate(resetScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, expireAt(key, at), ev).Err())
 		},
-		func(ctx context.Context) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) },
+		func(ctx context.Context, _ bool) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) },
 		c.dropper(key)) // a reset run again would zero what came after the first
 	return err
 }

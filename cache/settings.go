@@ -239,7 +239,7 @@ func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quo
 		// Marked stale in Postgres, within the health gate: the recovery
 		// that drops Redis's copies of stale subjects (one another instance
 		// may have provisioned there meanwhile) waits for it.
-		func(ctx context.Context) (quota.Subject, error) { return s.src.ProvisionSubject(ctx, sub) },
+		func(ctx context.Context, _ bool) (quota.Subject, error) { return s.src.ProvisionSubject(ctx, sub) },
 		nil) // SET NX: provisioning again changes nothing
 }
 

@@ -20,6 +20,11 @@ var (
 	// can be written to Postgres; 503 with Retry-After. Nothing was
 	// counted: the caller retries.
 	ErrOverloaded = errors.New("overloaded")
+	// ErrEnforceUnavailable marks an enforce consume refused because
+	// Redis, where enforcing is exact, is unreachable and quotad is set
+	// not to enforce against Postgres alone (which lacks the usage still
+	// unflushed in Redis); 503 with Retry-After. Nothing was counted.
+	ErrEnforceUnavailable = fmt.Errorf("%w: enforce needs Redis, which is unreachable", ErrUnavailable)
 )
 
 // FieldError is an ErrInvalid that names the offending request field.

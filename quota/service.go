@@ -46,7 +46,9 @@ type Service struct {
 }
 
 // FailOpen makes Check and Consume answer "allowed" (and "applied") when
-// no store can answer, instead of ErrUnavailable (QUOTAD_FAIL_MODE=open).
+// no store can answer, instead of ErrUnavailable (QUOTAD_FAIL_MODE=open);
+// not an enforce consume refused because Redis is unreachable
+// (ErrEnforceUnavailable: Postgres may be up, and was told not to take it).
 // Such answers count nothing; onOpen is called for each one so that it is
 // logged and counted. Call it before serving.
 func (s *Service) FailOpen(onOpen func(op, subject string, err error)) { s.onOpen = onOpen }
@@ -180,7 +182,7 @@ type CostResult struct {
 // ErrInvalid for a bad subject, meter or amount, or a meter without a limit.
 func (s *Service) Check(ctx context.Context, req CheckRequest) (CheckResult, error) {
 	res, err := s.check(ctx, req)
-	if err != nil && s.onOpen != nil && errors.Is(err, ErrUnavailable) {
+	if err != nil && s.onOpen != nil && errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrEnforceUnavailable) {
 		s.onOpen("check", req.Subject, err)
 		return CheckResult{Subject: req.Subject, Meter: cmp.Or(req.Meter, DefaultMeter), Allowed: true}, nil
 	}
@@ -234,7 +236,7 @@ func (s *Service) check(ctx context.Context, req CheckRequest) (CheckResult, err
 // idempotency key reused with a different request.
 func (s *Service) Consume(ctx context.Context, req ConsumeRequest) (ConsumeResponse, error) {
 	res, err := s.consume(ctx, req)
-	if err != nil && s.onOpen != nil && errors.Is(err, ErrUnavailable) {
+	if err != nil && s.onOpen != nil && errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrEnforceUnavailable) {
 		s.onOpen("consume", req.Subject, err)
 		return ConsumeResponse{Applied: true, Amount: req.Amount}, nil
 	}

@@ -43,6 +43,7 @@ type Config struct {
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
 	FlushMaxLag     time.Duration // QUOTAD_FLUSH_MAX_LAG, --flush-max-lag; default 0: three flush intervals, at least 3s; "off" (-1): consumes wait up to 1s while usage waited unread longer than this; at least two flush intervals
+	DirectEnforce   string        // QUOTAD_DIRECT_ENFORCE, --direct-enforce; "refuse": enforce consumes answer 503 while Redis is unreachable; "admit" enforces against Postgres alone; default refuse, admit with fail-mode open
 	FailMode        string        // QUOTAD_FAIL_MODE, --fail-mode; default "closed" (503 when no store answers); "open" allows
 	BenchFloor      bool          // QUOTAD_BENCH_FLOOR, --bench-floor; default false: serve POST /v1/floor, the bench's no-work baseline
 	DebugAddr       string        // QUOTAD_DEBUG_ADDR, --debug-addr; default none: serve net/http/pprof there (e.g. 127.0.0.1:6060)
@@ -92,6 +93,7 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	var l1Items string
 	fs.StringVar(&l1Items, "l1-max-items", env("QUOTAD_L1_MAX_ITEMS", strconv.Itoa(cache.DefaultMaxItems)), "usage snapshots, and subjects, L1 keeps (each; ~270 bytes apiece)")
 	fs.StringVar(&nearLimit, "near-limit", env("QUOTAD_NEAR_LIMIT", "0.1"), "fraction of the limit under which checks read Redis")
+	fs.StringVar(&c.DirectEnforce, "direct-enforce", env("QUOTAD_DIRECT_ENFORCE", ""), `"refuse" (exact) or "admit" (available) for enforce consumes while Redis is unreachable`)
 	fs.StringVar(&c.FailMode, "fail-mode", env("QUOTAD_FAIL_MODE", "closed"), `"closed" or "open" when no store answers`)
 	var floor string
 	fs.StringVar(&floor, "bench-floor", env("QUOTAD_BENCH_FLOOR", "false"), "serve POST /v1/floor for the bench")
@@ -115,6 +117,17 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	}
 	if c.Tiers != "full" && c.Tiers != "postgres" {
 		return Config{}, fmt.Errorf("tiers: %q is not full or postgres", c.Tiers)
+	}
+	if c.DirectEnforce == "" {
+		// Fail-open chose availability over exactness; refusing would
+		// leave its enforce consumes counted nowhere while Postgres is up.
+		c.DirectEnforce = "refuse"
+		if c.FailMode == "open" {
+			c.DirectEnforce = "admit"
+		}
+	}
+	if c.DirectEnforce != "refuse" && c.DirectEnforce != "admit" {
+		return Config{}, fmt.Errorf("direct-enforce: %q is not refuse or admit", c.DirectEnforce)
 	}
 	if c.FailMode != "closed" && c.FailMode != "open" {
 		return Config{}, fmt.Errorf("fail-mode: %q is not closed or open", c.FailMode)
@@ -221,6 +234,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Int64("l1_max_items", c.L1MaxItems),
 		slog.Float64("near_limit", c.NearLimit),
+		slog.String("direct_enforce", c.DirectEnforce),
 		slog.String("fail_mode", c.FailMode),
 		slog.Bool("bench_floor", c.BenchFloor),
 		slog.String("debug_addr", c.DebugAddr),

@@ -135,3 +135,26 @@ func TestHardeningSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectEnforce: enforce consumes are refused while Redis is
+// unreachable unless told otherwise, or unless fail-open chose
+// availability; anything but refuse or admit is an error.
+func TestDirectEnforce(t *testing.T) {
+	for _, tt := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{}, "refuse"},
+		{map[string]string{"QUOTAD_FAIL_MODE": "open"}, "admit"},
+		{map[string]string{"QUOTAD_FAIL_MODE": "open", "QUOTAD_DIRECT_ENFORCE": "refuse"}, "refuse"},
+		{map[string]string{"QUOTAD_DIRECT_ENFORCE": "admit"}, "admit"},
+	} {
+		cfg, err := parseEnv(tt.env)
+		if err != nil || cfg.DirectEnforce != tt.want {
+			t.Errorf("%v: %q (%v), want %q", tt.env, cfg.DirectEnforce, err, tt.want)
+		}
+	}
+	if _, err := parseEnv(map[string]string{"QUOTAD_DIRECT_ENFORCE": "maybe"}); err == nil {
+		t.Error("QUOTAD_DIRECT_ENFORCE=maybe accepted")
+	}
+}
