@@ -78,6 +78,11 @@ func startQuotad(tb testing.TB, env ...string) *quotad {
 	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "QUOTAD_REDIS_URL=") }) {
 		q.env = append(q.env, "QUOTAD_REDIS_URL="+testenv.RedisURL(tb))
 	}
+	// Without it quotad takes its default URL, the make run stack's
+	// database: a test must never write there.
+	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "QUOTAD_POSTGRES_URL=") }) {
+		q.env = append(q.env, "QUOTAD_POSTGRES_URL="+testenv.PostgresURL(tb))
+	}
 	q.start(tb)
 	tb.Cleanup(func() { q.stop(tb) })
 	return q
