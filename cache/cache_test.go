@@ -627,14 +627,20 @@ func rowsWritten(t *testing.T, reg *prometheus.Registry, table string) float64 {
 	return 0
 }
 
-// stubBacklog stands in for the flusher's view of the queue (Behind), so
-// that the test decides when the flusher is behind.
+// stubBacklog stands in for the flusher's view of the queue (Pressure),
+// so that the test decides when the flusher is behind, and how far.
 type stubBacklog struct {
-	behind atomic.Bool
-	looked chan struct{}
+	behind  atomic.Bool
+	percent atomic.Int64 // pressure in percent when not behind
+	looked  chan struct{}
 }
 
-func (b *stubBacklog) Behind() (<-chan struct{}, bool) { return b.looked, b.behind.Load() }
+func (b *stubBacklog) Pressure() float64 {
+	if b.behind.Load() {
+		return 1
+	}
+	return float64(b.percent.Load()) / 100
+}
 
 // TestShedWhileTheFlusherIsBehind: while the flusher is behind, a
 // consume and a commit are refused at once with ErrOverloaded and count
@@ -674,6 +680,43 @@ func TestShedWhileTheFlusherIsBehind(t *testing.T) {
 	}
 	if r, err := c.Commit(ctx, quota.CommitOp{Key: k, ID: id, Amount: 5, EventID: "s4", At: time.Now(), ExpiresAt: now.Add(time.Minute)}); err != nil || r.Used != 7 || r.Reserved != 0 {
 		t.Fatalf("commit once caught up: %+v (%v), want used 7, nothing held", r, err)
+	}
+}
+
+// TestShedAShareUnderPressure: between none and all, the flusher's
+// pressure is the share of consumes refused; the others are counted.
+func TestShedAShareUnderPressure(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	b := &stubBacklog{looked: make(chan struct{})}
+	c.Pace(b)
+	k := key
+	k.Subject = "user:pressure"
+	b.percent.Store(50)
+	const n = 400
+	var applied, shed int64
+	for i := range n {
+		r, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprintf("p%d", i), At: time.Now()})
+		switch {
+		case errors.Is(err, quota.ErrOverloaded):
+			shed++
+		case err != nil:
+			t.Fatal(err)
+		case r.Applied:
+			applied++
+		}
+	}
+	// Binomial(400, 0.5): outside [120, 280] with a probability below 1e-20.
+	if shed < 120 || shed > 280 || applied != n-shed {
+		t.Fatalf("pressure 0.5: %d of %d shed, %d applied", shed, n, applied)
+	}
+	r, err := c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 0, EventID: "p-last", At: time.Now()})
+	for errors.Is(err, quota.ErrOverloaded) {
+		r, err = c.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 0, EventID: "p-last", At: time.Now()})
+	}
+	if err != nil || r.Used != applied {
+		t.Fatalf("used %d (%v), want the %d applied", r.Used, err, applied)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -89,31 +90,31 @@ func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, heal
 // Register registers the counter's metrics on reg.
 func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads, c.shed) }
 
-// Backlog is the flusher as the consume path sees it: Behind reports
-// whether usage waits too long to be flushed, and then a channel closed
-// when it is worth asking again.
+// Backlog is the flusher as the consume path sees it: Pressure is the
+// share of new usage to refuse (0 to 1) because it waits too long to be
+// flushed.
 type Backlog interface {
-	Behind() (<-chan struct{}, bool)
+	Pressure() float64
 }
 
-// Pace makes consumes through Redis refused while b is behind; call it
+// Pace makes consumes through Redis refused as b's pressure says; call it
 // before the counter serves.
 func (c *Counter) Pace(b Backlog) { c.backlog = b }
 
-// admit refuses usage (consumes, commits) with quota.ErrOverloaded while
-// the flusher is behind: usage then arrives faster than Postgres takes
-// it, and the unflushed backlog is what a loss of Redis's data would
-// lose. Refusing at once, instead of holding requests until the flusher
-// catches up, keeps the admitted ones fast and the backlog bounded:
-// holding them filled every connection with waiting requests and served
-// almost none. The flusher does not count itself behind while flushes
-// fail or hang (Postgres down): then Redis serves and the backlog grows,
-// as an outage needs.
+// admit refuses usage (consumes, commits) with quota.ErrOverloaded, each
+// with the probability the flusher's pressure gives, while usage arrives
+// faster than Postgres takes it: the unflushed backlog is what a loss of
+// Redis's data would lose. Refusing at once, instead of holding requests
+// until the flusher catches up, keeps the admitted ones fast and the
+// backlog bounded: holding them filled every connection with waiting
+// requests and served almost none. The flusher has no pressure while
+// flushes fail or hang (Postgres down): then Redis serves and the backlog
+// grows, as an outage needs.
 func (c *Counter) admit() error {
 	if c.backlog == nil {
 		return nil
 	}
-	if _, behind := c.backlog.Behind(); behind {
+	if p := c.backlog.Pressure(); p >= 1 || (p > 0 && rand.Float64() < p) {
 		c.shed.Inc()
 		return fmt.Errorf("usage arrives faster than it is written to postgres: %w", quota.ErrOverloaded)
 	}

@@ -103,7 +103,8 @@ type FlusherConfig struct {
 	// written again (a replay, a retry) pauses again.
 	PaceRows int
 	// MaxLag is how long usage may wait unread in the queue, while flushes
-	// succeed, before Behind tells consumes to wait (backpressure); default
+	// succeed, before all new usage is refused (Pressure; from MaxLag/2 a
+	// growing share of it is); default
 	// three Intervals, at least 3s; never less than two Intervals (usage
 	// waits up to one between flushes); negative for never. When flushing
 	// fails (Postgres down) nothing waits: Redis keeps taking usage and the
@@ -138,7 +139,7 @@ type Flusher struct {
 	// garbage at 30,000 consumes/s. Flushes take it and give it back
 	// (buffer, keep), so one running beside another gets a new one.
 	buf []quota.Event
-	// Backpressure (see Behind), as of the last look at the stream: how
+	// Backpressure (see Pressure), as of the last look at the stream: how
 	// long its oldest unread entry had waited and when that look was
 	// (unix ns); when the flush under way started (0 between flushes);
 	// whether the last flush failed; a channel closed at the next look.
@@ -209,7 +210,7 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 // Run flushes every Interval, and at once again while a flush came back
 // full, until ctx ends. A second goroutine looks at the stream every
 // Interval/10, during flushes too (a flush slowed down by the load it is
-// behind must not hide that load from Behind); between ticks a look that
+// behind must not hide that load from Pressure); between ticks a look that
 // finds Max events waiting starts a flush early.
 func (f *Flusher) Run(ctx context.Context) {
 	tick := time.NewTicker(f.cfg.Interval)
@@ -240,7 +241,7 @@ func (f *Flusher) Run(ctx context.Context) {
 			n, err := f.flushRetrying(ctx)
 			// After every flush, not only when caught up: under a load that
 			// keeps every flush full the flusher never is, and the lag
-			// gauge, /readyz and Behind would keep the value from before.
+			// gauge, /readyz and Pressure would keep the value from before.
 			_, _ = f.refreshStats(ctx)
 			if err != nil || n < f.cfg.Max {
 				break
@@ -319,7 +320,7 @@ func (f *Flusher) Status() (lag time.Duration, pending int64, lastErr error) {
 	return f.lag, f.pending, f.lastErr
 }
 
-// refreshStats looks at the stream: the gauges, Status, and Behind's
+// refreshStats looks at the stream: the gauges, Status, and Pressure's
 // view of the backlog. It answers the number of waiting entries.
 func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	f.lookMu.Lock()
@@ -344,29 +345,31 @@ func (f *Flusher) refreshStats(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-// Behind reports whether usage waited longer than MaxLag before a
-// flusher read it, as of the flusher's last look at the stream, and then
-// a channel closed at its next look (every Interval/10, and after each
-// flush). The consume path waits on it: without it a load the
-// flusher cannot keep up with (on one shared core its Postgres backend got
-// 1 % of the CPU while quotad and Redis took the rest) grows the backlog,
-// and with it what a loss of Redis would lose, for as long as the load
-// lasts. It never holds consumes back for what pacing cannot help: a
-// failing flush (Postgres down), a flush under way for more than
-// 5 × MaxLag (Postgres hung), entries a dead flusher read and left (they
-// are not unread; another flusher claims them), or a last look older than
-// a second or an Interval (the flusher cannot read the stream).
-func (f *Flusher) Behind() (<-chan struct{}, bool) {
-	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Duration(f.unread.Load()) <= f.cfg.MaxLag ||
-		time.Since(time.Unix(0, f.lookedAt.Load())) > max(time.Second, f.cfg.Interval) {
-		return nil, false
+// Pressure is the share of new usage the consume path should refuse, from
+// how long usage waited before a flusher read it (as of the flusher's
+// last look at the stream: every Interval/10, and after each flush): none
+// up to MaxLag/2, then rising in step with the wait, to all of it at
+// MaxLag. A ramp rather than a switch: refusing everything at MaxLag and
+// nothing below it made goodput swing between none and more than the
+// flusher takes, while a share that grows with the wait settles where
+// the admitted usage is what Postgres ingests. Without any refusal a load
+// the flusher cannot keep up with (on one shared core its Postgres backend
+// got 1 % of the CPU while quotad and Redis took the rest) grows the
+// backlog, and with it what a loss of Redis would lose, for as long as the
+// load lasts. It is 0 where refusing cannot help: a failing flush
+// (Postgres down), a flush under way for more than 5 × MaxLag (Postgres
+// hung), entries a dead flusher read and left (they are not unread;
+// another flusher claims them), or a last look older than a second or an
+// Interval (the flusher cannot read the stream).
+func (f *Flusher) Pressure() float64 {
+	if f.cfg.MaxLag < 0 || f.failing.Load() || time.Since(time.Unix(0, f.lookedAt.Load())) > max(time.Second, f.cfg.Interval) {
+		return 0
 	}
 	if started := f.flushing.Load(); started != 0 && time.Since(time.Unix(0, started)) > 5*f.cfg.MaxLag {
-		return nil, false
+		return 0
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.looked, true
+	half := f.cfg.MaxLag / 2
+	return min(1, max(0, float64(time.Duration(f.unread.Load())-half)/float64(half)))
 }
 
 func (f *Flusher) setErr(err error) {
