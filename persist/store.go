@@ -125,6 +125,10 @@ func translate(err error) error {
 		switch pg.Code {
 		case "22003": // numeric_value_out_of_range
 			return quota.Invalid("amount", "usage would overflow the counter")
+		case "23503": // foreign_key_violation: the only key is subjects.plan
+			// A subject written as its plan is deleted (the write read the
+			// plan before the delete committed).
+			return quota.Invalid("plan", "there is no plan of that name (it was just deleted)")
 		case "57P01", "57P02", "57P03": // admin_shutdown, crash_shutdown, cannot_connect_now
 			return fmt.Errorf("%w: %v", quota.ErrUnavailable, err)
 		}

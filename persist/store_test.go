@@ -714,3 +714,25 @@ func TestPruneIdempotency(t *testing.T) {
 		t.Fatalf("deleted %v per call, left %v; want [2 1] and [k3 k4]", deleted, left)
 	}
 }
+
+// TestSubjectOnADeletedPlanIsInvalid: a subject written with a plan that
+// is gone (deleted between the service's read of it and this write) is
+// refused as bad input naming the plan, not an internal error.
+func TestSubjectOnADeletedPlanIsInvalid(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	if err := st.PutPlan(ctx, quota.Plan{Name: "short-lived", Limits: map[string]quota.Limit{"credits": {Limit: 5, Period: quota.PeriodMonth}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.DeletePlan(ctx, "short-lived"); err != nil {
+		t.Fatal(err)
+	}
+	err := st.PutSubject(ctx, quota.Subject{ID: "user:orphan", Plan: "short-lived", CycleAnchor: time.Now().UTC()})
+	var fe *quota.FieldError
+	if !errors.As(err, &fe) || fe.Field != "plan" {
+		t.Fatalf("put subject on a deleted plan: %v, want a FieldError on plan", err)
+	}
+	if _, err := st.Subject(ctx, "user:orphan"); !errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("the subject was stored anyway: %v", err)
+	}
+}
