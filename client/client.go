@@ -108,9 +108,11 @@ func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua
 // before the answer) is retried only because every call that changes usage
 // is idempotent: Consume, each ConsumeBatch event and Reserve carry an
 // idempotency key (a random one when the caller gave none, reused by every
-// try of that call), and Commit and Release name their reservation. Reset
-// and CreateKey are not idempotent, so they are retried only when the
-// request never left.
+// try of that call), and Commit and Release name their reservation.
+// Reads change nothing. Deletes (DeletePlan, DeletePrice, RevokeKey) are
+// retried too: a retry after the first try was applied answers 404, the
+// thing being gone either way. Reset and CreateKey are not idempotent, so
+// they are retried only when the request never left.
 func New(baseURL, apiKey string, opts ...Option) *Client {
 	c := &Client{
 		base:           strings.TrimRight(baseURL, "/"),

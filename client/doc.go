@@ -18,15 +18,18 @@
 // the same for echo.
 //
 // Client has a typed method for every route of quotad's REST contract,
-// with the request and answer types of package quota. A problem+json
-// answer is an *Error (errors.As; IsNotFound, IsConflict, ... ; errors.Is
-// with quota.ErrNotFound and the other sentinels). Calls are retried with
+// with the request and answer types of package quota (and, where quotad
+// answers a shape of its own, such as a page of Subjects or of a Ledger,
+// a type of this package with the same JSON; listings continue with the
+// previous page's NextCursor). A problem+json answer is an *Error
+// (errors.As; IsNotFound, IsConflict, ... ; errors.Is with
+// quota.ErrNotFound and the other sentinels). Calls are retried with
 // backoff on network errors and 503, and are idempotent so that a retry
 // counts once: see New. When quotad stays unreachable, the FailMode
 // decides whether checks and holds fail (FailClosed, the default) or pass
 // unmetered (FailOpen, reported to OnFailOpen).
 //
 // Events follows a subject's changes live (its remaining credits falling
-// as it spends), over Server-Sent Events, resuming where it left off
-// after a dropped connection.
+// as it spends), or every subject's with an admin key, over Server-Sent
+// Events, resuming where it left off after a dropped connection.
 package client

@@ -85,12 +85,14 @@ func IsUnauthorized(err error) bool { return StatusOf(err) == http.StatusUnautho
 // IsForbidden reports whether the API key lacks the scope (403).
 func IsForbidden(err error) bool { return StatusOf(err) == http.StatusForbidden }
 
-// IsNotFound reports whether the reservation, plan or model is unknown (404).
+// IsNotFound reports whether the reservation, plan, model or API key is
+// unknown (404).
 func IsNotFound(err error) bool { return errors.Is(err, quota.ErrNotFound) }
 
 // IsConflict reports a 409: an idempotency key reused with a different
-// request, or a reservation settled the other way (committed, then
-// released, or the reverse).
+// request, a reservation settled the other way (committed, then released,
+// or the reverse), or a plan that may not be deleted (a subject has it,
+// or new subjects get it).
 func IsConflict(err error) bool { return errors.Is(err, quota.ErrConflict) }
 
 // IsUnavailable reports whether quotad could not answer: unreachable

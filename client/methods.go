@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/quotad/quotad/quota"
@@ -228,6 +229,16 @@ func (c *Client) PutPlan(ctx context.Context, p quota.Plan) (quota.Plan, error) 
 	return res, err
 }
 
+// DeletePlan deletes the plan called name and returns it (admin key).
+// Errors: IsNotFound for an unknown plan; IsConflict for a plan some
+// subject has, or a kind's default plan (new subjects get it). A retry
+// after a lost answer may answer IsNotFound: the plan is gone either way.
+func (c *Client) DeletePlan(ctx context.Context, name string) (quota.Plan, error) {
+	var res quota.Plan
+	err := c.do(ctx, call{op: "delete plan", method: http.MethodDelete, path: "/v1/plans/" + url.PathEscape(name), safe: true}, &res)
+	return res, err
+}
+
 // Cost prices u in credits (and US dollars) with quotad's cost book.
 // Errors: IsInvalid for an unknown model.
 func (c *Client) Cost(ctx context.Context, u quota.Usage) (quota.CostResult, error) {
@@ -256,11 +267,22 @@ func (c *Client) PutPrice(ctx context.Context, p quota.Price) (quota.Price, erro
 	return res, err
 }
 
-// Key is a minted API key. The secret is shown only once, here.
+// DeletePrice deletes the price of model and returns it (admin key);
+// usage of the model is then refused like an unknown model's. Errors:
+// IsNotFound for a model without a price, IsInvalid for a malformed name.
+// A retry after a lost answer may answer IsNotFound: the price is gone
+// either way.
+func (c *Client) DeletePrice(ctx context.Context, model string) (quota.Price, error) {
+	var res quota.Price
+	err := c.do(ctx, call{op: "delete price", method: http.MethodDelete, path: "/v1/pricing/" + url.PathEscape(model), safe: true}, &res)
+	return res, err
+}
+
+// Key is a minted API key: the secret, shown only once, here, and the
+// key's description, whose ID is what RevokeKey takes.
 type Key struct {
-	Key   string `json:"key"`
-	Scope string `json:"scope"`
-	Name  string `json:"name,omitempty"`
+	Key string `json:"key"`
+	quota.APIKey
 }
 
 // Scopes of API keys: a service key checks, consumes, reserves and reads;
@@ -281,6 +303,28 @@ type keyRequest struct {
 func (c *Client) CreateKey(ctx context.Context, scope, name string) (Key, error) {
 	var res Key
 	err := c.do(ctx, call{op: "create key", method: http.MethodPost, path: "/v1/keys", body: keyRequest{Scope: scope, Name: name}}, &res)
+	return res, err
+}
+
+type keyList struct {
+	Keys []quota.APIKey `json:"keys"`
+}
+
+// Keys lists every API key by id, expired ones too until revoked, without
+// the secrets (admin key).
+func (c *Client) Keys(ctx context.Context) ([]quota.APIKey, error) {
+	var res keyList
+	err := c.do(ctx, call{op: "keys", method: http.MethodGet, path: "/v1/keys", safe: true}, &res)
+	return res.Keys, err
+}
+
+// RevokeKey deletes the API key id and returns what it was (admin key).
+// When it answers, no instance of quotad accepts the key any more.
+// Errors: IsNotFound for an unknown id. A retry after a lost answer may
+// answer IsNotFound: the key is gone either way.
+func (c *Client) RevokeKey(ctx context.Context, id int64) (quota.APIKey, error) {
+	var res quota.APIKey
+	err := c.do(ctx, call{op: "revoke key", method: http.MethodDelete, path: "/v1/keys/" + strconv.FormatInt(id, 10), safe: true}, &res)
 	return res, err
 }
 
