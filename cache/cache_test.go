@@ -854,3 +854,43 @@ func TestPooledCallForgetsItsScript(t *testing.T) {
 		}
 	}
 }
+
+// TestRecoveryRestoresManyKeys: more idempotency keys taken on the direct
+// path than one recovery call carries are all copied into Redis, chunk by
+// chunk, and all their marks cleared.
+func TestRecoveryRestoresManyKeys(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.counter(t)
+	k := key
+	k.Subject = "user:many-keys"
+	const n = 1234
+	for i := range n { // Postgres directly, as while Redis was unreachable
+		if _, err := e.store.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprintf("mk-%d", i), IdempotencyKey: fmt.Sprintf("k%d", i), RequestHash: "h", At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if recs, err := e.store.StaleIdempotency(ctx); err != nil || len(recs) != n {
+		t.Fatalf("%d keys marked (%v), want %d", len(recs), err, n)
+	}
+	if err := c.DropStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pipe := e.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, n)
+	for i := range n {
+		cmds[i] = pipe.Exists(ctx, fmt.Sprintf("q:{%s}:i:k%d", k.Subject, i))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	missing := 0
+	for _, cmd := range cmds {
+		if cmd.Val() != 1 {
+			missing++
+		}
+	}
+	if recs, err := e.store.StaleIdempotency(ctx); missing > 0 || err != nil || len(recs) != 0 {
+		t.Fatalf("%d keys missing from redis, %d still marked (%v)", missing, len(recs), err)
+	}
+}

@@ -60,6 +60,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -86,12 +87,16 @@ func dropStale(ctx context.Context, rdb redis.UniversalClient, subjects, keys []
 		return err
 	}
 	token := rand.Text()
-	pipe := rdb.Pipeline()
-	for i, key := range keys {
-		dropScript.EvalSha(ctx, pipe, []string{dropsKey(subjects[i]), key}, token, int64(dropsTTL/time.Second))
+	for start := 0; start < len(keys); start += recoveryChunk {
+		pipe := rdb.Pipeline()
+		for i := start; i < min(start+recoveryChunk, len(keys)); i++ {
+			dropScript.EvalSha(ctx, pipe, []string{dropsKey(subjects[i]), keys[i]}, token, int64(dropsTTL/time.Second))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return nil
 }
 
 // dropsTTL is how long a drop mark lives: far longer than a load, which
@@ -327,30 +332,43 @@ func (c *Counter) DropStale(ctx context.Context) error {
 // was unreachable into Redis (unless Redis has them), so that a retry
 // arriving through Redis now returns the first answer instead of counting
 // again.
+//
+// It goes recoveryChunk keys at a time, each chunk's marks cleared once
+// Redis has it: an outage under load leaves many keys, and one pipeline of
+// them all could outlast Redis's read timeout every time it was tried,
+// keeping the instance on the direct path, taking more keys, for good.
 func (c *Counter) restoreIdempotency(ctx context.Context) error {
 	recs, err := c.src.StaleIdempotency(ctx)
 	if err != nil || len(recs) == 0 {
 		return err
 	}
-	pipe := c.rdb.Pipeline()
-	for _, r := range recs {
-		ttl := 24*time.Hour - time.Since(r.At)
-		if ttl <= time.Second {
-			continue
+	for chunk := range slices.Chunk(recs, recoveryChunk) {
+		pipe := c.rdb.Pipeline()
+		for _, r := range chunk {
+			ttl := 24*time.Hour - time.Since(r.At)
+			if ttl <= time.Second {
+				continue
+			}
+			applied := "0"
+			if r.Applied {
+				applied = "1"
+			}
+			val := r.RequestHash + "|" + applied + "|" + strconv.FormatInt(r.Amount, 10) + "|" + strconv.FormatInt(r.Used, 10)
+			pipe.SetNX(ctx, "q:{"+r.Subject+"}:i:"+r.Key, val, ttl)
 		}
-		applied := "0"
-		if r.Applied {
-			applied = "1"
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("restore idempotency keys: %w", err)
 		}
-		val := r.RequestHash + "|" + applied + "|" + strconv.FormatInt(r.Amount, 10) + "|" + strconv.FormatInt(r.Used, 10)
-		pipe.SetNX(ctx, "q:{"+r.Subject+"}:i:"+r.Key, val, ttl)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("restore idempotency keys: %w", err)
+		if err := c.src.ClearStaleIdempotency(ctx, chunk); err != nil {
+			return err
+		}
 	}
 	c.log.Info("copied idempotency keys taken while redis was unreachable", "keys", len(recs))
-	return c.src.ClearStaleIdempotency(ctx, recs)
+	return nil
 }
+
+// recoveryChunk is how many keys one Redis call of the recovery carries.
+const recoveryChunk = 500
 
 // SweepStale runs drop (the recovery's steps: DropStale of counters and
 // settings) every interval while Redis is up, until ctx ends. A stale
