@@ -192,6 +192,19 @@ func once(seen *uint8, bit uint8) bool {
 	return true
 }
 
+// setStr takes a string field's value into dst; false for another kind of
+// value, or the field's second time (see once).
+func setStr(dst *string, str []byte, isStr bool, seen *uint8, bit uint8) bool {
+	*dst = string(str)
+	return isStr && once(seen, bit)
+}
+
+// setInt takes an integer field's value into dst, like setStr.
+func setInt(dst *int64, num int64, isStr bool, seen *uint8, bit uint8) bool {
+	*dst = num
+	return !isStr && once(seen, bit)
+}
+
 // fastCheck reads a CheckRequest; ok is false when the slow path must
 // (an amount of 0 given, too: only the slow path tells it from none).
 func fastCheck(b []byte, req *quota.CheckRequest) bool {
@@ -200,11 +213,9 @@ func fastCheck(b []byte, req *quota.CheckRequest) bool {
 	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
-			req.Subject = string(str)
-			return isStr && once(&seen, 1)
+			return setStr(&req.Subject, str, isStr, &seen, 1)
 		case "meter":
-			req.Meter = string(str)
-			return isStr && once(&seen, 2)
+			return setStr(&req.Meter, str, isStr, &seen, 2)
 		case "amount":
 			req.Amount = num
 			return !isStr && num != 0 && once(&seen, 4)
@@ -226,20 +237,15 @@ func (s *flatScanner) usage(key []byte, dst **quota.Usage) bool {
 	return s.object(func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "model":
-			u.Model = string(str)
-			return isStr && once(&seen, 1)
+			return setStr(&u.Model, str, isStr, &seen, 1)
 		case "input_tokens":
-			u.InputTokens = num
-			return !isStr && once(&seen, 2)
+			return setInt(&u.InputTokens, num, isStr, &seen, 2)
 		case "output_tokens":
-			u.OutputTokens = num
-			return !isStr && once(&seen, 4)
+			return setInt(&u.OutputTokens, num, isStr, &seen, 4)
 		case "cache_write_tokens":
-			u.CacheWriteTokens = num
-			return !isStr && once(&seen, 8)
+			return setInt(&u.CacheWriteTokens, num, isStr, &seen, 8)
 		case "cache_read_tokens":
-			u.CacheReadTokens = num
-			return !isStr && once(&seen, 16)
+			return setInt(&u.CacheReadTokens, num, isStr, &seen, 16)
 		}
 		return false
 	}, nil)
@@ -259,20 +265,15 @@ func consumeFields(req *quota.ConsumeRequest) func(key, str []byte, num int64, i
 	return func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
-			req.Subject = string(str)
-			return isStr && once(&seen, 1)
+			return setStr(&req.Subject, str, isStr, &seen, 1)
 		case "meter":
-			req.Meter = string(str)
-			return isStr && once(&seen, 2)
+			return setStr(&req.Meter, str, isStr, &seen, 2)
 		case "mode":
-			req.Mode = string(str)
-			return isStr && once(&seen, 4)
+			return setStr(&req.Mode, str, isStr, &seen, 4)
 		case "idempotency_key":
-			req.IdempotencyKey = string(str)
-			return isStr && once(&seen, 8)
+			return setStr(&req.IdempotencyKey, str, isStr, &seen, 8)
 		case "amount":
-			req.Amount = num
-			return !isStr && once(&seen, 16)
+			return setInt(&req.Amount, num, isStr, &seen, 16)
 		}
 		return false
 	}
@@ -286,20 +287,15 @@ func fastReserve(b []byte, req *quota.ReserveRequest) bool {
 	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
 		switch string(key) {
 		case "subject":
-			req.Subject = string(str)
-			return isStr && once(&seen, 1)
+			return setStr(&req.Subject, str, isStr, &seen, 1)
 		case "meter":
-			req.Meter = string(str)
-			return isStr && once(&seen, 2)
+			return setStr(&req.Meter, str, isStr, &seen, 2)
 		case "idempotency_key":
-			req.IdempotencyKey = string(str)
-			return isStr && once(&seen, 4)
+			return setStr(&req.IdempotencyKey, str, isStr, &seen, 4)
 		case "amount":
-			req.Amount = num
-			return !isStr && once(&seen, 8)
+			return setInt(&req.Amount, num, isStr, &seen, 8)
 		case "ttl_seconds":
-			req.TTLSeconds = num
-			return !isStr && once(&seen, 16)
+			return setInt(&req.TTLSeconds, num, isStr, &seen, 16)
 		}
 		return false
 	}, func(key []byte) bool { return s.usage(key, &req.Usage) })
@@ -311,8 +307,7 @@ func fastCommit(b []byte, req *quota.CommitRequest) bool {
 	var seen uint8
 	return s.fields(func(key, str []byte, num int64, isStr bool) bool {
 		if string(key) == "amount" {
-			req.Amount = num
-			return !isStr && once(&seen, 1)
+			return setInt(&req.Amount, num, isStr, &seen, 1)
 		}
 		return false
 	}, func(key []byte) bool { return s.usage(key, &req.Usage) })
