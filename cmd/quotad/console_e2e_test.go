@@ -237,6 +237,11 @@ func TestConsole(t *testing.T) {
 			chromedp.SendKeys("#prefix", "user:a", chromedp.ByID),
 			chromedp.SetValue("#order", "share", chromedp.ByID),
 			chromedp.Click(`//button[text()="List"]`, chromedp.BySearch),
+			// The listing's own page, not the one the form was sent from
+			// (its table matches too, and a screenshot taken while the
+			// browser navigates away can hang): the server writes the
+			// prefix into the attribute, typing sets only the property.
+			chromedp.WaitVisible(`#prefix[value="user:a"]`, chromedp.ByQuery),
 			chromedp.WaitVisible("table", chromedp.ByQuery),
 			chromedp.Nodes(link, &n, chromedp.ByQuery, chromedp.AtLeast(0)),
 		)
