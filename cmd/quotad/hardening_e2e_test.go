@@ -152,6 +152,29 @@ func probe(tb testing.TB, q *quotad, d time.Duration) probeResult {
 	authed := &http.Client{Timeout: 5 * time.Second}
 	fresh := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	var r probeResult
+	// Files are sampled beside the probes, not between them: reading
+	// /proc/net/tcp through a flood's thousands of sockets is slow, and a
+	// probe connection left idle past the guard's grace time may be
+	// closed for a newcomer, as the guard documents.
+	sampled := make(chan struct{})
+	stop := make(chan struct{})
+	var sampleErr error
+	go func() {
+		defer close(sampled)
+		for {
+			files, conns, err := openFiles(q)
+			if err != nil {
+				sampleErr = err
+				return
+			}
+			r.maxFiles, r.maxConns = max(r.maxFiles, files), max(r.maxConns, conns)
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
 	for end := time.Now().Add(d); time.Now().Before(end); {
 		t0 := time.Now()
 		resp, err := fresh.Get("http://" + q.addr + "/healthz")
@@ -173,9 +196,12 @@ func probe(tb testing.TB, q *quotad, d time.Duration) probeResult {
 			resp.Body.Close()
 			r.checks = append(r.checks, time.Since(t0))
 		}
-		files, conns := openFiles(tb, q)
-		r.maxFiles, r.maxConns = max(r.maxFiles, files), max(r.maxConns, conns)
 		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	<-sampled
+	if sampleErr != nil {
+		tb.Fatal(sampleErr)
 	}
 	return r
 }
@@ -254,12 +280,11 @@ func slowClient(ctx context.Context, addr string, kind int, dials *atomic.Int64)
 
 // openFiles counts the file descriptors quotad holds, and among them the
 // client connections: sockets on its listening port, not listening.
-func openFiles(tb testing.TB, q *quotad) (files, conns int) {
-	tb.Helper()
+func openFiles(q *quotad) (files, conns int, err error) {
 	dir := fmt.Sprintf("/proc/%d/fd", q.cmd.Process.Pid)
 	fds, err := os.ReadDir(dir)
 	if err != nil {
-		tb.Fatal(err)
+		return 0, 0, err
 	}
 	_, port, _ := net.SplitHostPort(q.addr)
 	p, _ := strconv.Atoi(port)
@@ -286,7 +311,7 @@ func openFiles(tb testing.TB, q *quotad) (files, conns int) {
 			conns++
 		}
 	}
-	return len(fds), conns
+	return len(fds), conns, nil
 }
 
 // latencies summarizes request times: count, median and maximum.
