@@ -87,6 +87,7 @@ func (s *Store) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, error
 // serialization failure aborts the transaction whole: it is tried again,
 // a few times, and then answers that the store is unavailable.
 func (s *Store) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
+	defer s.marks.mark(op.Key.Subject, op.Key.Meter)
 	res, err := s.consumeOnce(ctx, op)
 	for try := 1; isRetryable(err) && try < 4; try++ {
 		res, err = s.consumeOnce(ctx, op)
@@ -238,6 +239,7 @@ func firstResult(ctx context.Context, tx pgx.Tx, op quota.ConsumeOp) (quota.Cons
 // Reset implements quota.Counter: the counter goes to 0 and the ledger gets
 // a reset row.
 func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) error {
+	defer s.marks.mark(key.Subject, key.Meter)
 	_, err := s.pool.Exec(ctx, resetSQL, key.Subject, key.Meter, key.Start, quota.NewEventID(at), at, nullTime(key.End), at.UnixMilli())
 	return translate(err)
 }

@@ -35,3 +35,6 @@ func PaceEvery(rows, paceRows int, interval time.Duration) int {
 func (f *Flusher) RowsWritten(table string) prometheus.Counter {
 	return f.m.rows.WithLabelValues(table)
 }
+
+// RollupLock is the advisory lock key rollups serialize on.
+const RollupLock = rollupLock

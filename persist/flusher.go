@@ -590,6 +590,7 @@ func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) (
 	}
 	rows := map[string]int{} // by table, for the metric once committed
 	var stale bool
+	var written []*counterDelta // the counters written, for the subject_usage rollup
 	err := pgx.BeginFunc(ctx, f.store.pool, func(tx pgx.Tx) error {
 		var fresh map[string]bool // nil: every event is new
 		var dupes map[string]bool // events whose key Postgres holds for another event
@@ -610,12 +611,17 @@ func (f *Flusher) write(ctx context.Context, events []quota.Event, dedup bool) (
 		if err != nil {
 			return err
 		}
-		if err := f.upsertCounters(ctx, tx, events, fresh, dupes, moved, rows); err != nil {
+		if written, err = f.upsertCounters(ctx, tx, events, fresh, dupes, moved, rows); err != nil {
 			return err
 		}
 		stale = len(dupes) > 0 || len(moved) > 0
 		return f.insertExtras(ctx, tx, events, dedup, rows)
 	})
+	// Marked whatever the outcome: a write whose commit was cut may have
+	// committed (rollup.go's invariant 1).
+	for _, d := range written {
+		f.store.marks.mark(d.key.Subject, d.key.Meter)
+	}
 	if err == nil {
 		for table, n := range rows {
 			f.m.rows.WithLabelValues(table).Add(float64(n))
@@ -963,7 +969,7 @@ func positionOf(events []quota.Event, i int) streamPos {
 // adds nothing to the counter. Duplicates by key (dupes) count nothing and
 // mark their counter stale in Redis, as do events moved to another
 // counter (moved: see followAnchors), whose Redis copy lacks them.
-func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh, dupes, moved map[string]bool, rows map[string]int) error {
+func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.Event, fresh, dupes, moved map[string]bool, rows map[string]int) ([]*counterDelta, error) {
 	type id struct {
 		subject, meter string
 		start          int64
@@ -1010,12 +1016,12 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 			continue
 		}
 		if d.sum > (1<<63-1)-e.Amount {
-			return fmt.Errorf("counter %s/%s overflows", e.Subject, e.Meter)
+			return nil, fmt.Errorf("counter %s/%s overflows", e.Subject, e.Meter)
 		}
 		d.sum += e.Amount
 	}
 	if len(order) == 0 {
-		return nil
+		return nil, nil
 	}
 	n := len(order)
 	subjects, meters, starts := make([]string, n), make([]string, n), make([]time.Time, n)
@@ -1027,7 +1033,7 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 	}
 	reset, err := tx.Query(ctx, addCountersSQL, subjects, meters, starts, ends, sums, resetMS, resetSeq, stale)
 	if err != nil {
-		return fmt.Errorf("upsert counters: %w", err)
+		return order, fmt.Errorf("upsert counters: %w", err)
 	}
 	// Rows whose last reset is newer than the batch's: what the batch
 	// added from before it is taken back.
@@ -1043,11 +1049,11 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("upsert counters: %w", err)
+		return order, fmt.Errorf("upsert counters: %w", err)
 	}
 	rows["counters"] += n
 	if len(later) == 0 {
-		return nil
+		return order, nil
 	}
 	back := map[id]int64{}
 	for i := range events {
@@ -1070,10 +1076,10 @@ func (f *Flusher) upsertCounters(ctx context.Context, tx pgx.Tx, events []quota.
 	}
 	if len(bs) > 0 {
 		if _, err := tx.Exec(ctx, takeBackSQL, bs, bm, bps, bu); err != nil {
-			return fmt.Errorf("take back usage from before a reset: %w", err)
+			return order, fmt.Errorf("take back usage from before a reset: %w", err)
 		}
 	}
-	return nil
+	return order, nil
 }
 
 // insertExtras writes the provisioned subjects of a flush and, on the

@@ -70,10 +70,17 @@ func seedSubjects(tb testing.TB, st *persist.Store, n int, now time.Time) {
 			SELECT subject, 'credits', $1, $2, abs(hashtext(subject)) % 3000 FROM subjects`, []any{start, start.AddDate(0, 1, 0)}},
 		{`INSERT INTO counters (subject, meter, period_start, period_end, used)
 			SELECT subject, 'credits', $1, $2, abs(hashtext(subject || 'x')) % 3000 FROM subjects`, []any{start.AddDate(0, -1, 0), start}},
-		{`ANALYZE subjects, counters, subject_usage`, nil},
 	} {
 		if _, err := st.Pool().Exec(ctx, s.sql, s.args...); err != nil {
 			tb.Fatal(err)
 		}
+	}
+	// The counters written here go into the listing's rollup as quotad's
+	// would.
+	if err := st.RollupSince(ctx, time.Now().Add(-time.Hour)); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := st.Pool().Exec(ctx, `ANALYZE subjects, counters, subject_usage, usage_ledger`); err != nil {
+		tb.Fatal(err)
 	}
 }

@@ -30,7 +30,8 @@ var migrations embed.FS
 // quota.Prices and quota.Counter (the synchronous path), and the API key
 // lookups of the api package.
 type Store struct {
-	pool *pgxpool.Pool
+	pool  *pgxpool.Pool
+	marks usageMarks // counters written since the last rollup (rollup.go)
 }
 
 var (

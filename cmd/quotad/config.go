@@ -38,6 +38,7 @@ type Config struct {
 	FlushBatch      int           // QUOTAD_FLUSH_BATCH, --flush-batch; default 200: pending-stream entries per Redis read
 	FlushMax        int           // QUOTAD_FLUSH_MAX, --flush-max; default 100000: events per flush transaction; more pending flushes at once
 	FlushPaceRows   int           // QUOTAD_FLUSH_PACE_ROWS, --flush-pace-rows; default 256: the ledger COPY pauses 1 ms every this many rows (at most a quarter of the interval per COPY); 0: no pauses
+	ListingRefresh  time.Duration // QUOTAD_LISTING_REFRESH, --listing-refresh; default 5s: how often the subject listing's usage order is rolled up from counters (it trails them by up to this)
 	CacheTTL        time.Duration // QUOTAD_CACHE_TTL, --cache-ttl; default 1s: how old an L1 usage snapshot may be
 	L1MaxItems      int64         // QUOTAD_L1_MAX_ITEMS, --l1-max-items; default 100000 (cache.DefaultMaxItems): usage snapshots, and subjects, L1 keeps (each)
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
@@ -89,6 +90,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&c.Tiers, "tiers", env("QUOTAD_TIERS", "full"), `"full" or "postgres"`)
 	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
 	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "200"), "pending-stream entries per Redis read")
+	var listingRefresh string
+	fs.StringVar(&listingRefresh, "listing-refresh", env("QUOTAD_LISTING_REFRESH", "5s"), "how often the subject listing's usage order is rolled up from counters")
 	fs.StringVar(&cacheTTL, "cache-ttl", env("QUOTAD_CACHE_TTL", "1s"), "age limit of L1 usage snapshots")
 	var l1Items string
 	fs.StringVar(&l1Items, "l1-max-items", env("QUOTAD_L1_MAX_ITEMS", strconv.Itoa(cache.DefaultMaxItems)), "usage snapshots, and subjects, L1 keeps (each; ~270 bytes apiece)")
@@ -158,6 +161,9 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	}
 	if c.FlushBatch, err = strconv.Atoi(flushBatch); err != nil || c.FlushBatch < 1 {
 		return Config{}, fmt.Errorf("flush-batch: %q is not a positive integer", flushBatch)
+	}
+	if c.ListingRefresh, err = time.ParseDuration(listingRefresh); err != nil || c.ListingRefresh <= 0 {
+		return Config{}, fmt.Errorf("listing-refresh: %q is not a positive duration", listingRefresh)
 	}
 	if c.CacheTTL, err = time.ParseDuration(cacheTTL); err != nil || c.CacheTTL < 0 {
 		return Config{}, fmt.Errorf("cache-ttl: %q is not a duration", cacheTTL)
@@ -231,6 +237,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("flush_pace_rows", c.FlushPaceRows),
 		slog.Duration("flush_claim_idle", c.FlushClaimIdle),
 		slog.Duration("flush_max_lag", c.FlushMaxLag),
+		slog.Duration("listing_refresh", c.ListingRefresh),
 		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Int64("l1_max_items", c.L1MaxItems),
 		slog.Float64("near_limit", c.NearLimit),

@@ -74,7 +74,7 @@ func credits(tb testing.TB, row map[string]any) map[string]any {
 // a 400.
 func TestSubjectListing(t *testing.T) {
 	pg := testenv.PostgresURL(t)
-	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_FLUSH_INTERVAL=100ms")
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_FLUSH_INTERVAL=100ms", "QUOTAD_LISTING_REFRESH=100ms")
 
 	// 23 users with distinct usage (user:l05 and user:l06 tie), 4
 	// anonymous visitors; user:l20 is on pro (share small for its usage),
@@ -114,6 +114,10 @@ func TestSubjectListing(t *testing.T) {
 	}
 	used["user:l21"] = 0
 	waitCounter(t, pg, "user:l21", 0)
+	// The orders by usage read the rollup of the flushed counters.
+	for id, amount := range used {
+		waitRolledUp(t, pg, id, amount)
+	}
 	all := make([]string, 0, len(used))
 	for id := range used {
 		all = append(all, id)
@@ -270,6 +274,33 @@ func waitCounter(tb testing.TB, pg, subject string, want int64) {
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("%s: counters %d in postgres, want %d", subject, c, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitRolledUp waits until the listing's rollup (subject_usage) holds want
+// credits for subject (none: 0).
+func waitRolledUp(tb testing.TB, pg, subject string, want int64) {
+	tb.Helper()
+	conn, err := pgx.Connect(context.Background(), pg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got int64
+		err := conn.QueryRow(context.Background(),
+			`SELECT coalesce(sum(used), 0) FROM subject_usage WHERE subject = $1 AND meter = 'credits'`, subject).Scan(&got)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: subject_usage %d, want %d", subject, got, want)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

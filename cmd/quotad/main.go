@@ -106,6 +106,9 @@ func newServer(ctx, bg context.Context, cfg Config, store *persist.Store, margin
 	}, []string{"op"})
 	reg.MustRegister(failOpen)
 
+	// The listing's usage order (subject_usage) is rolled up from counters
+	// off the write path, by every instance for what it wrote.
+	go store.RunRollup(bg, cfg.ListingRefresh, log)
 	var t tiers
 	var err error
 	if cfg.Tiers == "postgres" {
@@ -261,6 +264,10 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		if err := t.flusher.Drain(shutCtx); err != nil {
 			log.Warn("flusher did not drain; pending usage stays in redis for the next flush", "err", err)
 		}
+	}
+	stopBG() // the rollup loop too; what the drain wrote is rolled up now
+	if err := store.Rollup(shutCtx); err != nil {
+		log.Warn("subject_usage: last rollup failed; the next instance to start catches up", "err", err)
 	}
 	log.Info("stopped")
 	return nil
