@@ -11,7 +11,7 @@ package persist
 // Invariants:
 //  1. A pair is marked after its write returned (committed or outcome
 //     unknown), so a rollup that takes the mark reads the write or a later
-//     state; a failed rollup puts its marks back.
+//     state; a failed rollup marks again what it did not write.
 //  2. subject_usage never goes back in time: rollups and the limit
 //     triggers of migration 00012 serialize on one advisory lock, and a
 //     rollup reads counters only after taking it, so each writes what the
@@ -91,23 +91,11 @@ func (m *usageMarks) take() map[usagePair]struct{} {
 	return p
 }
 
-// putBack returns the pairs of a failed rollup to the set.
-func (m *usageMarks) putBack(pairs map[usagePair]struct{}) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.pairs == nil {
-		m.pairs = pairs
-		return
-	}
-	for p := range pairs {
-		m.pairs[p] = struct{}{}
-	}
-}
-
 // RunRollup writes the marked pairs into subject_usage every interval until
 // ctx ends, after catching up on the counters written in the last
-// RollupCatchUp; then once more, so that a drained flush's pairs are not
-// left for the next instance's catch-up.
+// RollupCatchUp. On shutdown quotad calls Rollup once more after the
+// flusher drained, so that the drain's pairs are not left to the next
+// instance's catch-up.
 func (s *Store) RunRollup(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	if err := s.RollupSince(ctx, time.Now().Add(-RollupCatchUp)); err != nil && ctx.Err() == nil {
 		log.Warn("subject_usage: catching up failed; the listing may miss recent usage until it is written again", "err", err)
@@ -161,20 +149,39 @@ func (s *Store) Rollup(ctx context.Context) error {
 		}
 		return strings.Compare(a.meter, b.meter)
 	})
-	subjects, meters := make([]string, len(sorted)), make([]string, len(sorted))
-	for i, p := range sorted {
+	// In chunks, a transaction each with a pause between: a Postgres
+	// sharing quotad's cores then has a few milliseconds of work at a time
+	// instead of every subject's at once while requests wait (as the
+	// flusher's pacer does for its COPY).
+	for len(sorted) > 0 {
+		n := min(len(sorted), rollupChunk)
+		if err := s.rollupChunk(ctx, sorted[:n]); err != nil {
+			for _, p := range sorted {
+				s.marks.mark(p.subject, p.meter)
+			}
+			return fmt.Errorf("subject_usage rollup: %w", translate(err))
+		}
+		sorted = sorted[n:]
+		if len(sorted) > 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// rollupChunk is the pairs a rollup writes in one transaction.
+const rollupChunk = 128
+
+func (s *Store) rollupChunk(ctx context.Context, pairs []usagePair) error {
+	subjects, meters := make([]string, len(pairs)), make([]string, len(pairs))
+	for i, p := range pairs {
 		subjects[i], meters[i] = p.subject, p.meter
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(rollupLock)); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, rollupSQL, subjects, meters)
 		return err
 	})
-	if err != nil {
-		s.marks.putBack(pairs)
-		return fmt.Errorf("subject_usage rollup: %w", translate(err))
-	}
-	return nil
 }
