@@ -95,12 +95,13 @@ type FlusherConfig struct {
 	// may still commit; its retry then finds the events in the ledger and
 	// counts none twice.
 	WriteTimeout time.Duration
-	// PaceRows: the ledger COPY pauses for a millisecond every PaceRows
-	// rows, so that a Postgres sharing quotad's cores never has more than a
-	// few hundred rows to work through at once (see pacer); default 256,
-	// negative for never. The pauses of one COPY add up to a quarter of
-	// Interval at most (a bigger flush pauses every more rows); a flush
-	// written again (a replay, a retry) pauses again.
+	// PaceRows: the ledger COPY, and the idempotency keys' COPY, pause for
+	// a millisecond every PaceRows rows, so that a Postgres sharing
+	// quotad's cores never has more than a few hundred rows to work
+	// through at once (see pacer); default 256, negative for never. The
+	// pauses of the ledger's COPY add up to a quarter of Interval at most,
+	// the keys' to an eighth (a bigger flush pauses every more rows); a
+	// flush written again (a replay, a retry) pauses again.
 	PaceRows int
 	// MaxLag is how long usage may wait unread in the queue, while flushes
 	// succeed, before all new usage is refused (Pressure; from MaxLag/2 a
@@ -1114,7 +1115,12 @@ func (f *Flusher) insertExtras(ctx context.Context, tx pgx.Tx, events []quota.Ev
 	}
 	if len(isub) > 0 {
 		// So that the Postgres fallback path knows keys first seen in Redis.
+		// Paced as the ledger's COPY is (with a key on every consume it is
+		// a second COPY of the same size), within half its budget, so that
+		// the two pause for at most 3/8 of Interval.
+		pace := newPacer(len(isub), f.cfg.PaceRows, f.cfg.Interval/2)
 		_, err := tx.CopyFrom(ctx, pgx.Identifier{"idempotency"}, idempotencyColumns, pgx.CopyFromSlice(len(isub), func(i int) ([]any, error) {
+			pace.row(i)
 			return []any{isub[i], ikey[i], ihash[i], iapplied[i], iamount[i], iused[i], iat[i], iid[i]}, nil
 		}))
 		if err != nil {

@@ -528,7 +528,8 @@ func TestPacer(t *testing.T) {
 // TestPacedFlushCountsEveryEvent: a flush whose ledger COPY pauses
 // mid-stream (every 64 rows here) writes every row and counts every event
 // once, fresh and when replayed with new events (the COPY into a temporary
-// table, which pauses too).
+// table, which pauses too), and every idempotency key once (the keys' COPY
+// pauses too).
 func TestPacedFlushCountsEveryEvent(t *testing.T) {
 	st := newStore(t)
 	f := persist.NewFlusher(st, nil, persist.FlusherConfig{PaceRows: 64})
@@ -537,7 +538,8 @@ func TestPacedFlushCountsEveryEvent(t *testing.T) {
 	events := make([]quota.Event, 1000)
 	for i := range events {
 		events[i] = quota.Event{ID: quota.NewEventID(at), Kind: quota.EventConsume, Subject: fmt.Sprint("user:paced-", i%10),
-			Meter: "credits", Start: monthKey.Start, End: monthKey.End, Amount: int64(1 + i%3), At: at}
+			Meter: "credits", Start: monthKey.Start, End: monthKey.End, Amount: int64(1 + i%3), At: at,
+			IdempotencyKey: fmt.Sprint("paced-", i), RequestHash: "h"}
 	}
 	if err := f.Write(ctx, events[:600]); err != nil {
 		t.Fatal(err)
@@ -554,6 +556,9 @@ func TestPacedFlushCountsEveryEvent(t *testing.T) {
 	}
 	if err := st.Pool().QueryRow(ctx, `SELECT sum(used) FROM counters WHERE subject LIKE 'user:paced-%'`).Scan(&sum); err != nil || sum != want {
 		t.Fatalf("counters sum to %d (%v), want %d", sum, err, want)
+	}
+	if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM idempotency WHERE key LIKE 'paced-%'`).Scan(&rows); err != nil || rows != 1000 {
+		t.Fatalf("%d idempotency keys (%v), want 1000", rows, err)
 	}
 }
 
