@@ -55,6 +55,28 @@ func TestAdminCalls(t *testing.T) {
 		}
 	})
 
+	t.Run("expiring key", func(t *testing.T) {
+		at := time.Now().Add(2 * time.Second).UTC().Truncate(time.Second)
+		k, err := c.MintKey(ctx, client.KeySpec{Scope: client.ScopeService, Name: "short", ExpiresAt: &at})
+		if err != nil || k.ExpiresAt == nil || !k.ExpiresAt.Equal(at) {
+			t.Fatalf("mint = %+v, %v; want it to expire at %s", k, err, at)
+		}
+		svc := client.New(q.URL, k.Key, fast)
+		if _, err := svc.Check(ctx, quota.CheckRequest{Subject: "user:expiring"}); err != nil {
+			t.Fatalf("check before the expiry: %v", err)
+		}
+		time.Sleep(time.Until(at) + 100*time.Millisecond)
+		if _, err := svc.Check(ctx, quota.CheckRequest{Subject: "user:expiring"}); !client.IsUnauthorized(err) {
+			t.Errorf("check after the expiry: %v; want 401", err)
+		}
+		past := time.Now().Add(-time.Hour)
+		_, err = c.MintKey(ctx, client.KeySpec{Scope: client.ScopeService, ExpiresAt: &past})
+		var e *client.Error
+		if !errors.As(err, &e) || !client.IsInvalid(err) || e.Field != "expires_at" {
+			t.Errorf("a key expired already: %v; want 400 on expires_at", err)
+		}
+	})
+
 	t.Run("delete plans", func(t *testing.T) {
 		limits := map[string]quota.Limit{"credits": {Limit: 7_000, Period: quota.PeriodMonth}}
 		for _, name := range []string{"del-unused", "del-used"} {

@@ -292,17 +292,27 @@ const (
 	ScopeAdmin   = "admin"
 )
 
-type keyRequest struct {
-	Scope string `json:"scope"`
-	Name  string `json:"name,omitempty"`
+// KeySpec describes an API key to mint.
+type KeySpec struct {
+	Scope     string     `json:"scope"`                // ScopeService or ScopeAdmin
+	Name      string     `json:"name,omitempty"`       // optional
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // nil: never; else in the future
 }
 
 // CreateKey mints an API key with scope (ScopeService or ScopeAdmin) and
-// an optional name (admin key). It is not retried once the request may
-// have reached quotad, which would mint a second key.
+// an optional name that never expires (admin key); MintKey sets an
+// expiry. It is not retried once the request may have reached quotad,
+// which would mint a second key.
 func (c *Client) CreateKey(ctx context.Context, scope, name string) (Key, error) {
+	return c.MintKey(ctx, KeySpec{Scope: scope, Name: name})
+}
+
+// MintKey mints the API key spec describes (admin key); quotad refuses
+// it from its ExpiresAt on. Errors: IsInvalid naming the field for a bad
+// scope, name or expiry. Not retried, as CreateKey.
+func (c *Client) MintKey(ctx context.Context, spec KeySpec) (Key, error) {
 	var res Key
-	err := c.do(ctx, call{op: "create key", method: http.MethodPost, path: "/v1/keys", body: keyRequest{Scope: scope, Name: name}}, &res)
+	err := c.do(ctx, call{op: "create key", method: http.MethodPost, path: "/v1/keys", body: spec}, &res)
 	return res, err
 }
 
