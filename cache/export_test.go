@@ -25,3 +25,6 @@ func (p *Pending) BeforeDropIdle(f func()) { p.beforeDropIdle = f }
 // BeforeDirect sets a hook that runs after a try through Redis failed and
 // before the op goes to Postgres.
 func (h *Health) BeforeDirect(f func()) { h.beforeDirect = f }
+
+// Gone is gone for the tests.
+var Gone = gone

@@ -132,6 +132,16 @@ func unreachable(err error) bool {
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
+// gone reports an error that says the connection to Redis is gone
+// (refused, reset, closed), not merely slow: a timeout is not one.
+func gone(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	return unreachable(err)
+}
+
 // startProbe starts the probe unless one runs. A failure that comes
 // after the probe's switch to up but before the probe ends finds it
 // running and starts none; so the probe, once it has said it ended, looks

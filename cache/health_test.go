@@ -2,9 +2,15 @@ package cache_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,4 +313,27 @@ func privateRedis(t *testing.T, readTimeout time.Duration) (*testenv.Redis, *red
 	rdb := redis.NewClient(opt)
 	t.Cleanup(func() { rdb.Close() })
 	return rs, rdb
+}
+
+// TestGone: only an error that says the connection is gone counts, not a
+// timeout, which a Redis starved of CPU gives as well.
+func TestGone(t *testing.T) {
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{timeout, false},
+		{fmt.Errorf("drop stale counters: %w", timeout), false},
+		{context.DeadlineExceeded, false},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, true},
+		{fmt.Errorf("drop: %w", syscall.ECONNRESET), true},
+		{io.EOF, true},
+		{errors.New("ERR unknown command"), false},
+	} {
+		if got := cache.Gone(c.err); got != c.want {
+			t.Errorf("Gone(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
 }

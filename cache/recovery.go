@@ -315,17 +315,30 @@ func (c *Counter) DropStale(ctx context.Context) error {
 	if err := c.restoreIdempotency(ctx); err != nil {
 		return err
 	}
-	return c.src.TakeStaleCounters(ctx, func(keys []quota.CounterKey) error {
-		subjects, names := make([]string, len(keys)), make([]string, len(keys))
-		for i, k := range keys {
-			subjects[i], names[i] = k.Subject, counterKey(k)
+	// A chunk at a time, each chunk's marks cleared once Redis dropped
+	// its copies, as restoreIdempotency does: one transaction over every
+	// mark kept them all after any chunk's timeout, and the next try had
+	// to do them all again.
+	dropped := 0
+	for {
+		n, err := c.src.TakeStaleCounters(ctx, recoveryChunk, func(keys []quota.CounterKey) error {
+			subjects, names := make([]string, len(keys)), make([]string, len(keys))
+			for i, k := range keys {
+				subjects[i], names[i] = k.Subject, counterKey(k)
+			}
+			if err := dropStale(ctx, c.rdb, subjects, names); err != nil {
+				return fmt.Errorf("drop stale counters: %w", err)
+			}
+			return nil
+		})
+		dropped += n
+		if err != nil || n < recoveryChunk {
+			if dropped > 0 {
+				c.log.Info("dropped counters changed while redis was unreachable", "counters", dropped)
+			}
+			return err
 		}
-		if err := dropStale(ctx, c.rdb, subjects, names); err != nil {
-			return fmt.Errorf("drop stale counters: %w", err)
-		}
-		c.log.Info("dropped counters changed while redis was unreachable", "counters", len(keys))
-		return nil
-	})
+	}
 }
 
 // restoreIdempotency copies the idempotency keys Postgres took while Redis
@@ -393,7 +406,11 @@ func SweepStale(ctx context.Context, h *Health, interval time.Duration, drop fun
 		dctx, cancel := context.WithTimeout(ctx, interval)
 		err := drop(dctx)
 		cancel()
-		if err != nil && !h.Failed(err) {
+		// A slow sweep is not enough to leave Redis: a Redis starved of
+		// CPU by a busy core answers late too, and switching every request
+		// to Postgres for it made things worse. A connection refused or
+		// reset switches; a hung Redis the request path and the probe see.
+		if err != nil && !(gone(err) && h.Failed(err)) {
 			log.Warn("sweep of stale copies failed; retrying", "err", err)
 		}
 	}

@@ -28,10 +28,11 @@ type Source interface {
 	quota.Counter
 	// Stored reads a counter and whether Postgres has a row for it.
 	Stored(ctx context.Context, key quota.CounterKey) (used int64, found bool, err error)
-	// TakeStaleCounters calls drop with the counters changed in Postgres
-	// directly since their Redis copy was last dropped, and marks them as
-	// matching again only if drop succeeds.
-	TakeStaleCounters(ctx context.Context, drop func([]quota.CounterKey) error) error
+	// TakeStaleCounters calls drop with up to limit of the counters
+	// changed in Postgres directly since their Redis copy was last
+	// dropped, marks them as matching again only if drop succeeds, and
+	// answers how many it took.
+	TakeStaleCounters(ctx context.Context, limit int, drop func([]quota.CounterKey) error) (int, error)
 	// StaleIdempotency lists idempotency keys taken in Postgres directly
 	// in the last 24 hours; ClearStaleIdempotency marks them copied.
 	StaleIdempotency(ctx context.Context) ([]quota.IdempotencyRecord, error)

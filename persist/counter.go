@@ -244,26 +244,28 @@ func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) e
 	return translate(err)
 }
 
-// takeStaleSQL clears the marks of (up to 100,000) counters changed here
+// takeStaleSQL clears the marks of (up to $1) counters changed here
 // directly and answers them; its transaction holds their rows until the
 // Redis copies are dropped (TakeStaleCounters). It locks them in key
 // order, as a flush does (see addCountersSQL), so the two cannot deadlock.
 const takeStaleSQL = `UPDATE counters SET l2_stale = false
 	WHERE (subject, meter, period_start) IN (SELECT subject, meter, period_start FROM counters WHERE l2_stale
-		ORDER BY subject, meter, period_start LIMIT 100000 FOR UPDATE)
+		ORDER BY subject, meter, period_start LIMIT $1 FOR UPDATE)
 	RETURNING subject, meter, period_start, period_end`
 
-// TakeStaleCounters hands drop the counters changed here directly since
-// Redis's copy was last dropped (see the l2_stale column), to drop those
-// copies, and clears their marks in the same transaction: only if drop
+// TakeStaleCounters hands drop up to limit of the counters changed here
+// directly since Redis's copy was last dropped (see the l2_stale column),
+// to drop those copies, and answers how many; it clears their marks in
+// the same transaction: only if drop
 // succeeds, and a direct write to one of these counters meanwhile
 // waits for the commit and marks it again (clearing after the drop, in a
 // second statement, could clear the mark of such a write, and Redis
 // would never drop the copy that misses it).
-func (s *Store) TakeStaleCounters(ctx context.Context, drop func([]quota.CounterKey) error) error {
+func (s *Store) TakeStaleCounters(ctx context.Context, limit int, drop func([]quota.CounterKey) error) (int, error) {
 	var dropErr error // drop's own, not translated as a Postgres error
+	var taken int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, takeStaleSQL)
+		rows, err := tx.Query(ctx, takeStaleSQL, limit)
 		if err != nil {
 			return err
 		}
@@ -280,13 +282,17 @@ func (s *Store) TakeStaleCounters(ctx context.Context, drop func([]quota.Counter
 		if err != nil || len(keys) == 0 {
 			return err
 		}
+		taken = len(keys)
 		dropErr = drop(keys)
 		return dropErr
 	})
 	if dropErr != nil {
-		return dropErr
+		return 0, dropErr
 	}
-	return translate(err)
+	if err != nil {
+		return 0, translate(err)
+	}
+	return taken, nil
 }
 
 const (

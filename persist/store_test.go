@@ -399,7 +399,7 @@ func TestTakeStaleCountersKeepsALaterMark(t *testing.T) {
 	take := func(during func()) []quota.CounterKey {
 		t.Helper()
 		var taken []quota.CounterKey
-		if err := st.TakeStaleCounters(ctx, func(keys []quota.CounterKey) error {
+		if _, err := st.TakeStaleCounters(ctx, 100, func(keys []quota.CounterKey) error {
 			taken = keys
 			if during != nil {
 				during()
@@ -433,11 +433,52 @@ func TestTakeStaleCountersKeepsALaterMark(t *testing.T) {
 	if _, err := st.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 3, EventID: "take-3", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.TakeStaleCounters(ctx, func([]quota.CounterKey) error { return errors.New("redis is gone") }); err == nil {
+	if _, err := st.TakeStaleCounters(ctx, 100, func([]quota.CounterKey) error { return errors.New("redis is gone") }); err == nil {
 		t.Fatal("a failed drop did not fail the take")
 	}
 	if got := take(nil); len(got) != 1 {
 		t.Fatalf("after a failed drop: %v, want the counter still marked", got)
+	}
+}
+
+// TestTakeStaleCountersInChunks: each take clears the marks of the chunk
+// it took once its drop succeeded, so a recovery that fails part way keeps
+// only what it did not drop.
+func TestTakeStaleCountersInChunks(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	for i := range 5 {
+		k := monthKey
+		k.Subject = fmt.Sprint("user:chunk-", i)
+		if _, err := st.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: fmt.Sprint("chunk-", i), At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	take := func(fail bool) (int, error) {
+		return st.TakeStaleCounters(ctx, 2, func(keys []quota.CounterKey) error {
+			if fail {
+				return errors.New("redis timed out")
+			}
+			for _, k := range keys {
+				got = append(got, k.Subject)
+			}
+			return nil
+		})
+	}
+	if n, err := take(false); n != 2 || err != nil {
+		t.Fatalf("first chunk: %d, %v; want 2", n, err)
+	}
+	if _, err := take(true); err == nil {
+		t.Fatal("a failed drop did not fail the take")
+	}
+	for _, want := range []int{2, 1, 0} {
+		if n, err := take(false); n != want || err != nil {
+			t.Fatalf("take: %d, %v; want %d", n, err, want)
+		}
+	}
+	if want := []string{"user:chunk-0", "user:chunk-1", "user:chunk-2", "user:chunk-3", "user:chunk-4"}; !slices.Equal(got, want) {
+		t.Fatalf("dropped %v, want each of %v once", got, want)
 	}
 }
 
