@@ -16,13 +16,15 @@ type redisHook struct {
 
 // Instrument registers Redis round-trip and command counters on reg and
 // hooks them into rdb.
-func Instrument(rdb *redis.Client, reg *prometheus.Registry) {
+func Instrument(reg *prometheus.Registry, clients ...*redis.Client) {
 	h := redisHook{
 		trips: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_redis_roundtrips_total", Help: "Round trips to Redis (a command or a pipeline)."}),
 		cmds:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_redis_commands_total", Help: "Commands sent to Redis."}),
 	}
 	reg.MustRegister(h.trips, h.cmds)
-	rdb.AddHook(h)
+	for _, rdb := range clients {
+		rdb.AddHook(h)
+	}
 }
 
 func (h redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }

@@ -326,7 +326,7 @@ func (c *Counter) DropStale(ctx context.Context) error {
 			for i, k := range keys {
 				subjects[i], names[i] = k.Subject, counterKey(k)
 			}
-			if err := dropStale(ctx, c.rdb, subjects, names); err != nil {
+			if err := dropStale(ctx, c.slow, subjects, names); err != nil {
 				return fmt.Errorf("drop stale counters: %w", err)
 			}
 			return nil
@@ -356,7 +356,7 @@ func (c *Counter) restoreIdempotency(ctx context.Context) error {
 		return err
 	}
 	for chunk := range slices.Chunk(recs, recoveryChunk) {
-		pipe := c.rdb.Pipeline()
+		pipe := c.slow.Pipeline()
 		for _, r := range chunk {
 			ttl := 24*time.Hour - time.Since(r.At)
 			if ttl <= time.Second {

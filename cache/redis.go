@@ -49,7 +49,9 @@ const (
 // while Redis is unreachable it serves from the Source (Postgres) instead
 // and switches back by itself.
 type Counter struct {
-	rdb    redis.UniversalClient
+	rdb redis.UniversalClient
+	// slow serves the recovery's bulk calls (see SetRecoveryClient).
+	slow   redis.UniversalClient
 	batch  *batcher
 	src    Source
 	health *Health
@@ -83,10 +85,17 @@ var (
 // make bench's check-hot (server on one core): 56-59k req/s with one
 // worker, 44-48k with four, less with 8 and 16; consumes did not change.
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
-	return &Counter{rdb: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second,
+	return &Counter{rdb: rdb, slow: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second,
 		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
 		shed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_shed_total", Help: "Consumes and commits refused with 503 because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
+
+// SetRecoveryClient makes the recovery's bulk calls (DropStale: copying
+// keys back, dropping stale copies) go through rdb, a client of the same
+// Redis with longer timeouts than the request path's: they are not on
+// the request path, and a Redis slowed by a busy core must not fail them
+// for good. Call it before the counter serves.
+func (c *Counter) SetRecoveryClient(rdb redis.UniversalClient) { c.slow = rdb }
 
 // Register registers the counter's metrics on reg.
 func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads, c.shed) }

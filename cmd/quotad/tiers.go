@@ -26,8 +26,9 @@ type tiers struct {
 	flusher     *persist.Flusher
 	flusherDone chan struct{}
 	rdb         *redis.Client
-	feed        *cache.Feed // live changes; nil for the Postgres-only tiers
-	keys        *keyEvents  // nil for the Postgres-only tiers
+	bgRdb       *redis.Client // the flusher's and the recovery's
+	feed        *cache.Feed   // live changes; nil for the Postgres-only tiers
+	keys        *keyEvents    // nil for the Postgres-only tiers
 }
 
 // keysMessage is the invalidation bus's message for "a key was revoked":
@@ -83,13 +84,23 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	opt.PoolTimeout, opt.MaxRetries = 500*time.Millisecond, -1
 	opt.PoolSize = 128
 	rdb := redis.NewClient(opt)
-	cache.Instrument(rdb, reg)
+	// Background work (the flusher's reads and acks, the recovery) reads
+	// replies of thousands of events and runs beside the requests on the
+	// same cores: the request path's timeouts failed its calls under load,
+	// and a flusher that cannot read leaves every cold counter's load
+	// waiting. Its own client waits longer and needs few connections.
+	bgOpt := *opt
+	bgOpt.ReadTimeout, bgOpt.WriteTimeout, bgOpt.PoolTimeout = 5*time.Second, 5*time.Second, 5*time.Second
+	bgOpt.PoolSize = 8
+	bgRdb := redis.NewClient(&bgOpt)
+	cache.Instrument(reg, rdb, bgRdb)
 
 	health := cache.NewHealth(rdb, log)
 	bus := cache.NewBus(rdb, opt.DB, log)
 	keys := &keyEvents{bus: bus}
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	l2.DirectEnforce = cfg.DirectEnforce == "admit"
+	l2.SetRecoveryClient(bgRdb)
 	l2.Register(reg)
 	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, MaxItems: cfg.L1MaxItems, Registry: reg})
 	if err != nil {
@@ -155,7 +166,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	case "slow-flush":
 		fcfg.AfterCommit = func() { time.Sleep(400 * time.Millisecond) }
 	}
-	pending := cache.NewPending(rdb, fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()))
+	pending := cache.NewPending(bgRdb, fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()))
 	pending.ClaimIdle = cfg.FlushClaimIdle
 	flusher := persist.NewFlusher(store, pending, fcfg)
 	l2.Pace(flusher)
@@ -176,6 +187,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		flusher:     flusher,
 		flusherDone: done,
 		rdb:         rdb,
+		bgRdb:       bgRdb,
 		feed:        feed,
 		keys:        keys,
 	}, nil
@@ -211,6 +223,9 @@ func (s eventsSub) Next() (api.Event, bool) {
 func (t tiers) close() {
 	if t.rdb != nil {
 		_ = t.rdb.Close()
+	}
+	if t.bgRdb != nil {
+		_ = t.bgRdb.Close()
 	}
 }
 
