@@ -635,6 +635,8 @@ type stubBacklog struct {
 	looked  chan struct{}
 }
 
+func (b *stubBacklog) Hurry() {}
+
 func (b *stubBacklog) Pressure() float64 {
 	if b.behind.Load() {
 		return 1

@@ -196,6 +196,9 @@ func (c *Counter) withCounter(ctx context.Context, key quota.CounterKey, at time
 				key.Meter, key.Subject, quota.ErrUnavailable)
 		}
 		if !loaded {
+			if c.backlog != nil {
+				c.backlog.Hurry()
+			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}

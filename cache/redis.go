@@ -105,9 +105,12 @@ func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads,
 // flushed.
 type Backlog interface {
 	Pressure() float64
+	// Hurry asks for a flush soon: a load waits for one.
+	Hurry()
 }
 
-// Pace makes consumes through Redis refused as b's pressure says; call it
+// Pace makes consumes through Redis refused as b's pressure says, and a
+// load waiting for the stream to drain hurry b's next flush; call it
 // before the counter serves.
 func (c *Counter) Pace(b Backlog) { c.backlog = b }
 

@@ -152,6 +152,7 @@ type Flusher struct {
 	flushing atomic.Int64
 	failing  atomic.Bool
 	looked   chan struct{}
+	hurry    chan struct{} // see Hurry
 }
 
 type flushMetrics struct {
@@ -192,7 +193,7 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Flusher{store: s, src: src, cfg: cfg, looked: make(chan struct{}), m: flushMetrics{
+	f := &Flusher{store: s, src: src, cfg: cfg, looked: make(chan struct{}), hurry: make(chan struct{}, 1), m: flushMetrics{
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_pending", Help: "Entries of the Redis pending stream not yet written to Postgres (an entry holds one or more events)."}),
 		lag:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_flush_lag_seconds", Help: "Age of the oldest event not yet written to Postgres."}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quotad_flush_batch_size", Help: "Events per flush (one Postgres transaction).",
@@ -208,8 +209,8 @@ func NewFlusher(s *Store, src Pending, cfg FlusherConfig) *Flusher {
 	return f
 }
 
-// Run flushes every Interval, and at once again while a flush came back
-// full, until ctx ends. A second goroutine looks at the stream every
+// Run flushes every Interval, at once again while a flush came back full,
+// and early when a load waits for it (Hurry), until ctx ends. A second goroutine looks at the stream every
 // Interval/10, during flushes too (a flush slowed down by the load it is
 // behind must not hide that load from Pressure); between ticks a look that
 // finds Max events waiting starts a flush early.
@@ -248,6 +249,7 @@ func (f *Flusher) Run(ctx context.Context) {
 				break
 			}
 		}
+		flushed := time.Now()
 	wait:
 		for {
 			f.mu.Lock()
@@ -258,6 +260,15 @@ func (f *Flusher) Run(ctx context.Context) {
 				return
 			case <-tick.C:
 				break wait
+			case <-f.hurry:
+				// A load waits for this flush: now, but not more often
+				// than every Interval/10, however many loads wait.
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Until(flushed.Add(f.cfg.Interval / 10))):
+				}
+				break wait
 			case <-looked:
 				f.mu.Lock()
 				full := f.pending >= int64(f.cfg.Max) // entries, so at least Max events
@@ -267,6 +278,19 @@ func (f *Flusher) Run(ctx context.Context) {
 				}
 			}
 		}
+	}
+}
+
+// Hurry asks for a flush now rather than at the next tick. A load of a
+// counter Postgres has a row for waits until the stream is flushed past
+// the newest entry it saw (cache.Counter.load): up to a whole Interval
+// per cold counter otherwise, which after many counters were dropped
+// (a recovery, a lost Redis, lost replies) held every consume that
+// met one for about a second. It never blocks.
+func (f *Flusher) Hurry() {
+	select {
+	case f.hurry <- struct{}{}:
+	default:
 	}
 }
 

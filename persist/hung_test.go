@@ -94,3 +94,41 @@ func TestFlushAgainstAHungPostgres(t *testing.T) {
 		t.Fatalf("counter %d (%v), want 55", used, err)
 	}
 }
+
+// TestHurryFlushesBeforeTheTick: a flush asked for with Hurry (a load
+// waits for one) comes soon, not at the next interval.
+func TestHurryFlushesBeforeTheTick(t *testing.T) {
+	st := newStore(t)
+	q := &queue{}
+	f := persist.NewFlusher(st, q, persist.FlusherConfig{Interval: 20 * time.Second, MaxLag: -1})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	key := monthKey
+	key.Subject = "user:hurry"
+	time.Sleep(200 * time.Millisecond) // past the first flush, of nothing
+	q.mu.Lock()
+	at := time.Now()
+	q.events = append(q.events, quota.Event{ID: quota.NewEventID(at), Ref: "r", Kind: quota.EventConsume, Subject: key.Subject,
+		Meter: key.Meter, Start: key.Start, End: key.End, Amount: 3, At: at})
+	q.mu.Unlock()
+	f.Hurry()
+	deadline := time.Now().Add(10 * time.Second) // half the interval; hurried flushes wait Interval/10 after the last
+	for {
+		q.mu.Lock()
+		acked := q.acked
+		q.mu.Unlock()
+		if acked == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no flush 10 s after Hurry; the interval is 20 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if used, _, err := st.Stored(context.Background(), key); err != nil || used != 3 {
+		t.Fatalf("flushed counter: %d, %v; want 3", used, err)
+	}
+}
