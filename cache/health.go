@@ -201,7 +201,9 @@ func (h *Health) try() bool {
 		}
 	}
 	if h.up.CompareAndSwap(false, true) {
-		h.log.Info("redis reachable: serving from redis")
+		// Warn, as the switch away was: an operator reading warnings
+		// sees both ends of the outage.
+		h.log.Warn("redis reachable again: serving from redis")
 		if h.OnChange != nil {
 			h.OnChange(true)
 		}

@@ -247,10 +247,13 @@ func (s *Store) Reset(ctx context.Context, key quota.CounterKey, at time.Time) e
 // takeStaleSQL clears the marks of (up to $1) counters changed here
 // directly and answers them; its transaction holds their rows until the
 // Redis copies are dropped (TakeStaleCounters). It locks them in key
-// order, as a flush does (see addCountersSQL), so the two cannot deadlock.
+// order, as a flush does (see addCountersSQL), so the two cannot deadlock;
+// and it skips rows a flush or a direct write holds: waiting for a flush
+// of seconds failed every sweep under load, and a skipped row keeps its
+// mark for the next take.
 const takeStaleSQL = `UPDATE counters SET l2_stale = false
 	WHERE (subject, meter, period_start) IN (SELECT subject, meter, period_start FROM counters WHERE l2_stale
-		ORDER BY subject, meter, period_start LIMIT $1 FOR UPDATE)
+		ORDER BY subject, meter, period_start LIMIT $1 FOR UPDATE SKIP LOCKED)
 	RETURNING subject, meter, period_start, period_end`
 
 // TakeStaleCounters hands drop up to limit of the counters changed here

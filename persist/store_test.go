@@ -482,6 +482,52 @@ func TestTakeStaleCountersInChunks(t *testing.T) {
 	}
 }
 
+// TestTakeStaleCountersSkipsHeldRows: a counter row a flush holds is
+// skipped, not waited for, and keeps its mark for the next take.
+func TestTakeStaleCountersSkipsHeldRows(t *testing.T) {
+	st := newStore(t)
+	ctx := context.Background()
+	for _, s := range []string{"user:held", "user:free"} {
+		k := monthKey
+		k.Subject = s
+		if _, err := st.Consume(ctx, quota.ConsumeOp{Key: k, Amount: 1, EventID: "skip-" + s, At: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, err := st.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM counters WHERE subject = 'user:held' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	take := func() []string {
+		t.Helper()
+		var got []string
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if _, err := st.TakeStaleCounters(tctx, 10, func(keys []quota.CounterKey) error {
+			for _, k := range keys {
+				got = append(got, k.Subject)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("take while a row is held: %v", err)
+		}
+		return got
+	}
+	if got := take(); !slices.Equal(got, []string{"user:free"}) {
+		t.Fatalf("took %v while user:held's row was held; want only user:free", got)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := take(); !slices.Equal(got, []string{"user:held"}) {
+		t.Fatalf("took %v once the row was free; want user:held", got)
+	}
+}
+
 // TestConcurrentFlushesDoNotDeadlock: two flushers (two quotad instances)
 // writing the same counters at once, their events in opposite orders, both
 // commit and count everything: each upserts its counters in key order, so
