@@ -25,6 +25,7 @@ type Health struct {
 	log      *slog.Logger
 	interval time.Duration
 	up       atomic.Bool
+	wasUp    atomic.Bool // up once before: a switch to up ends an outage
 	probing  atomic.Bool
 	// direct is held shared by each write that goes to Postgres directly
 	// while Redis is down, and exclusively by the switch back to up: the
@@ -201,9 +202,13 @@ func (h *Health) try() bool {
 		}
 	}
 	if h.up.CompareAndSwap(false, true) {
-		// Warn, as the switch away was: an operator reading warnings
-		// sees both ends of the outage.
-		h.log.Warn("redis reachable again: serving from redis")
+		// After an outage, a warning as the switch away was: an operator
+		// reading warnings sees both ends of it.
+		if h.wasUp.Swap(true) {
+			h.log.Warn("redis reachable again: serving from redis")
+		} else {
+			h.log.Info("redis reachable: serving from redis")
+		}
 		if h.OnChange != nil {
 			h.OnChange(true)
 		}

@@ -25,6 +25,9 @@
 #   BENCH_ARGS      more `quotabench suite` flags, e.g. "-mode open -rate 20000"
 #   SERVER_GOMAXPROCS  quotad's GOMAXPROCS when pinned; default unset (Go: 1)
 #   BENCH_PGDB      default quotad_bench      BENCH_REDIS_DB  default 1
+#                   (the postgres-tiers quotad uses BENCH_PGDB_pg: its direct
+#                   writes would otherwise mark the full tiers' counters
+#                   stale, and the full tiers reload them all)
 #   BENCH_FRESH     default 1 (drop and recreate both before the run)
 #   SWEEP           default 1: after the suite, the open-loop sweep of
 #                   consume-record and consume-record-nokey (quotabench
@@ -77,6 +80,7 @@ PGPORT="${PGPORT%%/*}"
 REDISPORT="${QUOTAD_REDIS_URL#*127.0.0.1:}"
 REDISPORT="${REDISPORT%%/*}"
 BENCH_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/$BENCH_PGDB?sslmode=disable"
+BENCH_PG_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/${BENCH_PGDB}_pg?sslmode=disable"
 BENCH_REDIS_URL="redis://127.0.0.1:$REDISPORT/$BENCH_REDIS_DB"
 
 # psql: on PATH, next to initdb, or the highest /usr/lib/postgresql/*/bin.
@@ -92,12 +96,16 @@ psql_admin() { "$PSQL" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -Xq -v 
 
 if [[ "$BENCH_FRESH" == 1 ]]; then
 	log "recreating Postgres database $BENCH_PGDB and flushing Redis database $BENCH_REDIS_DB"
-	psql_admin -c "DROP DATABASE IF EXISTS $BENCH_PGDB WITH (FORCE)" >/dev/null
+	for db in "$BENCH_PGDB" "${BENCH_PGDB}_pg"; do
+		psql_admin -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+	done
 	redis-cli -h 127.0.0.1 -p "$REDISPORT" -n "$BENCH_REDIS_DB" flushdb >/dev/null
 fi
-if [[ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$BENCH_PGDB'")" != 1 ]]; then
-	psql_admin -c "CREATE DATABASE $BENCH_PGDB" >/dev/null
-fi
+for db in "$BENCH_PGDB" "${BENCH_PGDB}_pg"; do
+	if [[ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]]; then
+		psql_admin -c "CREATE DATABASE $db" >/dev/null
+	fi
+done
 
 # ---------------------------------------------------------------- ports
 
@@ -207,17 +215,18 @@ start_quotad() { # name addr debug [VAR=value...]
 	log "quotad ($name) on $addr, pid $!, log $RAW/quotad-$name.log"
 }
 start_quotad full "$FULL_ADDR" "$FULL_DEBUG" QUOTAD_BENCH_FLOOR=1
-start_quotad postgres "$PG_ADDR" "$PG_DEBUG" QUOTAD_TIERS=postgres
+start_quotad postgres "$PG_ADDR" "$PG_DEBUG" QUOTAD_TIERS=postgres QUOTAD_POSTGRES_URL="$BENCH_PG_POSTGRES_URL"
 
 # ---------------------------------------------------------------- seed and run
 
 "${CLIENT_PIN[@]}" bin/quotabench seed -url "http://$FULL_ADDR" -key "$KEY" -subjects "$SUBJECTS"
+"${CLIENT_PIN[@]}" bin/quotabench seed -url "http://$PG_ADDR" -key "$KEY" -subjects "$SUBJECTS"
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
 env -u GOMAXPROCS "${CLIENT_PIN[@]}" bin/quotabench suite \
 	-full-url "http://$FULL_ADDR" -postgres-url "http://$PG_ADDR" \
 	-key "$KEY" -d "$DURATION" -c "$CONNS" -subjects "$SUBJECTS" -warmup "$WARMUP" \
 	-out "$OUT" -date "$DATE" -pinning "$PINNING" \
-	-note "make bench: Postgres database $BENCH_PGDB, Redis database $BENCH_REDIS_DB$([[ "$BENCH_FRESH" == 1 ]] && echo ", both recreated empty before the run")" \
+	-note "make bench: Postgres databases $BENCH_PGDB (full tiers) and ${BENCH_PGDB}_pg (postgres tiers), Redis database $BENCH_REDIS_DB$([[ "$BENCH_FRESH" == 1 ]] && echo ", all recreated empty before the run")" \
 	$BENCH_ARGS
 
 # Open loop: what the consumes sustain when clients do not wait for quotad
