@@ -68,6 +68,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/quotad/quotad/internal/periodic"
 	"github.com/quotad/quotad/quota"
 )
 
@@ -395,16 +396,9 @@ const recoveryChunk = 500
 // Redis. Swept, Redis's copy is dropped within an interval instead of at
 // the next outage. The looks are two queries on partial indexes.
 func SweepStale(ctx context.Context, h *Health, interval time.Duration, drop func(context.Context) error, log *slog.Logger) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Run(ctx, interval, func() {
 		if !h.Up() {
-			continue // the recovery does it before Redis is used again
+			return // the recovery does it before Redis is used again
 		}
 		dctx, cancel := context.WithTimeout(ctx, interval)
 		err := drop(dctx)
@@ -416,5 +410,5 @@ func SweepStale(ctx context.Context, h *Health, interval time.Duration, drop fun
 		if err != nil && !(gone(err) && h.Failed(err)) {
 			log.Warn("sweep of stale copies failed; retrying", "err", err)
 		}
-	}
+	})
 }

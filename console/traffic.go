@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quotad/quotad/internal/periodic"
 )
 
 // traffic keeps this instance's request and refusal counts, sampled from
@@ -34,18 +36,11 @@ func newTraffic(now func() time.Time) *traffic { return &traffic{now: now} }
 
 // Run samples the traffic until ctx ends.
 func (c *Console) Run(ctx context.Context) {
-	t := time.NewTicker(sampleEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if key := c.sessions.anyKey(); key != "" {
-				c.sample(ctx, key)
-			}
+	periodic.Run(ctx, sampleEvery, func() {
+		if key := c.sessions.anyKey(); key != "" {
+			c.sample(ctx, key)
 		}
-	}
+	})
 }
 
 func (c *Console) sample(ctx context.Context, key string) {

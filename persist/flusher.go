@@ -60,6 +60,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quotad/quotad/internal/periodic"
 	"github.com/quotad/quotad/quota"
 )
 
@@ -301,26 +302,19 @@ const pruneInterval = 10 * time.Minute
 // interval, a batch at a time, until ctx ends. Every instance does it;
 // two at once delete different rows or none.
 func (f *Flusher) pruneEvery(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Run(ctx, interval, func() {
 		before := time.Now().Add(-IdempotencyWindow - time.Hour)
 		for {
 			n, err := f.store.PruneIdempotency(ctx, before, 10_000)
 			if err != nil {
 				f.cfg.Logger.Warn("prune idempotency keys", "err", err)
-				break
+				return
 			}
 			if n < 10_000 {
-				break
+				return
 			}
 		}
-	}
+	})
 }
 
 // Drain flushes until nothing is pending or ctx ends; quotad calls it on

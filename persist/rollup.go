@@ -6,14 +6,15 @@ package persist
 // transaction, once per counter per flush, and that was most of a flush's
 // cost. Now every writer of counters marks the (subject, meter) pairs it
 // wrote, and RunRollup writes the marked pairs from counters once per
-// interval, in one statement, however many flushes wrote them meanwhile.
+// interval (in chunks, see Rollup), however many flushes wrote them
+// meanwhile.
 //
 // Invariants:
 //  1. A pair is marked after its write returned (committed or outcome
 //     unknown), so a rollup that takes the mark reads the write or a later
 //     state; a failed rollup marks again what it did not write.
 //  2. subject_usage never goes back in time: rollups and the limit
-//     triggers of migration 00012 serialize on one advisory lock, and a
+//     triggers (migration 00013) serialize on one advisory lock, and a
 //     rollup reads counters only after taking it, so each writes what the
 //     one before it read or newer.
 //  3. Marks live in memory: an instance that dies loses those not rolled
@@ -33,6 +34,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/quotad/quotad/internal/periodic"
 )
 
 // rollupLock is the key of the advisory lock rollups and the limit
@@ -100,18 +103,11 @@ func (s *Store) RunRollup(ctx context.Context, interval time.Duration, log *slog
 	if err := s.RollupSince(ctx, time.Now().Add(-RollupCatchUp)); err != nil && ctx.Err() == nil {
 		log.Warn("subject_usage: catching up failed; the listing may miss recent usage until it is written again", "err", err)
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Run(ctx, interval, func() {
 		if err := s.Rollup(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("subject_usage: rollup failed; retried at the next interval", "err", err)
 		}
-	}
+	})
 }
 
 // RollupSince marks every pair whose counters were written since since
