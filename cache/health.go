@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,12 +16,21 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Health tracks whether Redis is reachable. The first connection error
-// marks it down, so the hot path stops waiting on timeouts and goes to
-// Postgres; a probe then pings Redis until it answers, runs the recovery
-// (dropping counters Postgres changed meanwhile) and marks it up again.
+// Health tracks whether Redis is reachable. An error that says the
+// connection is gone (refused, reset, closed) marks it down at once, so the
+// hot path stops waiting on timeouts and goes to Postgres. A call that
+// only answered late (a timeout, no free connection) raises a doubt
+// instead: one PING on a client of its own, and Redis is marked down only
+// if that fails too. A Redis starved of CPU by a busy core answers late
+// while it is there, and switching every request to Postgres for that
+// made an overload worse. Once down, a probe pings Redis until it
+// answers, runs the recovery (dropping counters Postgres changed
+// meanwhile) and marks it up again.
 type Health struct {
 	rdb      redis.UniversalClient
+	confirm  redis.UniversalClient // pings a doubt; rdb unless SetConfirmClient
+	doubting atomic.Bool
+	verdict  atomic.Pointer[chan struct{}] // closed when the last doubt is settled
 	recover  func(ctx context.Context) error
 	log      *slog.Logger
 	interval time.Duration
@@ -44,8 +54,18 @@ type Health struct {
 
 // NewHealth returns a Health that reports Redis down until Start finds it.
 func NewHealth(rdb redis.UniversalClient, log *slog.Logger) *Health {
-	return &Health{rdb: rdb, log: log, interval: 250 * time.Millisecond, ctx: context.Background()}
+	return &Health{rdb: rdb, confirm: rdb, log: log, interval: 250 * time.Millisecond, ctx: context.Background()}
 }
+
+// SetConfirmClient makes doubts pinged on c: a client whose connections
+// the requests do not hold, so a full pool or a queue of slow requests
+// does not fail the ping too. Call it before Start.
+func (h *Health) SetConfirmClient(c redis.UniversalClient) { h.confirm = c }
+
+// ConfirmTimeout is how long the PING that settles a doubt may take. A
+// Redis that answers within it is there, however late its replies to the
+// requests were.
+const ConfirmTimeout = time.Second
 
 // Start pings Redis once, and keeps probing until ctx ends if it does not
 // answer. recover runs before every switch to up.
@@ -101,13 +121,27 @@ func (h *Health) UpAfterRecovery() bool {
 	return false
 }
 
-// Failed reports whether err means Redis is unreachable; if so it marks
-// Redis down and starts probing. Errors Redis itself answered (a script
-// error, redis.Nil) do not count, except while it loads its data.
+// Failed reports whether err means Redis is unreachable for this call; the
+// caller then answers without it. An error that says the connection is
+// gone marks Redis down and starts probing; a late answer (see slow)
+// raises a doubt that a PING settles (Settle waits for it). Errors Redis
+// itself answered (a script error, redis.Nil) do not count, except while
+// it loads its data.
 func (h *Health) Failed(err error) bool {
 	if !unreachable(err) {
 		return false
 	}
+	if slow(err) && h.up.Load() {
+		h.doubt(err)
+	} else {
+		h.markDown(err)
+	}
+	return true
+}
+
+// markDown marks Redis down and starts the probe, whose switch back runs
+// the recovery first.
+func (h *Health) markDown(err error) {
 	if h.up.CompareAndSwap(true, false) {
 		h.log.Warn("redis unreachable: serving from postgres", "err", err)
 		if h.OnChange != nil {
@@ -115,7 +149,49 @@ func (h *Health) Failed(err error) bool {
 		}
 	}
 	h.startProbe()
-	return true
+}
+
+// doubt pings Redis once, unless a ping of an earlier doubt is still out,
+// and marks it down if the ping fails as well.
+func (h *Health) doubt(err error) {
+	if !h.doubting.CompareAndSwap(false, true) {
+		return
+	}
+	done := make(chan struct{})
+	h.verdict.Store(&done)
+	go func() {
+		defer close(done)
+		defer h.doubting.Store(false)
+		// The clients leave deadlines to their own timeouts, not the
+		// context's, so the bound is kept here; a ping still out when it
+		// passes ends with its client's timeout.
+		pinged := make(chan error, 1)
+		go func() { pinged <- h.confirm.Ping(h.ctx).Err() }()
+		t := time.NewTimer(ConfirmTimeout)
+		defer t.Stop()
+		var perr error
+		select {
+		case perr = <-pinged:
+		case <-t.C:
+			perr = fmt.Errorf("no answer to a ping within %s", ConfirmTimeout)
+		case <-h.ctx.Done():
+			return
+		}
+		if perr != nil {
+			h.markDown(fmt.Errorf("%w (and a ping: %v)", err, perr))
+		}
+	}()
+}
+
+// Settle waits until the last doubt raised is settled (at most
+// ConfirmTimeout) or ctx ends; Up then answers the verdict.
+func (h *Health) Settle(ctx context.Context) {
+	if p := h.verdict.Load(); p != nil {
+		select {
+		case <-*p:
+		case <-ctx.Done():
+		}
+	}
 }
 
 func unreachable(err error) bool {
@@ -133,15 +209,16 @@ func unreachable(err error) bool {
 		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// gone reports an error that says the connection to Redis is gone
-// (refused, reset, closed), not merely slow: a timeout is not one.
-func gone(err error) bool {
+// slow reports an error that says Redis answered late, or that no
+// connection was free in time, not that it is gone.
+func slow(err error) bool {
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	return unreachable(err)
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout)
 }
+
+// gone reports an error that says the connection to Redis is gone
+// (refused, reset, closed), not merely slow.
+func gone(err error) bool { return unreachable(err) && !slow(err) }
 
 // startProbe starts the probe unless one runs. A failure that comes
 // after the probe's switch to up but before the probe ends finds it

@@ -233,10 +233,10 @@ func TestProbeNotStrandedByAFailureAsItEnds(t *testing.T) {
 	var failedAgain atomic.Bool
 	h.OnChange = func(up bool) {
 		if up && failedAgain.CompareAndSwap(false, true) {
-			h.Failed(context.DeadlineExceeded) // a request timed out just then
+			h.Failed(io.ErrUnexpectedEOF) // a request's connection broke just then
 		}
 	}
-	h.Failed(context.DeadlineExceeded)
+	h.Failed(io.ErrUnexpectedEOF)
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		if failedAgain.Load() && h.Up() {
@@ -335,5 +335,129 @@ func TestGone(t *testing.T) {
 		if got := cache.Gone(c.err); got != c.want {
 			t.Errorf("Gone(%v) = %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+// TestALateReplyIsDoubtedNotASwitch: a Redis call that times out while
+// Redis is merely slow (frozen shorter than the confirming ping's bound)
+// leaves the instance on Redis; one frozen longer switches it to Postgres.
+func TestALateReplyIsDoubtedNotASwitch(t *testing.T) {
+	rs, rdb := privateRedis(t, 100*time.Millisecond)
+	confirm := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, MaxRetries: -1})
+	defer confirm.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h := cache.NewHealth(rdb, discard)
+	h.SetConfirmClient(confirm)
+	var downs atomic.Int32
+	h.OnChange = func(up bool) {
+		if !up {
+			downs.Add(1)
+		}
+	}
+	h.Start(ctx, nil)
+
+	rs.Pause(t)
+	resumed := make(chan struct{})
+	go func() {
+		time.Sleep(cache.ConfirmTimeout / 3)
+		rs.Resume(t)
+		close(resumed)
+	}()
+	err := rdb.Get(ctx, "k").Err()
+	if !h.Failed(err) {
+		t.Fatalf("a read timeout (%v) does not count as a failure of the call", err)
+	}
+	if !h.Up() {
+		t.Fatal("one late reply switched the instance to postgres before any ping")
+	}
+	h.Settle(ctx)
+	<-resumed
+	if !h.Up() || downs.Load() != 0 {
+		t.Fatalf("redis answered the confirming ping, yet the instance switched (up %v, %d switches)", h.Up(), downs.Load())
+	}
+
+	rs.Pause(t)
+	err = rdb.Get(ctx, "k").Err()
+	h.Failed(err)
+	h.Settle(ctx)
+	if h.Up() || downs.Load() != 1 {
+		t.Fatalf("redis frozen past the ping's bound: up %v, %d switches; want down, 1", h.Up(), downs.Load())
+	}
+	rs.Resume(t)
+	for deadline := time.Now().Add(5 * time.Second); !h.Up(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the probe did not bring redis back")
+		}
+	}
+}
+
+// TestKeyedConsumeThroughALateRedis: a consume with an idempotency key
+// whose reply comes late is tried in Redis again once Redis answers a
+// ping; it is answered (or refused as unavailable, to be retried) without
+// leaving Redis, and its retries with the key count once.
+func TestKeyedConsumeThroughALateRedis(t *testing.T) {
+	rs, rdb := privateRedis(t, 100*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	confirm := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, MaxRetries: -1})
+	defer confirm.Close()
+	h := cache.NewHealth(rdb, discard)
+	h.SetConfirmClient(confirm)
+	var downs atomic.Int32
+	h.OnChange = func(up bool) {
+		if !up {
+			downs.Add(1)
+		}
+	}
+	c := cache.NewCounter(ctx, rdb, st, h, discard)
+	h.Start(ctx, c.DropStale)
+	k := quota.CounterKey{Subject: "user:late-redis", Meter: "credits", Start: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+	op := quota.ConsumeOp{Key: k, Amount: 1, EventID: "late-0", At: time.Now()}
+	if _, err := c.Consume(ctx, op); err != nil {
+		t.Fatal(err)
+	}
+	op = quota.ConsumeOp{Key: k, Amount: 7, EventID: "late-1", IdempotencyKey: "late-key", RequestHash: "h", At: time.Now()}
+	rs.Pause(t)
+	go func() {
+		time.Sleep(250 * time.Millisecond)
+		rs.Resume(t)
+	}()
+	applied := 0
+	for try := 0; try < 20; try++ {
+		res, err := c.Consume(ctx, op)
+		if errors.Is(err, quota.ErrUnavailable) {
+			continue // the client's retry
+		}
+		if err != nil {
+			t.Fatalf("try %d: %v", try, err)
+		}
+		if res.Applied && !res.Duplicate {
+			applied++
+		}
+		if res.Used != 8 {
+			t.Fatalf("try %d: used %d, want 8 (1 + 7 once)", try, res.Used)
+		}
+		if try >= 2 {
+			break
+		}
+	}
+	if applied > 1 {
+		t.Fatalf("the keyed consume was applied %d times", applied)
+	}
+	if downs.Load() != 0 {
+		t.Fatalf("redis froze for 250 ms and answered the ping, yet the instance switched to postgres %d times", downs.Load())
+	}
+	ck := "q:{" + k.Subject + "}:c:credits:" + strconv.FormatInt(k.Start.Unix(), 10)
+	if v, err := rdb.Get(ctx, ck).Result(); err != nil || v != "8" {
+		t.Fatalf("redis's counter is %q (%v), want 8", v, err)
 	}
 }

@@ -37,7 +37,8 @@ package cache
 //     is still a window: docs/failures.md).
 //
 // An op whose outcome in Redis is unknown (its reply was lost) is not run
-// there again (redisOrDirect).
+// there again (redisOrDirect). A late reply alone does not switch to
+// Postgres: Health pings first (a busy core makes Redis late, not gone).
 //
 // Marks set after the recovery that should have taken them (a direct
 // write committed after its client gave up, another instance's direct
@@ -128,8 +129,13 @@ func expireAt(k quota.CounterKey, now time.Time) int64 {
 // however both copies reach it, and then undo drops Redis's copy of what
 // it changed, which reloads once the stream is flushed past whatever the
 // first try added. undo nil means the op is safe to run again in Redis.
+//
+// A try that only answered late leaves Redis up until a ping confirms it
+// gone (Health.Failed). An op safe to run again waits for that verdict and
+// tries Redis once more if Redis is still up; late again, it answers
+// ErrUnavailable, which the client retries (with its key, if it sent one).
 func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, error), direct func(ctx context.Context, unknown bool) (T, error), undo func(context.Context) error) (T, error) {
-	unknown := false
+	unknown, late := false, 0
 	for {
 		if h.Up() {
 			res, err := viaRedis()
@@ -137,6 +143,14 @@ func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, er
 				return res, err
 			}
 			unknown = undo != nil && maybeSent(err)
+			if !unknown && h.Up() {
+				if late++; late > 1 {
+					var zero T
+					return zero, fmt.Errorf("redis answered late twice, retry: %v: %w", err, quota.ErrUnavailable)
+				}
+				h.Settle(ctx)
+				continue
+			}
 		}
 		if h.beforeDirect != nil {
 			h.beforeDirect()
@@ -154,10 +168,12 @@ func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, er
 	defer cancel()
 	res, err := direct(dctx, unknown)
 	if err == nil && unknown && h.Up() {
-		// Down again, the recovery drops the copy (the direct write
-		// marked it stale); up, nothing else will.
-		if derr := undo(ctx); derr != nil {
-			h.Failed(derr)
+		// Redis's copy is wrong until it is dropped, so a client that
+		// left does not cut the drop short. Down again, or the drop late
+		// or cut off, the recovery drops the copy (the direct write marked
+		// it stale) before Redis serves again.
+		if derr := undo(context.WithoutCancel(ctx)); derr != nil && unreachable(derr) {
+			h.markDown(derr)
 		}
 	}
 	return res, err

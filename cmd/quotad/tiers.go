@@ -96,6 +96,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	cache.Instrument(reg, rdb, bgRdb)
 
 	health := cache.NewHealth(rdb, log)
+	health.SetConfirmClient(bgRdb)
 	bus := cache.NewBus(rdb, opt.DB, log)
 	keys := &keyEvents{bus: bus}
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
