@@ -31,15 +31,7 @@ type env struct {
 
 func newEnv(tb testing.TB) env {
 	tb.Helper()
-	ctx := context.Background()
-	st, err := persist.Open(ctx, testenv.PostgresURL(tb), 32)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(st.Close)
-	if err := st.Migrate(ctx); err != nil {
-		tb.Fatal(err)
-	}
+	st := migratedStore(context.Background(), tb, 32)
 	opt, _ := redis.ParseURL(testenv.RedisURL(tb))
 	rdb := redis.NewClient(opt)
 	tb.Cleanup(func() { rdb.Close() })

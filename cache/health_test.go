@@ -100,14 +100,7 @@ func (s *pausedSource) Stored(ctx context.Context, key quota.CounterKey) (int64,
 func TestRecoveryVoidsRunningLoads(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(ctx, t, 8)
 	rs := testenv.StartRedis(t, testenv.RedisOptions{})
 	k := quota.CounterKey{Subject: "user:load-race", Meter: "credits",
 		Start: time.Now().UTC().Truncate(time.Hour), End: time.Now().UTC().Truncate(time.Hour).Add(time.Hour)}
@@ -257,14 +250,7 @@ func TestUnknownOutcomeIsNotRunTwiceInRedis(t *testing.T) {
 	rs, rdb := privateRedis(t, 200*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(ctx, t, 8)
 	h := cache.NewHealth(rdb, discard)
 	c := cache.NewCounter(ctx, rdb, st, h, discard)
 	h.Start(ctx, c.DropStale)
@@ -400,14 +386,7 @@ func TestKeyedConsumeThroughALateRedis(t *testing.T) {
 	rs, rdb := privateRedis(t, 100*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := persist.Open(ctx, testenv.PostgresURL(t), 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := migratedStore(ctx, t, 8)
 	confirm := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, MaxRetries: -1})
 	defer confirm.Close()
 	h := cache.NewHealth(rdb, discard)
@@ -460,4 +439,19 @@ func TestKeyedConsumeThroughALateRedis(t *testing.T) {
 	if v, err := rdb.Get(ctx, ck).Result(); err != nil || v != "8" {
 		t.Fatalf("redis's counter is %q (%v), want 8", v, err)
 	}
+}
+
+// migratedStore opens the test's Postgres database with a pool of conns,
+// migrated, until the test ends.
+func migratedStore(ctx context.Context, tb testing.TB, conns int32) *persist.Store {
+	tb.Helper()
+	st, err := persist.Open(ctx, testenv.PostgresURL(tb), conns)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(st.Close)
+	if err := st.Migrate(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	return st
 }
