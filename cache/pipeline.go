@@ -29,7 +29,7 @@ import (
 )
 
 type call struct {
-	consume bool          // a consume op (keys: counter, idempotency, holds; 7 args)
+	consume bool          // a consume op (keys: counter, idempotency, holds; 8 args)
 	script  *redis.Script // else a call of its own of this script (see script)
 	// else a read (see get)
 	keys []string

@@ -378,7 +378,7 @@ func (c *Counter) restoreIdempotency(ctx context.Context) error {
 	for chunk := range slices.Chunk(recs, recoveryChunk) {
 		pipe := c.slow.Pipeline()
 		for _, r := range chunk {
-			ttl := 24*time.Hour - time.Since(r.At)
+			ttl := c.KeyWindow - time.Since(r.At)
 			if ttl <= time.Second {
 				continue
 			}

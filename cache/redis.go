@@ -72,6 +72,14 @@ type Counter struct {
 	// Redis is unreachable (available, may over-admit by the usage still
 	// unflushed in Redis); false refuses them (exact). Set before serving.
 	DirectEnforce bool
+	// KeyWindow is how long Redis keeps a consume's idempotency key: what
+	// bounds their memory, at the consume rate times this. A replay within
+	// it answers the first answer. A later one is counted once all the
+	// same: the flush finds Postgres holding the key (kept a day,
+	// persist.IdempotencyWindow) for another event, writes nothing, and
+	// Redis's copy of the counter, which counted it, is dropped and
+	// reloads; it is answered as a new consume. Set before serving.
+	KeyWindow time.Duration
 }
 
 var (
@@ -85,10 +93,18 @@ var (
 // make bench's check-hot (server on one core): 56-59k req/s with one
 // worker, 44-48k with four, less with 8 and 16; consumes did not change.
 func NewCounter(ctx context.Context, rdb redis.UniversalClient, src Source, health *Health, log *slog.Logger) *Counter {
-	return &Counter{rdb: rdb, slow: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second,
+	return &Counter{rdb: rdb, slow: rdb, batch: newBatcher(ctx, rdb, 1, 256), src: src, health: health, log: log, loadWait: 10 * time.Second, KeyWindow: DefaultKeyWindow,
 		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_l2_reads_total", Help: "Usage reads answered by Redis."}),
 		shed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_consume_shed_total", Help: "Consumes and commits refused with 503 because the flusher was behind (see QUOTAD_FLUSH_MAX_LAG)."})}
 }
+
+// DefaultKeyWindow is how long Redis keeps a consume's idempotency key
+// unless Counter.KeyWindow says otherwise: as long as Postgres keeps it,
+// so that every replay Postgres would catch answers the first answer.
+const DefaultKeyWindow = 24 * time.Hour
+
+// keyWindowSeconds is KeyWindow as the consume script takes it.
+func (c *Counter) keyWindowSeconds() int64 { return max(int64(c.KeyWindow/time.Second), 1) }
 
 // SetRecoveryClient makes the recovery's bulk calls (DropStale: copying
 // keys back, dropping stale copies) go through rdb, a client of the same
@@ -300,7 +316,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 		enforce = "1"
 	}
 	keys := []string{ck, ik, holdsKey(op.Key)}
-	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev, op.At.UnixMilli()}
+	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev, op.At.UnixMilli(), c.keyWindowSeconds()}
 	var res quota.ConsumeResult
 	err := c.withCounter(ctx, op.Key, op.At, func() (bool, error) {
 		v1, v2, v3, err := c.batch.consume(ctx, keys, args)

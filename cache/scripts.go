@@ -29,11 +29,12 @@ import "github.com/redis/go-redis/v9"
 //	  counter           q:{S}:c:<meter>:<period start unix>
 //	  idempotency key   q:{S}:i:<key> (the counter key again when there is none)
 //	  holds             q:{S}:h:<meter>:<period start unix> (see reserveScript)
-//	ARGV per op i, at 1+7i .. 7+7i:
+//	ARGV per op i, at 1+8i .. 8+8i:
 //	  amount; "1" to enforce the limit, "0" to record; limit;
 //	  idempotency key ("" for none); request hash, stored with the key's
 //	  first answer; the event (appendEvent), without the counter's new
-//	  value; now, unix milliseconds (which holds are live)
+//	  value; now, unix milliseconds (which holds are live); how long
+//	  Redis keeps the key, seconds (Counter.KeyWindow)
 //
 // Only an op that applied stores its idempotency key: an enforce op the
 // limit refused changed nothing, so a retry with its key (after a reset
@@ -51,7 +52,7 @@ var consumeScript = redis.NewScript(exactLua + heldLua + `
 local out, recs = {}, {}
 local function apply(i)
   local ck, ik, hk = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
-  local a = 7 * i
+  local a = 8 * i
   local amount, idem = ARGV[a + 1], ARGV[a + 4] ~= ""
   local hh, hl = held(hk, ARGV[a + 7])
   local prev = idem and redis.call("GET", ik)
@@ -67,7 +68,7 @@ local function apply(i)
     recs[#recs + 1] = ARGV[a + 6] .. "\31" .. used
   end
   if idem and applied == 1 then
-    redis.call("SET", ik, ARGV[a + 5] .. "|" .. applied .. "|" .. amount .. "|" .. used, "EX", 86400)
+    redis.call("SET", ik, ARGV[a + 5] .. "|" .. applied .. "|" .. amount .. "|" .. used, "EX", ARGV[a + 8])
   end
   return applied, used, dec(hh, hl)
 end

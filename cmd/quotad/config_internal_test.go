@@ -66,6 +66,18 @@ func TestFlushPaceRowsReachTheFlusher(t *testing.T) {
 	}
 }
 
+// TestKeyWindow: Redis's window for idempotency keys is a duration from
+// a second to Postgres's day; past that day a replay could count twice.
+func TestKeyWindow(t *testing.T) {
+	for value, want := range map[string]time.Duration{"": 24 * time.Hour, "1s": time.Second, "2m": 2 * time.Minute, "24h": 24 * time.Hour,
+		"25h": 0, "500ms": 0, "0": 0, "-1m": 0, "forever": 0} {
+		cfg, err := parseEnv(map[string]string{"QUOTAD_KEY_WINDOW": value})
+		if (err == nil) != (want > 0) || (err == nil && cfg.KeyWindow != want) {
+			t.Errorf("QUOTAD_KEY_WINDOW=%q: %v (%v), want %v", value, cfg.KeyWindow, err, want)
+		}
+	}
+}
+
 // parseEnv parses the config from env alone, no flags.
 func parseEnv(env map[string]string) (Config, error) {
 	fs := flag.NewFlagSet("quotad", flag.ContinueOnError)
