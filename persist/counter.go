@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -103,10 +104,12 @@ func (s *Store) Consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeR
 }
 
 // isDuplicateEvent reports whether err is the ledger refusing an event id
-// it already has.
+// it already has. The ledger is partitioned (ledger.go): the error names
+// the partition's key, usage_ledger_<month>_pkey or usage_ledger_pkey.
 func isDuplicateEvent(err error) bool {
 	var pg *pgconn.PgError
-	return errors.As(err, &pg) && pg.Code == "23505" && pg.ConstraintName == "usage_ledger_pkey"
+	return errors.As(err, &pg) && pg.Code == "23505" && strings.HasPrefix(pg.TableName, "usage_ledger") &&
+		strings.HasPrefix(pg.ConstraintName, "usage_ledger") && strings.HasSuffix(pg.ConstraintName, "_pkey")
 }
 
 // isRetryable reports a transaction Postgres aborted whole to break a

@@ -9,8 +9,9 @@ package persist
 //	Claim + Next (reads of Batch    ──▶  one Postgres transaction:
 //	entries, until Max events)          1. ledger rows by COPY; if the ledger has one of the event
 //	                                       ids already (a replay), the flush is written again:
-//	                                       COPY into a temp table, INSERT ... ON CONFLICT (event_id)
-//	                                       DO NOTHING RETURNING event_id: only events Postgres did
+//	                                       COPY into a temp table, INSERT ... ON CONFLICT (event_id,
+//	                                       created_at) DO NOTHING RETURNING event_id (see ledger.go:
+//	                                       as unique as the id alone): only events Postgres did
 //	                                       not have yet
 //	                                    2. counter upserts from those events only, one row per
 //	                                       (subject, meter, period) per flush, counting only
@@ -521,7 +522,7 @@ var idempotencyColumns = []string{"subject", "key", "request_hash", "applied", "
 
 var insertLedgerInSQL = `INSERT INTO usage_ledger (` + strings.Join(ledgerColumns, ", ") + `)
 		SELECT ` + strings.Join(ledgerColumns, ", ") + ` FROM ledger_in
-		ON CONFLICT (event_id) DO NOTHING RETURNING event_id`
+		ON CONFLICT (event_id, created_at) DO NOTHING RETURNING event_id`
 
 const (
 	// A flush that may hold events Postgres has already is copied into a

@@ -742,8 +742,9 @@ func TestDirectConsumeSurvivesADeadlockWithAFlush(t *testing.T) {
 	if _, err := flush.Exec(ctx, `SET LOCAL deadlock_timeout = '30s'`); err != nil { // the consume's backend is the one to notice
 		t.Fatal(err)
 	}
+	at := time.Now() // the event's time, in both copies of it
 	if _, err := flush.Exec(ctx, `INSERT INTO usage_ledger (event_id, kind, subject, meter, period_start, amount, created_at)
-		VALUES ('ev-both', 'consume', $1, $2, $3, 5, now())`, key.Subject, key.Meter, key.Start); err != nil {
+		VALUES ('ev-both', 'consume', $1, $2, $3, 5, $4)`, key.Subject, key.Meter, key.Start, at); err != nil {
 		t.Fatal(err)
 	}
 	type answer struct {
@@ -752,7 +753,7 @@ func TestDirectConsumeSurvivesADeadlockWithAFlush(t *testing.T) {
 	}
 	done := make(chan answer, 1)
 	go func() {
-		res, err := st.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 5, EventID: "ev-both", At: time.Now()})
+		res, err := st.Consume(ctx, quota.ConsumeOp{Key: key, Amount: 5, EventID: "ev-both", At: at})
 		done <- answer{res, err}
 	}()
 	time.Sleep(300 * time.Millisecond) // the consume holds the counter row and waits for the ledger row

@@ -109,6 +109,8 @@ func newServer(ctx, bg context.Context, cfg Config, store *persist.Store, margin
 	// The listing's usage order (subject_usage) is rolled up from counters
 	// off the write path, by every instance for what it wrote.
 	go store.RunRollup(bg, cfg.ListingRefresh, log)
+	// The ledger's months: partitions ahead of the events, and retention.
+	go store.RunLedgerMaintenance(bg, persist.LedgerMaintenanceInterval, cfg.LedgerRetention, log)
 	var t tiers
 	var err error
 	if cfg.Tiers == "postgres" {
