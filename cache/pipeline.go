@@ -20,10 +20,12 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -51,6 +53,65 @@ type batcher struct {
 	rdb      redis.UniversalClient
 	calls    chan *call
 	maxBatch int
+	// waitReplicas, when above 0, ends every pipeline that writes with
+	// WAIT: its writes answer only once that many replicas have them
+	// (Counter.WaitReplicas).
+	waitReplicas int64
+}
+
+// replicaWait bounds a WAIT, well inside the client's read timeout so
+// that a lagging replica is told apart from an unreachable Redis.
+const replicaWait = 100 * time.Millisecond
+
+// notReplicated is a write Redis applied that fewer replicas than asked
+// confirmed within replicaWait: a failover now could lose it. It reads as
+// a reply lost in time (a timeout, maybe applied), so the callers treat
+// it as an outcome unknown: an op that must not run twice goes to
+// Postgres with its event id, one safe to rerun is retried, and Redis is
+// not left for it (it answered a ping).
+type notReplicated struct{ got, want int64 }
+
+func (e notReplicated) Error() string {
+	return fmt.Sprintf("redis applied the write but %d of %d replicas confirmed it within %s", e.got, e.want, replicaWait)
+}
+func (notReplicated) Timeout() bool   { return true }
+func (notReplicated) Temporary() bool { return true }
+
+// waitFor queues a WAIT on pipe when the batcher waits for replicas and
+// the pipeline writes; nil otherwise.
+func (b *batcher) waitFor(ctx context.Context, pipe redis.Pipeliner, writes bool) *redis.Cmd {
+	if b.waitReplicas <= 0 || !writes {
+		return nil
+	}
+	return pipe.Do(ctx, "WAIT", b.waitReplicas, replicaWait.Milliseconds())
+}
+
+// replicated answers nil when wait (nil: none was asked) confirmed the
+// replicas, else why not.
+func (b *batcher) replicated(wait *redis.Cmd) error {
+	if wait == nil {
+		return nil
+	}
+	got, err := wait.Int64()
+	var refused redis.Error
+	if errors.As(err, &refused) { // Redis answered, and not with a count: nothing confirmed
+		return notReplicated{0, b.waitReplicas}
+	}
+	if err != nil {
+		return err
+	}
+	if got < b.waitReplicas {
+		return notReplicated{got, b.waitReplicas}
+	}
+	return nil
+}
+
+// firstErr is err, or else also.
+func firstErr(err, also error) error {
+	if err != nil {
+		return err
+	}
+	return also
 }
 
 // newBatcher starts workers pipelining calls to rdb until ctx ends.
@@ -202,16 +263,65 @@ func (b *batcher) send(batch []*call) {
 	for _, g := range groups {
 		g.cmd = consumeScript.EvalSha(ctx, pipe, g.keys, g.args...)
 	}
+	writes := len(groups) > 0 || len(scripts) > 0
+	wait := b.waitFor(ctx, pipe, writes)
 	_, _ = pipe.Exec(ctx) // errors are per command
+
+	// Scripts Redis did not know go again with their source, in a second
+	// pipeline with a WAIT of its own (WAIT covers its connection's writes).
+	var again redis.Pipeliner
+	rerun := func(cmd *redis.Cmd, s *redis.Script, keys []string, args []any) (*redis.Cmd, bool) {
+		if err := cmd.Err(); err == nil || !strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			return cmd, false
+		}
+		if again == nil {
+			again = b.rdb.Pipeline()
+		}
+		return s.Eval(ctx, again, keys, args...), true
+	}
+	rerunScripts, rerunGroups := make([]bool, len(scripts)), make([]bool, len(groups))
+	m := 0
+	for _, c := range batch {
+		if c.script != nil {
+			scripts[m], rerunScripts[m] = rerun(scripts[m], c.script, c.keys, c.args)
+			m++
+		}
+	}
+	for i, g := range groups {
+		g.cmd, rerunGroups[i] = rerun(g.cmd, consumeScript, g.keys, g.args)
+	}
+	unconfirmed := b.replicated(wait)
+	if again != nil {
+		againWait := b.waitFor(ctx, again, true)
+		_, _ = again.Exec(ctx)
+		rerunVerdict := b.replicated(againWait)
+		for i, r := range rerunScripts {
+			if r {
+				scripts[i].SetErr(firstErr(scripts[i].Err(), rerunVerdict))
+			}
+		}
+		for i, r := range rerunGroups {
+			if r {
+				groups[i].cmd.SetErr(firstErr(groups[i].cmd.Err(), rerunVerdict))
+			}
+		}
+	}
+	for i, r := range rerunScripts {
+		if !r {
+			scripts[i].SetErr(firstErr(scripts[i].Err(), unconfirmed))
+		}
+	}
+	for i, r := range rerunGroups {
+		if !r {
+			groups[i].cmd.SetErr(firstErr(groups[i].cmd.Err(), unconfirmed))
+		}
+	}
+
 	n, m := 0, 0
 	for _, c := range batch {
 		if c.script != nil {
-			cmd := scripts[m]
+			c.val, c.err = scripts[m].Val(), scripts[m].Err()
 			m++
-			if err := cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-				cmd = c.script.Run(ctx, b.rdb, c.keys, c.args...)
-			}
-			c.val, c.err = cmd.Val(), cmd.Err()
 			continue
 		}
 		if !c.consume {
@@ -223,9 +333,6 @@ func (b *batcher) send(batch []*call) {
 		}
 	}
 	for _, g := range groups {
-		if err := g.cmd.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			g.cmd = consumeScript.Run(ctx, b.rdb, g.keys, g.args...)
-		}
 		replies, err := g.cmd.Slice()
 		for i, c := range g.calls {
 			switch {

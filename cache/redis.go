@@ -106,6 +106,14 @@ const DefaultKeyWindow = 24 * time.Hour
 // keyWindowSeconds is KeyWindow as the consume script takes it.
 func (c *Counter) keyWindowSeconds() int64 { return max(int64(c.KeyWindow/time.Second), 1) }
 
+// SetWaitReplicas makes consumes, batches, reservations and commits
+// answer only once n replicas have their writes (Redis's WAIT, bounded by
+// replicaWait): Redis replicates asynchronously, so a write only the
+// master had is lost if a replica takes its place. Writes fewer replicas
+// confirmed in time are outcomes unknown (notReplicated). 0 waits for
+// none. Call it before the counter serves.
+func (c *Counter) SetWaitReplicas(n int) { c.batch.waitReplicas = int64(n) }
+
 // SetRecoveryClient makes the recovery's bulk calls (DropStale: copying
 // keys back, dropping stale copies) go through rdb, a client of the same
 // Redis with longer timeouts than the request path's: they are not on

@@ -45,10 +45,11 @@ func TestCountSettings(t *testing.T) {
 		{"QUOTAD_FLUSH_PACE_ROWS", "-1", 0, false}, {"QUOTAD_FLUSH_PACE_ROWS", "1ms", 0, false},
 		{"QUOTAD_LEDGER_RETENTION_MONTHS", "", 0, true}, {"QUOTAD_LEDGER_RETENTION_MONTHS", "13", 13, true},
 		{"QUOTAD_LEDGER_RETENTION_MONTHS", "-1", 0, false}, {"QUOTAD_LEDGER_RETENTION_MONTHS", "1y", 0, false},
+		{"QUOTAD_REDIS_WAIT_REPLICAS", "", 0, true}, {"QUOTAD_REDIS_WAIT_REPLICAS", "1", 1, true}, {"QUOTAD_REDIS_WAIT_REPLICAS", "-1", 0, false},
 	} {
 		cfg, err := parseEnv(map[string]string{tt.name: tt.value})
 		got := map[string]int64{"QUOTAD_L1_MAX_ITEMS": cfg.L1MaxItems, "QUOTAD_FLUSH_PACE_ROWS": int64(cfg.FlushPaceRows),
-			"QUOTAD_LEDGER_RETENTION_MONTHS": int64(cfg.LedgerRetention)}[tt.name]
+			"QUOTAD_LEDGER_RETENTION_MONTHS": int64(cfg.LedgerRetention), "QUOTAD_REDIS_WAIT_REPLICAS": int64(cfg.WaitReplicas)}[tt.name]
 		if (err == nil) != tt.ok || (err == nil && got != tt.want) {
 			t.Errorf("%s=%q: %d (%v), want %d ok=%v", tt.name, tt.value, got, err, tt.want, tt.ok)
 		}

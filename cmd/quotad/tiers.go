@@ -102,6 +102,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	l2.DirectEnforce = cfg.DirectEnforce == "admit"
 	l2.KeyWindow = cfg.KeyWindow
+	l2.SetWaitReplicas(cfg.WaitReplicas)
 	l2.SetRecoveryClient(bgRdb)
 	l2.Register(reg)
 	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, MaxItems: cfg.L1MaxItems, Registry: reg})

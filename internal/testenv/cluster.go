@@ -11,6 +11,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// Replication: a Redis Cluster for the tests, and a replica of one Redis.
+
 // RedisCluster is a Redis Cluster of ClusterMasters masters with one
 // replica each, every node a redis-server of StartRedis's kind (its own
 // free port and temp dir) with cluster mode on. The masters split the
@@ -124,15 +126,19 @@ func (c *RedisCluster) form() error {
 		}
 	}
 	for i := range ClusterMasters {
-		replica := clients[ClusterMasters+i]
-		if err := until(ctx, func() (bool, error) {
-			info, err := replica.Info(ctx, "replication").Result()
-			return err == nil && strings.Contains(info, "master_link_status:up"), err
-		}); err != nil {
+		if err := inSync(ctx, clients[ClusterMasters+i]); err != nil {
 			return fmt.Errorf("replica %d: not in sync: %w", i, err)
 		}
 	}
 	return nil
+}
+
+// inSync waits until replica's link to its master is up.
+func inSync(ctx context.Context, replica *redis.Client) error {
+	return until(ctx, func() (bool, error) {
+		info, err := replica.Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up"), err
+	})
 }
 
 // until polls done every 20 ms until it answers true, fails, or ctx ends.
@@ -167,4 +173,28 @@ func (c *RedisCluster) Addrs() []string {
 func (c *RedisCluster) URL() string {
 	addrs := c.Addrs()
 	return "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
+}
+
+// StartRedisReplica starts a redis-server replicating master (REPLICAOF),
+// of StartRedis's kind, and waits until it is in sync. It is stopped and
+// its data deleted at cleanup.
+func StartRedisReplica(tb testing.TB, master *Redis) *Redis {
+	tb.Helper()
+	r, err := newRedis(RedisOptions{}, "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
+	if err != nil {
+		fail(tb, err)
+	}
+	tb.Cleanup(func() {
+		if err := r.shutdown(); err != nil {
+			tb.Errorf("testenv: %v", err)
+		}
+	})
+	cl := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1})
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := inSync(ctx, cl); err != nil {
+		fail(tb, fmt.Errorf("replica of %s not in sync: %w", master.Addr(), err))
+	}
+	return r
 }
