@@ -40,8 +40,6 @@ func NewBus(rdb redis.UniversalClient, db int, log *slog.Logger) *Bus {
 	return &Bus{rdb: rdb, channel: InvalidateChannel + ":" + strconv.Itoa(db), log: log, AckWait: time.Second}
 }
 
-func ackKey(id string) string { return "q:inv:" + id }
-
 // Publish sends msg to every instance, this one included, and waits until
 // they have applied it.
 func (b *Bus) Publish(ctx context.Context, msg string) {

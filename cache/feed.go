@@ -56,13 +56,6 @@ import (
 	"github.com/quotad/quotad/quota"
 )
 
-// Keys of the feed. Entries of EventsStream hold a change (fields t: type,
-// s: subject, c: the change as JSON) or mark a gap (field g).
-const (
-	EventsStream = "q:events"
-	WatchersKey  = "q:events:watchers"
-)
-
 // FeedConfig tunes a Feed; zero fields take the defaults.
 type FeedConfig struct {
 	// Poll is how often a Feed reads the watchers key (or, with

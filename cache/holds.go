@@ -28,7 +28,7 @@ func (c *Counter) Reserve(ctx context.Context, op quota.ReserveOp) (quota.Reserv
 	rk := recordKey(op.Key.Subject, op.ID)
 	ik := rk
 	if op.IdempotencyKey != "" {
-		ik = "q:{" + op.Key.Subject + "}:i:" + op.IdempotencyKey
+		ik = idempotencyKey(op.Key.Subject, op.IdempotencyKey)
 	}
 	enforce := "0"
 	if op.Enforce {

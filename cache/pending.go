@@ -47,9 +47,6 @@ type Pending struct {
 	lastDeath time.Time    // the last look for dead consumers
 }
 
-// aliveKey is the key that says a flusher (a consumer of the group) lives.
-func aliveKey(consumer string) string { return "q:flushers:alive:" + consumer }
-
 // LiveFlusher is a flusher whose alive key is set: a running quotad.
 type LiveFlusher struct {
 	Name    string  `json:"name"`    // host-pid-start of its process

@@ -73,11 +73,6 @@ import (
 	"github.com/quotad/quotad/quota"
 )
 
-// dropsKey returns the Redis key of a subject's drop mark, a token that
-// changes with every drop of the subject's stale copies, counters or
-// settings (see dropStale and Counter.load).
-func dropsKey(subject string) string { return "q:{" + subject + "}:drops" }
-
 // dropStale drops stale copies (counters or subject settings) from Redis:
 // for each key in keys, of the subject subjects[i], the subject's drop
 // mark is set to a token no drop used before and the key deleted, in one
@@ -387,7 +382,7 @@ func (c *Counter) restoreIdempotency(ctx context.Context) error {
 				applied = "1"
 			}
 			val := r.RequestHash + "|" + applied + "|" + strconv.FormatInt(r.Amount, 10) + "|" + strconv.FormatInt(r.Used, 10)
-			pipe.SetNX(ctx, "q:{"+r.Subject+"}:i:"+r.Key, val, ttl)
+			pipe.SetNX(ctx, idempotencyKey(r.Subject, r.Key), val, ttl)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("restore idempotency keys: %w", err)

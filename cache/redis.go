@@ -39,12 +39,6 @@ type Source interface {
 	ClearStaleIdempotency(ctx context.Context, recs []quota.IdempotencyRecord) error
 }
 
-// Stream and consumer group of pending usage.
-const (
-	PendingStream = "q:pending"
-	FlushGroup    = "flushers"
-)
-
 // Counter is the L2 usage counter on Redis. It implements quota.Counter;
 // while Redis is unreachable it serves from the Source (Postgres) instead
 // and switches back by itself.
@@ -157,20 +151,6 @@ func (c *Counter) admit() error {
 	}
 	return nil
 }
-
-// counterKey returns the Redis key of a counter.
-func counterKey(k quota.CounterKey) string {
-	return "q:{" + k.Subject + "}:c:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
-}
-
-// holdsKey returns the Redis key of a counter's live reservations (see
-// reserveScript).
-func holdsKey(k quota.CounterKey) string {
-	return "q:{" + k.Subject + "}:h:" + k.Meter + ":" + strconv.FormatInt(k.Start.Unix(), 10)
-}
-
-// recordKey returns the Redis key of a reservation's record.
-func recordKey(subject, id string) string { return "q:{" + subject + "}:r:" + id }
 
 // holdMember is a hold's member in its counter's holds set.
 func holdMember(amount int64, id string) string { return strconv.FormatInt(amount, 10) + ":" + id }
@@ -316,7 +296,7 @@ func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 	ck := counterKey(op.Key)
 	ik := ck
 	if op.IdempotencyKey != "" {
-		ik = "q:{" + op.Key.Subject + "}:i:" + op.IdempotencyKey
+		ik = idempotencyKey(op.Key.Subject, op.IdempotencyKey)
 	}
 	ev := appendConsumeEvent(make([]byte, 0, 256), &op)
 	enforce := "0"

@@ -5,9 +5,9 @@ import "github.com/redis/go-redis/v9"
 // The Lua scripts of the L2 tier. Each runs atomically in Redis, which is
 // what makes enforce exact and idempotency keys count once. Keys are
 // hash-tagged by subject (q:{user:42}:...) so one subject's keys share a
-// cluster slot. The pending stream is a single key for now (see README,
-// "Redis Cluster"). Time comes from the caller (expire-at, event time),
-// never from redis.call("TIME").
+// cluster slot; the pending stream is a single key for now (keys.go has
+// the layout and what keeps it off Redis Cluster). Time comes from the
+// caller (expire-at, event time), never from redis.call("TIME").
 
 // consumeScript applies a batch of consumes, one after the other, each
 // with the same steps: idempotency lookup, the enforce test and the

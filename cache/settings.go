@@ -127,8 +127,6 @@ func (s *Settings) cacheSubject(sub quota.Subject) {
 	s.subjects.Set(sub.ID, subjectEntry{sub: sub, expires: s.clock.Load() + s.ttl}, 1)
 }
 
-func subjectKey(id string) string { return "q:{" + id + "}:s" }
-
 // Plans implements quota.Plans (always from Postgres: listing is rare).
 func (s *Settings) Plans(ctx context.Context) ([]quota.Plan, error) { return s.src.Plans(ctx) }
 
