@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/quotad/quotad/quota"
 )
 
@@ -28,3 +30,6 @@ func (h *Health) BeforeDirect(f func()) { h.beforeDirect = f }
 
 // Gone is gone for the tests.
 var Gone = gone
+
+// LateReplies is how many late replies h counted.
+func (h *Health) LateReplies() float64 { return testutil.ToFloat64(h.late) }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -31,6 +32,7 @@ type Health struct {
 	confirm  redis.UniversalClient // pings a doubt; rdb unless SetConfirmClient
 	doubting atomic.Bool
 	verdict  atomic.Pointer[chan struct{}] // closed when the last doubt is settled
+	late     prometheus.Counter
 	recover  func(ctx context.Context) error
 	log      *slog.Logger
 	interval time.Duration
@@ -54,8 +56,13 @@ type Health struct {
 
 // NewHealth returns a Health that reports Redis down until Start finds it.
 func NewHealth(rdb redis.UniversalClient, log *slog.Logger) *Health {
-	return &Health{rdb: rdb, confirm: rdb, log: log, interval: 250 * time.Millisecond, ctx: context.Background()}
+	return &Health{rdb: rdb, confirm: rdb, log: log, interval: 250 * time.Millisecond, ctx: context.Background(),
+		late: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_redis_late_total",
+			Help: "Redis calls answered late (a timeout, no free connection, replicas short of QUOTAD_REDIS_WAIT_REPLICAS) while Redis was up: each is a doubt a ping settles; quotad_redis_up says whether one switched to Postgres."})}
 }
+
+// Register registers the health's metrics on reg.
+func (h *Health) Register(reg *prometheus.Registry) { reg.MustRegister(h.late) }
 
 // SetConfirmClient makes doubts pinged on c: a client whose connections
 // the requests do not hold, so a full pool or a queue of slow requests
@@ -132,6 +139,7 @@ func (h *Health) Failed(err error) bool {
 		return false
 	}
 	if slow(err) && h.up.Load() {
+		h.late.Inc()
 		h.doubt(err)
 	} else {
 		h.markDown(err)

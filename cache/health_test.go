@@ -357,6 +357,9 @@ func TestALateReplyIsDoubtedNotASwitch(t *testing.T) {
 	if !h.Up() {
 		t.Fatal("one late reply switched the instance to postgres before any ping")
 	}
+	if n := h.LateReplies(); n != 1 {
+		t.Fatalf("quotad_redis_late_total is %v after one late reply, want 1", n)
+	}
 	h.Settle(ctx)
 	<-resumed
 	if !h.Up() || downs.Load() != 0 {

@@ -97,6 +97,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 
 	health := cache.NewHealth(rdb, log)
 	health.SetConfirmClient(bgRdb)
+	health.Register(reg)
 	bus := cache.NewBus(rdb, opt.DB, log)
 	keys := &keyEvents{bus: bus}
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
