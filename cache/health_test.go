@@ -329,18 +329,9 @@ func TestGone(t *testing.T) {
 // leaves the instance on Redis; one frozen longer switches it to Postgres.
 func TestALateReplyIsDoubtedNotASwitch(t *testing.T) {
 	rs, rdb := privateRedis(t, 100*time.Millisecond)
-	confirm := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, MaxRetries: -1})
-	defer confirm.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := cache.NewHealth(rdb, discard)
-	h.SetConfirmClient(confirm)
-	var downs atomic.Int32
-	h.OnChange = func(up bool) {
-		if !up {
-			downs.Add(1)
-		}
-	}
+	h, downs := watchedHealth(t, rdb)
 	h.Start(ctx, nil)
 
 	rs.Pause(t)
@@ -390,16 +381,7 @@ func TestKeyedConsumeThroughALateRedis(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st := migratedStore(ctx, t, 8)
-	confirm := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, MaxRetries: -1})
-	defer confirm.Close()
-	h := cache.NewHealth(rdb, discard)
-	h.SetConfirmClient(confirm)
-	var downs atomic.Int32
-	h.OnChange = func(up bool) {
-		if !up {
-			downs.Add(1)
-		}
-	}
+	h, downs := watchedHealth(t, rdb)
 	c := cache.NewCounter(ctx, rdb, st, h, discard)
 	h.Start(ctx, c.DropStale)
 	k := quota.CounterKey{Subject: "user:late-redis", Meter: "credits", Start: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), End: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
@@ -457,4 +439,21 @@ func migratedStore(ctx context.Context, tb testing.TB, conns int32) *persist.Sto
 		tb.Fatal(err)
 	}
 	return st
+}
+
+// watchedHealth is a Health of rdb that confirms doubts on a client of its
+// own, as quotad's does, and counts its switches to down.
+func watchedHealth(t *testing.T, rdb *redis.Client) (*cache.Health, *atomic.Int32) {
+	t.Helper()
+	confirm := redis.NewClient(&redis.Options{Addr: rdb.Options().Addr, MaxRetries: -1})
+	t.Cleanup(func() { confirm.Close() })
+	h := cache.NewHealth(rdb, discard)
+	h.SetConfirmClient(confirm)
+	downs := new(atomic.Int32)
+	h.OnChange = func(up bool) {
+		if !up {
+			downs.Add(1)
+		}
+	}
+	return h, downs
 }

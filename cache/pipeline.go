@@ -290,31 +290,24 @@ func (b *batcher) send(batch []*call) {
 	for i, g := range groups {
 		g.cmd, rerunGroups[i] = rerun(g.cmd, consumeScript, g.keys, g.args)
 	}
-	unconfirmed := b.replicated(wait)
+	unconfirmed, rerunUnconfirmed := b.replicated(wait), error(nil)
 	if again != nil {
 		againWait := b.waitFor(ctx, again, true)
 		_, _ = again.Exec(ctx)
-		rerunVerdict := b.replicated(againWait)
-		for i, r := range rerunScripts {
-			if r {
-				scripts[i].SetErr(firstErr(scripts[i].Err(), rerunVerdict))
-			}
-		}
-		for i, r := range rerunGroups {
-			if r {
-				groups[i].cmd.SetErr(firstErr(groups[i].cmd.Err(), rerunVerdict))
-			}
+		rerunUnconfirmed = b.replicated(againWait)
+	}
+	verdict := func(cmd *redis.Cmd, rerun bool) {
+		if rerun {
+			cmd.SetErr(firstErr(cmd.Err(), rerunUnconfirmed))
+		} else {
+			cmd.SetErr(firstErr(cmd.Err(), unconfirmed))
 		}
 	}
-	for i, r := range rerunScripts {
-		if !r {
-			scripts[i].SetErr(firstErr(scripts[i].Err(), unconfirmed))
-		}
+	for i, cmd := range scripts {
+		verdict(cmd, rerunScripts[i])
 	}
-	for i, r := range rerunGroups {
-		if !r {
-			groups[i].cmd.SetErr(firstErr(groups[i].cmd.Err(), unconfirmed))
-		}
+	for i, g := range groups {
+		verdict(g.cmd, rerunGroups[i])
 	}
 
 	n, m := 0, 0

@@ -223,16 +223,7 @@ func (f *Flusher) Run(ctx context.Context) {
 	defer func() { <-looks }()
 	go func() {
 		defer close(looks)
-		t := time.NewTicker(max(f.cfg.Interval/10, 10*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_, _ = f.refreshStats(ctx)
-			}
-		}
+		periodic.Run(ctx, max(f.cfg.Interval/10, 10*time.Millisecond), func() { _, _ = f.refreshStats(ctx) })
 	}()
 	prunes := make(chan struct{})
 	defer func() { <-prunes }()

@@ -141,7 +141,7 @@ func inSync(ctx context.Context, replica *redis.Client) error {
 	})
 }
 
-// until polls done every 20 ms until it answers true, fails, or ctx ends.
+// until polls done until it answers true, fails, or ctx ends.
 func until(ctx context.Context, done func() (bool, error)) error {
 	for {
 		ok, err := done()
