@@ -3,6 +3,7 @@ package testenv_test
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,7 +34,7 @@ func TestRedisCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	masters := 0
+	var masters atomic.Int32 // ForEachMaster calls fn for each master at once
 	err = rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 		n, err := m.DBSize(ctx).Result()
 		if err != nil {
@@ -42,12 +43,12 @@ func TestRedisCluster(t *testing.T) {
 		if n == 0 {
 			t.Errorf("master %s holds no keys: the slots are not spread", m.Options().Addr)
 		}
-		masters++
+		masters.Add(1)
 		// Every write so far is on the master's replica before the kill.
 		return m.Do(ctx, "WAIT", 1, 5000).Err()
 	})
-	if err != nil || masters != testenv.ClusterMasters {
-		t.Fatalf("%d masters (%v), want %d", masters, err, testenv.ClusterMasters)
+	if err != nil || masters.Load() != testenv.ClusterMasters {
+		t.Fatalf("%d masters (%v), want %d", masters.Load(), err, testenv.ClusterMasters)
 	}
 
 	c.Masters[0].Kill(t)
