@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,7 +175,7 @@ func (h *Health) doubt(err error) {
 		// context's, so the bound is kept here; a ping still out when it
 		// passes ends with its client's timeout.
 		pinged := make(chan error, 1)
-		go func() { pinged <- h.confirm.Ping(h.ctx).Err() }()
+		go func() { pinged <- pingAll(h.ctx, h.confirm) }()
 		t := time.NewTimer(ConfirmTimeout)
 		defer t.Stop()
 		var perr error
@@ -202,6 +203,25 @@ func (h *Health) Settle(ctx context.Context) {
 	}
 }
 
+// refusedForNow are the replies of a Redis that ran nothing of the call
+// and may serve it later (see unreachable).
+var refusedForNow = []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN"}
+
+// pingAll pings Redis: every master of a cluster, with the cluster's
+// map of slots read afresh first, so that a probe passes only once every
+// slot has a master that answers (a replica promoted in a dead master's
+// place, which the client then follows).
+func pingAll(ctx context.Context, rdb redis.UniversalClient) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return rdb.Ping(ctx).Err()
+	}
+	return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return node.Ping(ctx).Err() })
+}
+
+// unreachable reports an error that says Redis could not serve the call:
+// the connection failed or timed out, or Redis refused it for now
+// (loading its data, or on a cluster, a slot that moved or has no master).
 func unreachable(err error) bool {
 	if err == nil {
 		return false
@@ -209,7 +229,7 @@ func unreachable(err error) bool {
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
 		msg := rerr.Error()
-		return strings.HasPrefix(msg, "LOADING") || strings.HasPrefix(msg, "MASTERDOWN") || strings.HasPrefix(msg, "TRYAGAIN")
+		return slices.ContainsFunc(refusedForNow, func(p string) bool { return strings.HasPrefix(msg, p) })
 	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
@@ -268,7 +288,7 @@ func (h *Health) probeUntilUp(t *time.Ticker) bool {
 
 func (h *Health) try() bool {
 	pctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
-	err := h.rdb.Ping(pctx).Err()
+	err := pingAll(pctx, h.rdb)
 	cancel()
 	if err != nil {
 		return false

@@ -25,16 +25,16 @@ const holdRecordTTL = 24 * time.Hour
 
 // Reserve implements quota.Holds.
 func (c *Counter) Reserve(ctx context.Context, op quota.ReserveOp) (quota.ReserveResult, error) {
-	rk := recordKey(op.Key.Subject, op.ID)
+	rk := c.layout.recordKey(op.Key.Subject, op.ID)
 	ik := rk
 	if op.IdempotencyKey != "" {
-		ik = idempotencyKey(op.Key.Subject, op.IdempotencyKey)
+		ik = c.layout.idempotencyKey(op.Key.Subject, op.IdempotencyKey)
 	}
 	enforce := "0"
 	if op.Enforce {
 		enforce = "1"
 	}
-	keys := []string{counterKey(op.Key), holdsKey(op.Key), rk, ik}
+	keys := []string{c.layout.counterKey(op.Key), c.layout.holdsKey(op.Key), rk, ik}
 	args := []any{op.Amount, enforce, op.Limit, op.At.UnixMilli(), op.ExpiresAt.UnixMilli(), op.ID,
 		op.IdempotencyKey, op.RequestHash, op.ExpiresAt.Add(holdRecordTTL).UnixMilli()}
 	var res quota.ReserveResult
@@ -111,7 +111,7 @@ func (c *Counter) Commit(ctx context.Context, op quota.CommitOp) (quota.CommitRe
 		Start: op.Key.Start, End: op.Key.End, Amount: op.Amount, Usage: op.Usage, Reservation: op.ID, At: op.At,
 	})
 	recordUntil := op.ExpiresAt.Add(holdRecordTTL)
-	keys := []string{counterKey(op.Key), holdsKey(op.Key), recordKey(op.Key.Subject, op.ID), PendingStream}
+	keys := []string{c.layout.counterKey(op.Key), c.layout.holdsKey(op.Key), c.layout.recordKey(op.Key.Subject, op.ID), c.layout.stream(op.Key.Subject)}
 	args := []any{op.Amount, holdMember(ref.Amount, op.ID), op.At.UnixMilli(), flag(expired), ev,
 		flag(op.At.Before(recordUntil)), recordUntil.UnixMilli()}
 	if err := c.admit(); err != nil {
@@ -179,7 +179,7 @@ func (c *Counter) Release(ctx context.Context, key quota.CounterKey, id string, 
 	if err != nil {
 		return quota.ReleaseResult{}, err
 	}
-	reply, err := c.run(ctx, releaseScript, []string{counterKey(key), holdsKey(key), recordKey(key.Subject, id)},
+	reply, err := c.run(ctx, releaseScript, []string{c.layout.counterKey(key), c.layout.holdsKey(key), c.layout.recordKey(key.Subject, id)},
 		[]any{holdMember(ref.Amount, id), at.UnixMilli()})
 	if err != nil {
 		return quota.ReleaseResult{}, err

@@ -15,14 +15,19 @@ type redisHook struct {
 }
 
 // Instrument registers Redis round-trip and command counters on reg and
-// hooks them into rdb.
-func Instrument(reg *prometheus.Registry, clients ...*redis.Client) {
+// hooks them into the clients; a cluster client's into each node's
+// client, which the batcher also uses directly.
+func Instrument(reg *prometheus.Registry, clients ...redis.UniversalClient) {
 	h := redisHook{
 		trips: prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_redis_roundtrips_total", Help: "Round trips to Redis (a command or a pipeline)."}),
 		cmds:  prometheus.NewCounter(prometheus.CounterOpts{Name: "quotad_redis_commands_total", Help: "Commands sent to Redis."}),
 	}
 	reg.MustRegister(h.trips, h.cmds)
 	for _, rdb := range clients {
+		if cc, ok := rdb.(*redis.ClusterClient); ok {
+			cc.OnNewNode(func(node *redis.Client) { node.AddHook(h) })
+			continue
+		}
 		rdb.AddHook(h)
 	}
 }

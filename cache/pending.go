@@ -16,13 +16,17 @@ import (
 	"github.com/quotad/quotad/quota"
 )
 
-// Pending is the Redis stream of usage not yet in Postgres, read through a
-// consumer group so that several flushers share it: each entry is
-// delivered to one flusher, stays in that flusher's pending list until it
-// is acknowledged, and is claimed by another flusher when it sat
-// unacknowledged longer than ClaimIdle (its flusher died).
+// Pending is the Redis streams of usage not yet in Postgres (one, or one
+// per bucket: see Layout), read through a consumer group on each so that
+// several flushers share them: each entry is delivered to one flusher,
+// stays in that flusher's pending list until it is acknowledged, and is
+// claimed by another flusher when it sat unacknowledged longer than
+// ClaimIdle (its flusher died). Every call covers every stream: a read
+// takes up to n entries of each, in one pipeline (on a cluster, one per
+// node), so no bucket waits behind another.
 type Pending struct {
 	rdb       redis.UniversalClient
+	streams   []string // Layout.Streams; an event's Queue indexes it
 	consumer  string
 	ClaimIdle time.Duration
 	// ConsumerTTL: a consumer of the group (one per quotad process ever
@@ -30,10 +34,11 @@ type Pending struct {
 	// group's consumer list does not grow with every restart.
 	ConsumerTTL time.Duration
 	// The scan for abandoned entries (the flusher calls Claim from one
-	// goroutine): when it started, and where the next call goes on while
-	// the last one stopped at its count with more of the list to walk.
+	// goroutine): when it started, and for each stream where the next
+	// call goes on while the last one stopped at its count with more of
+	// the list to walk ("" when done).
 	lastClaim time.Time
-	claimFrom string
+	claimFrom []string
 	// beforeDropIdle, in tests, runs as a drop of idle consumers decides.
 	beforeDropIdle func()
 	// AliveTTL: each flusher says it is alive (a key with this time to
@@ -56,68 +61,99 @@ type LiveFlusher struct {
 
 // LiveFlushers lists the consumers of the flush group that say they are
 // alive (their heartbeat key has not lapsed): the running instances, for
-// readiness and the console's overview.
-func LiveFlushers(ctx context.Context, rdb redis.UniversalClient) ([]LiveFlusher, error) {
-	cs, err := rdb.XInfoConsumers(ctx, PendingStream, FlushGroup).Result()
+// readiness and the console's overview. Every flusher reads every
+// stream, so the first stream's group lists them all; the entries
+// pending are that stream's.
+func LiveFlushers(ctx context.Context, rdb redis.UniversalClient, l Layout) ([]LiveFlusher, error) {
+	cs, err := rdb.XInfoConsumers(ctx, l.Streams()[0], FlushGroup).Result()
 	if isNoGroup(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list flushers: %w", err)
 	}
-	pipe := rdb.Pipeline()
-	alive := make([]*redis.IntCmd, len(cs))
+	names := make([]string, len(cs))
 	for i, c := range cs {
-		alive[i] = pipe.Exists(ctx, aliveKey(c.Name))
+		names[i] = c.Name
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	alive, err := aliveOf(ctx, rdb, names)
+	if err != nil {
 		return nil, fmt.Errorf("list flushers: %w", err)
 	}
 	var out []LiveFlusher
-	for i, c := range cs {
-		if alive[i].Val() == 1 {
+	for _, c := range cs {
+		if alive[c.Name] {
 			out = append(out, LiveFlusher{Name: c.Name, Pending: c.Pending, IdleSec: c.Idle.Seconds()})
 		}
 	}
 	return out, nil
 }
 
-// NewPending returns the stream reader for consumer, a name unique to this
-// process.
-func NewPending(rdb redis.UniversalClient, consumer string) *Pending {
-	return &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second, ConsumerTTL: 24 * time.Hour, AliveTTL: 3 * time.Second}
+// aliveOf answers which of the consumers names have their alive key set.
+func aliveOf(ctx context.Context, rdb redis.UniversalClient, names []string) (map[string]bool, error) {
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, len(names))
+	for i, n := range names {
+		cmds[i] = pipe.Exists(ctx, aliveKey(n))
+	}
+	if len(names) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, err
+		}
+	}
+	alive := make(map[string]bool, len(names))
+	for i, n := range names {
+		alive[n] = cmds[i].Val() == 1
+	}
+	return alive, nil
 }
 
-func (p *Pending) ensureGroup(ctx context.Context) error {
-	err := p.rdb.XGroupCreateMkStream(ctx, PendingStream, FlushGroup, "0").Err()
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-		return fmt.Errorf("create consumer group: %w", err)
+// NewPending returns the stream reader for consumer, a name unique to this
+// process, over the one-Redis layout's stream until SetLayout.
+func NewPending(rdb redis.UniversalClient, consumer string) *Pending {
+	p := &Pending{rdb: rdb, consumer: consumer, ClaimIdle: 30 * time.Second, ConsumerTTL: 24 * time.Hour, AliveTTL: 3 * time.Second}
+	p.SetLayout(Layout{})
+	return p
+}
+
+// SetLayout makes the reader read the streams of l. Call it before the
+// flusher runs.
+func (p *Pending) SetLayout(l Layout) {
+	p.streams = l.Streams()
+	p.claimFrom = make([]string, len(p.streams))
+}
+
+func (p *Pending) ensureGroups(ctx context.Context) error {
+	pipe := p.rdb.Pipeline()
+	cmds := make([]*redis.StatusCmd, len(p.streams))
+	for i, s := range p.streams {
+		cmds[i] = pipe.XGroupCreateMkStream(ctx, s, FlushGroup, "0")
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+			return fmt.Errorf("create consumer group: %w", err)
+		}
 	}
 	return nil
 }
 
-// Claim appends to into the events of up to n entries delivered before
-// and never acknowledged: first this consumer's own (a flush gave up on
-// them), else those of flushers whose alive key lapsed (killed: see
-// AliveTTL), else, at most every ClaimIdle/2, any idle longer than
-// ClaimIdle (a flusher that never said it lives). It also answers the
-// number of entries read.
+// Claim appends to into the events of up to n entries of each stream
+// delivered before and never acknowledged: first this consumer's own (a
+// flush gave up on them), else those of flushers whose alive key lapsed
+// (killed: see AliveTTL), else, at most every ClaimIdle/2, any idle
+// longer than ClaimIdle (a flusher that never said it lives). It also
+// answers the most entries read from one stream.
 func (p *Pending) Claim(ctx context.Context, n int, into []quota.Event) ([]quota.Event, int, error) {
-	own, err := p.read(ctx, "0", n)
-	if isNoGroup(err) { // first start, or Redis lost its data
-		if err := p.ensureGroup(ctx); err != nil {
-			return into, 0, err
-		}
-		return p.Claim(ctx, n, into)
-	}
-	if err != nil || len(own) > 0 {
-		return p.decode(into, own, err)
+	own, err := p.readAll(ctx, "0", n)
+	if err != nil || mostOf(own) > 0 {
+		return p.decodeAll(into, own, err)
 	}
 	if now := time.Now(); now.Sub(p.lastDeath) >= p.AliveTTL/3 {
 		p.lastDeath = now
 		msgs, err := p.claimDead(ctx, n)
-		if err != nil || len(msgs) > 0 {
-			return p.decode(into, msgs, err)
+		if err != nil || mostOf(msgs) > 0 {
+			return p.decodeAll(into, msgs, err)
 		}
 	}
 	// XAUTOCLAIM walks the group's pending list inside Redis, which holds
@@ -125,82 +161,115 @@ func (p *Pending) Claim(ctx context.Context, n int, into []quota.Event) ([]quota
 	// sat ClaimIdle, so starting a walk more often than every ClaimIdle/2
 	// finds nothing new. A walk that stopped at n entries goes on at the
 	// next call, though, so a dead flusher's backlog drains at flush speed.
-	start := p.claimFrom
-	if start == "" {
+	if !slices.ContainsFunc(p.claimFrom, func(s string) bool { return s != "" }) {
 		now := time.Now()
 		if now.Sub(p.lastClaim) < p.ClaimIdle/2 {
 			return into, 0, nil
 		}
-		p.lastClaim, start = now, "0-0"
+		p.lastClaim = now
+		for i := range p.claimFrom {
+			p.claimFrom[i] = "0-0"
+		}
 		p.dropIdleConsumers(ctx)
 	}
-	msgs, next, err := p.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-		Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: start, Count: int64(n),
-	}).Result()
-	p.claimFrom = ""
-	if err != nil {
-		return into, 0, fmt.Errorf("claim abandoned entries: %w", err)
+	pipe := p.rdb.Pipeline()
+	cmds := make([]*redis.XAutoClaimCmd, len(p.streams))
+	for i, s := range p.streams {
+		if p.claimFrom[i] != "" {
+			cmds[i] = pipe.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+				Stream: s, Group: FlushGroup, Consumer: p.consumer, MinIdle: p.ClaimIdle, Start: p.claimFrom[i], Count: int64(n),
+			})
+		}
 	}
-	if next != "0-0" {
-		p.claimFrom = next
+	_, _ = pipe.Exec(ctx) // errors are per command
+	msgs := make([][]redis.XMessage, len(p.streams))
+	for i, cmd := range cmds {
+		if cmd == nil {
+			continue
+		}
+		p.claimFrom[i] = ""
+		got, next, err := cmd.Result()
+		if err != nil {
+			return into, 0, fmt.Errorf("claim abandoned entries: %w", err)
+		}
+		if next != "0-0" {
+			p.claimFrom[i] = next
+		}
+		msgs[i] = got
 	}
-	return p.decode(into, msgs, nil)
+	return p.decodeAll(into, msgs, nil)
 }
 
-// claimDead claims up to n entries of consumers that have entries pending
-// and no longer say they are alive (killed instances).
-func (p *Pending) claimDead(ctx context.Context, n int) ([]redis.XMessage, error) {
-	dead, err := deadConsumersScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup, p.consumer, aliveKey("")).StringSlice()
+// mostOf is the most entries of one stream in msgs.
+func mostOf(msgs [][]redis.XMessage) int {
+	most := 0
+	for _, m := range msgs {
+		most = max(most, len(m))
+	}
+	return most
+}
+
+// claimDead claims up to n entries of each stream from consumers that
+// have entries pending there and no longer say they are alive (killed
+// instances).
+func (p *Pending) claimDead(ctx context.Context, n int) ([][]redis.XMessage, error) {
+	pipe := p.rdb.Pipeline()
+	infos := make([]*redis.XInfoConsumersCmd, len(p.streams))
+	for i, s := range p.streams {
+		infos[i] = pipe.XInfoConsumers(ctx, s, FlushGroup)
+	}
+	_, _ = pipe.Exec(ctx)
+	holding := make([][]string, len(p.streams)) // per stream, the others with entries pending
+	var names []string
+	for i, cmd := range infos {
+		cs, err := cmd.Result()
+		if err != nil {
+			continue // no group yet: nothing to claim there
+		}
+		for _, c := range cs {
+			if c.Name != p.consumer && c.Pending > 0 {
+				holding[i] = append(holding[i], c.Name)
+				if !slices.Contains(names, c.Name) {
+					names = append(names, c.Name)
+				}
+			}
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	alive, err := aliveOf(ctx, p.rdb, names)
 	if err != nil {
 		return nil, fmt.Errorf("look for dead flushers: %w", err)
 	}
-	var out []redis.XMessage
-	for _, c := range dead {
-		pending, err := p.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: PendingStream, Group: FlushGroup,
-			Start: "-", End: "+", Count: int64(n - len(out)), Consumer: c}).Result()
-		if err != nil || len(pending) == 0 {
-			continue
-		}
-		ids := make([]string, len(pending))
-		for i, e := range pending {
-			ids[i] = e.ID
-		}
-		msgs, err := p.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: PendingStream, Group: FlushGroup, Consumer: p.consumer, Messages: ids}).Result()
-		if err != nil {
-			return out, fmt.Errorf("claim a dead flusher's entries: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Values != nil { // deleted since delivery
-				out = append(out, m)
+	out := make([][]redis.XMessage, len(p.streams))
+	for i, s := range p.streams {
+		for _, c := range holding[i] {
+			if alive[c] || len(out[i]) >= n {
+				continue
 			}
-		}
-		if len(out) >= n {
-			break
+			pending, err := p.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s, Group: FlushGroup,
+				Start: "-", End: "+", Count: int64(n - len(out[i])), Consumer: c}).Result()
+			if err != nil || len(pending) == 0 {
+				continue
+			}
+			ids := make([]string, len(pending))
+			for j, e := range pending {
+				ids[j] = e.ID
+			}
+			msgs, err := p.rdb.XClaim(ctx, &redis.XClaimArgs{Stream: s, Group: FlushGroup, Consumer: p.consumer, Messages: ids}).Result()
+			if err != nil {
+				return out, fmt.Errorf("claim a dead flusher's entries: %w", err)
+			}
+			for _, m := range msgs {
+				if m.Values != nil { // deleted since delivery
+					out[i] = append(out[i], m)
+				}
+			}
 		}
 	}
 	return out, nil
 }
-
-// deadConsumersScript lists the group's consumers, other than ARGV[2],
-// with entries pending and no alive key (ARGV[3] followed by the name).
-//
-//	KEYS[1] pending stream
-//	ARGV    consumer group; this consumer; alive key prefix
-var deadConsumersScript = redis.NewScript(`
-local consumers = redis.pcall("XINFO", "CONSUMERS", KEYS[1], ARGV[1])
-if type(consumers) ~= "table" or consumers.err then return {} end
-local dead = {}
-for _, c in ipairs(consumers) do
-  local name, pending
-  for i = 1, #c, 2 do
-    if c[i] == "name" then name = c[i + 1] elseif c[i] == "pending" then pending = c[i + 1] end
-  end
-  if name and name ~= ARGV[2] and pending and pending > 0 and redis.call("EXISTS", ARGV[3] .. name) == 0 then
-    dead[#dead + 1] = name
-  end
-end
-return dead
-`)
 
 // beat says this flusher is alive, at most every AliveTTL/3.
 func (p *Pending) beat(ctx context.Context) {
@@ -222,7 +291,44 @@ func (p *Pending) dropIdleConsumers(ctx context.Context) {
 	if p.beforeDropIdle != nil {
 		p.beforeDropIdle()
 	}
-	_ = dropIdleScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup, p.consumer, p.ConsumerTTL.Milliseconds()).Err()
+	_ = p.onEach(ctx, dropIdleScript, func(int) []any {
+		return []any{FlushGroup, p.consumer, p.ConsumerTTL.Milliseconds()}
+	}, nil)
+}
+
+// onEach runs script once per stream (KEYS[1]: the stream; args(i): its
+// ARGV), in one pipeline, loading the script where a node did not know
+// it; each reply goes to reply(i, cmd) when reply is set. It answers the
+// first error.
+func (p *Pending) onEach(ctx context.Context, script *redis.Script, args func(i int) []any, reply func(i int, cmd *redis.Cmd) error) error {
+	cmds := make([]*redis.Cmd, len(p.streams))
+	for try := 0; ; try++ {
+		pipe := p.rdb.Pipeline()
+		for i, s := range p.streams {
+			cmds[i] = script.EvalSha(ctx, pipe, []string{s}, args(i)...)
+		}
+		_, _ = pipe.Exec(ctx)
+		noScript := slices.ContainsFunc(cmds, func(c *redis.Cmd) bool {
+			return c.Err() != nil && strings.HasPrefix(c.Err().Error(), "NOSCRIPT")
+		})
+		if !noScript || try > 0 {
+			break
+		}
+		if err := script.Load(ctx, p.rdb).Err(); err != nil { // on every master of a cluster
+			return err
+		}
+	}
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+		if reply != nil {
+			if err := reply(i, cmd); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // dropIdleScript deletes the group's consumers, other than ARGV[2], with
@@ -249,37 +355,72 @@ end
 return dropped
 `)
 
-// Next appends to into the events of up to n entries never delivered to
-// any flusher, and answers the number of entries read.
+// Next appends to into the events of up to n entries of each stream never
+// delivered to any flusher, and answers the most entries read from one
+// stream (n when one may have more).
 func (p *Pending) Next(ctx context.Context, n int, into []quota.Event) ([]quota.Event, int, error) {
-	msgs, err := p.read(ctx, ">", n)
-	if isNoGroup(err) {
-		if err := p.ensureGroup(ctx); err != nil {
-			return into, 0, err
-		}
-		msgs, err = p.read(ctx, ">", n)
-	}
-	return p.decode(into, msgs, err)
+	msgs, err := p.readAll(ctx, ">", n)
+	return p.decodeAll(into, msgs, err)
 }
 
-// read reads this consumer's entries after id: "0" for its own
-// unacknowledged ones, ">" for new ones.
-func (p *Pending) read(ctx context.Context, id string, n int) ([]redis.XMessage, error) {
-	streams, err := p.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: FlushGroup, Consumer: p.consumer, Streams: []string{PendingStream, id}, Count: int64(n), Block: -1,
-	}).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read pending: %w", err)
-	}
-	var msgs []redis.XMessage
-	for _, s := range streams {
-		for _, m := range s.Messages {
-			if m.Values != nil { // an own entry deleted since delivery
-				msgs = append(msgs, m)
+// readAll reads this consumer's entries after id from every stream: "0"
+// for its own unacknowledged ones, ">" for new ones. A stream without the
+// group (first start, or Redis lost its data) gets it, and is read again.
+func (p *Pending) readAll(ctx context.Context, id string, n int) ([][]redis.XMessage, error) {
+	for try := 0; ; try++ {
+		pipe := p.rdb.Pipeline()
+		cmds := make([]*redis.XStreamSliceCmd, len(p.streams))
+		for i, s := range p.streams {
+			cmds[i] = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+				Group: FlushGroup, Consumer: p.consumer, Streams: []string{s, id}, Count: int64(n), Block: -1,
+			})
+		}
+		_, _ = pipe.Exec(ctx) // errors are per command
+		out := make([][]redis.XMessage, len(p.streams))
+		noGroup := false
+		for i, cmd := range cmds {
+			streams, err := cmd.Result()
+			if isNoGroup(err) {
+				noGroup = true
+				continue
+			}
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return nil, fmt.Errorf("read pending: %w", err)
+			}
+			for _, s := range streams {
+				for _, m := range s.Messages {
+					if m.Values != nil { // an own entry deleted since delivery
+						out[i] = append(out[i], m)
+					}
+				}
 			}
 		}
+		if !noGroup || try > 0 {
+			return out, nil
+		}
+		if err := p.ensureGroups(ctx); err != nil {
+			return nil, err
+		}
 	}
-	return msgs, nil
+}
+
+// decodeAll decodes the entries of every stream (msgs[i]: stream i's)
+// into events, as decode does, and answers the most entries of one.
+func (p *Pending) decodeAll(events []quota.Event, msgs [][]redis.XMessage, err error) ([]quota.Event, int, error) {
+	if err != nil {
+		return events, 0, err
+	}
+	n := len(events)
+	for i, m := range msgs {
+		from := len(events)
+		if events, _, err = p.decode(events, m, nil); err != nil {
+			return events[:n], 0, err
+		}
+		for j := from; j < len(events); j++ {
+			events[j].Queue = i
+		}
+	}
+	return events, mostOf(msgs), nil
 }
 
 // decode appends the events of msgs to events, after growing it once to
@@ -346,53 +487,64 @@ func appendEntry(events []quota.Event, m redis.XMessage) ([]quota.Event, error) 
 const ackEntries = 500
 
 // Ack acknowledges the entries of events written to Postgres and deletes
-// them from the stream, once however often it is called. Every event of an
-// entry must have been written: the entry is acknowledged as a whole.
+// them from their streams, once however often it is called. Every event
+// of an entry must have been written: the entry is acknowledged as a
+// whole.
 func (p *Pending) Ack(ctx context.Context, events []quota.Event) error {
-	var ids []any
+	ids := make([][]any, len(p.streams))
 	seen := map[string]bool{}
 	for i := range events {
-		if ref := events[i].Ref; !seen[ref] {
-			seen[ref] = true
-			ids = append(ids, ref)
+		e := &events[i]
+		if e.Queue < 0 || e.Queue >= len(ids) {
+			return fmt.Errorf("ack: event %s is of stream %d, of %d", e.ID, e.Queue, len(ids))
+		}
+		if k := strconv.Itoa(e.Queue) + "/" + e.Ref; !seen[k] {
+			seen[k] = true
+			ids[e.Queue] = append(ids[e.Queue], e.Ref)
 		}
 	}
-	for len(ids) > 0 {
-		n := min(len(ids), ackEntries)
-		args := append([]any{FlushGroup}, ids[:n]...)
-		if err := ackScript.Run(ctx, p.rdb, []string{PendingStream}, args...).Err(); err != nil {
-			return fmt.Errorf("ack %d entries: %w", n, err)
+	for q, refs := range ids {
+		for len(refs) > 0 {
+			n := min(len(refs), ackEntries)
+			args := append([]any{FlushGroup}, refs[:n]...)
+			if err := ackScript.Run(ctx, p.rdb, []string{p.streams[q]}, args...).Err(); err != nil {
+				return fmt.Errorf("ack %d entries: %w", n, err)
+			}
+			refs = refs[n:]
 		}
-		ids = ids[n:]
 	}
 	return nil
 }
 
-// Stats looks at the stream, in one round trip: how many entries wait to
+// Stats looks at the streams, in one pipeline: how many entries wait to
 // be flushed, when the oldest was queued (zero when none), and how long
 // the oldest entry no flusher has read yet had waited (0 when every entry
-// was read), on Redis's clock: the newest entry's time minus its, so the
-// two hosts' clocks do not matter.
+// was read), the longest of the streams, each on its Redis's clock: the
+// newest entry's time minus its, so the hosts' clocks do not matter.
 func (p *Pending) Stats(ctx context.Context) (entries int64, oldest time.Time, unread time.Duration, err error) {
 	p.beat(ctx) // a flusher that can look at the stream lives
-	v, err := statsScript.Run(ctx, p.rdb, []string{PendingStream}, FlushGroup).Slice()
+	err = p.onEach(ctx, statsScript, func(int) []any { return []any{FlushGroup} }, func(_ int, cmd *redis.Cmd) error {
+		v, err := cmd.Slice()
+		if err != nil || len(v) != 4 {
+			return fmt.Errorf("script answered %v (%v)", v, err)
+		}
+		n, _ := v[0].(int64)
+		entries += n
+		ids := [3]uint64{} // milliseconds of the oldest, the oldest unread, the newest
+		for i := range ids {
+			id, _ := v[i+1].(string)
+			ids[i], _, _ = parseStreamID(id)
+		}
+		if t := time.UnixMilli(int64(ids[0])); ids[0] > 0 && (oldest.IsZero() || t.Before(oldest)) {
+			oldest = t
+		}
+		if ids[1] > 0 && ids[2] >= ids[1] {
+			unread = max(unread, time.Duration(ids[2]-ids[1])*time.Millisecond)
+		}
+		return nil
+	})
 	if err != nil {
 		return 0, time.Time{}, 0, fmt.Errorf("pending stats: %w", err)
-	}
-	if len(v) != 4 {
-		return 0, time.Time{}, 0, fmt.Errorf("pending stats: script answered %v", v)
-	}
-	entries, _ = v[0].(int64)
-	ids := [3]uint64{} // milliseconds of the oldest, the oldest unread, the newest
-	for i := range ids {
-		id, _ := v[i+1].(string)
-		ids[i], _, _ = parseStreamID(id)
-	}
-	if ids[0] > 0 {
-		oldest = time.UnixMilli(int64(ids[0]))
-	}
-	if ids[1] > 0 && ids[2] >= ids[1] {
-		unread = time.Duration(ids[2]-ids[1]) * time.Millisecond
 	}
 	return entries, oldest, unread, nil
 }

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ import (
 
 type call struct {
 	consume bool          // a consume op (keys: counter, idempotency, holds; 8 args)
+	stream  string        // a consume op's pending stream
 	script  *redis.Script // else a call of its own of this script (see script)
 	// else a read (see get)
 	keys []string
@@ -125,8 +127,10 @@ func newBatcher(ctx context.Context, rdb redis.UniversalClient, workers, maxBatc
 
 // consume runs one consume op (see consumeScript) and returns its answer's
 // three values.
-func (b *batcher) consume(ctx context.Context, keys []string, args []any) (any, any, any, error) {
-	c, err := b.do(ctx, true, keys, args)
+func (b *batcher) consume(ctx context.Context, stream string, keys []string, args []any) (any, any, any, error) {
+	c := callPool.Get().(*call)
+	c.stream = stream
+	c, err := b.queue(ctx, c, true, keys, args)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -188,7 +192,7 @@ func (b *batcher) queue(ctx context.Context, c *call, consume bool, keys []strin
 }
 
 func (b *batcher) release(c *call) {
-	c.script, c.keys, c.args, c.val, c.val2, c.val3, c.err = nil, nil, nil, nil, nil, nil, nil
+	c.script, c.stream, c.keys, c.args, c.val, c.val2, c.val3, c.err = nil, "", nil, nil, nil, nil, nil, nil
 	callPool.Put(c)
 }
 
@@ -226,13 +230,49 @@ func (b *batcher) work(ctx context.Context) {
 	}
 }
 
-// send pipelines the batch, consumes merged into script calls of up to
-// maxOpsPerScript ops, and sets every call's answer. A script Redis does
-// not know yet (first use, or after a restart) is run again through
-// Script.Run, which loads it.
+// send sends the batch: to one Redis as one pipeline; to a cluster as
+// one pipeline per master, all at once. The batcher splits it, not the
+// cluster client, because a WAIT covers only the writes sent on its own
+// connection. A call whose master is not known fails alone.
 func (b *batcher) send(batch []*call) {
+	cc, ok := b.rdb.(*redis.ClusterClient)
+	if !ok {
+		b.sendTo(b.rdb, batch)
+		return
+	}
+	var nodes []*redis.Client
+	var parts [][]*call
+	for _, c := range batch {
+		node, err := cc.MasterForKey(context.Background(), c.keys[0])
+		if err != nil {
+			c.err = err
+			continue
+		}
+		i := slices.Index(nodes, node)
+		if i < 0 {
+			nodes, parts = append(nodes, node), append(parts, nil)
+			i = len(nodes) - 1
+		}
+		parts[i] = append(parts[i], c)
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < len(nodes); i++ {
+		wg.Go(func() { b.sendTo(nodes[i], parts[i]) })
+	}
+	if len(nodes) > 0 {
+		b.sendTo(nodes[0], parts[0])
+	}
+	wg.Wait()
+}
+
+// sendTo pipelines calls to rdb (one Redis, or one master), consumes
+// merged into script calls of up to maxOpsPerScript ops of one stream,
+// and sets every call's answer. A script Redis does not know yet (first
+// use, or after a restart) is run again through Script.Run, which loads
+// it.
+func (b *batcher) sendTo(rdb redis.UniversalClient, batch []*call) {
 	ctx := context.Background() // a batch serves many requests; the client's timeouts bound it
-	pipe := b.rdb.Pipeline()
+	pipe := rdb.Pipeline()
 	type group struct {
 		calls []*call
 		keys  []string
@@ -241,7 +281,7 @@ func (b *batcher) send(batch []*call) {
 	}
 	var gets, holds, scripts []*redis.Cmd
 	var groups []*group
-	var g *group
+	filling := map[string]*group{} // by stream, the group that takes its next consume
 	for _, c := range batch {
 		if c.script != nil {
 			scripts = append(scripts, c.script.EvalSha(ctx, pipe, c.keys, c.args...))
@@ -252,8 +292,10 @@ func (b *batcher) send(batch []*call) {
 			holds = append(holds, pipe.Do(ctx, "ZRANGEBYSCORE", c.keys[1], c.args[0], "+inf"))
 			continue
 		}
+		g := filling[c.stream]
 		if g == nil || len(g.calls) == maxOpsPerScript {
-			g = &group{keys: []string{PendingStream}}
+			g = &group{keys: []string{c.stream}}
+			filling[c.stream] = g
 			groups = append(groups, g)
 		}
 		g.calls = append(g.calls, c)
@@ -275,7 +317,7 @@ func (b *batcher) send(batch []*call) {
 			return cmd, false
 		}
 		if again == nil {
-			again = b.rdb.Pipeline()
+			again = rdb.Pipeline()
 		}
 		return s.Eval(ctx, again, keys, args...), true
 	}

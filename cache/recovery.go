@@ -79,7 +79,7 @@ import (
 // step (dropScript). A load that read Postgres before the change either
 // stored its copy before this (the DEL drops it) or finds the mark moved
 // (see Counter.load).
-func dropStale(ctx context.Context, rdb redis.UniversalClient, subjects, keys []string) error {
+func dropStale(ctx context.Context, rdb redis.UniversalClient, l Layout, subjects, keys []string) error {
 	if err := dropScript.Load(ctx, rdb).Err(); err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func dropStale(ctx context.Context, rdb redis.UniversalClient, subjects, keys []
 	for start := 0; start < len(keys); start += recoveryChunk {
 		pipe := rdb.Pipeline()
 		for i := start; i < min(start+recoveryChunk, len(keys)); i++ {
-			dropScript.EvalSha(ctx, pipe, []string{dropsKey(subjects[i]), keys[i]}, token, int64(dropsTTL/time.Second))
+			dropScript.EvalSha(ctx, pipe, []string{l.dropsKey(subjects[i]), keys[i]}, token, int64(dropsTTL/time.Second))
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return err
@@ -175,8 +175,13 @@ func redisOrDirect[T any](ctx context.Context, h *Health, viaRedis func() (T, er
 }
 
 // maybeSent reports whether a failed Redis call may have reached Redis:
-// anything but a failure to connect or to get a connection.
+// anything but a failure to connect or to get a connection, or a reply
+// that refused it (see refusedForNow).
 func maybeSent(err error) bool {
+	var refused redis.Error
+	if errors.As(err, &refused) {
+		return false
+	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
 		return false
@@ -262,9 +267,10 @@ func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time,
 	// In this order: the horizon read after the drop mark it goes with,
 	// the oldest entry after the horizon.
 	pipe := c.rdb.Pipeline()
-	dropsCmd := pipe.Get(ctx, dropsKey(key.Subject))
-	newestCmd := pipe.XRevRangeN(ctx, PendingStream, "+", "-", 1)
-	oldestCmd := pipe.XRangeN(ctx, PendingStream, "-", "+", 1)
+	dropsCmd := pipe.Get(ctx, c.layout.dropsKey(key.Subject))
+	stream := c.layout.stream(key.Subject) // the one its events go to
+	newestCmd := pipe.XRevRangeN(ctx, stream, "+", "-", 1)
+	oldestCmd := pipe.XRangeN(ctx, stream, "-", "+", 1)
 	_, _ = pipe.Exec(ctx) // errors are per command
 	if err := dropsCmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return false, translate(err)
@@ -294,7 +300,7 @@ func (c *Counter) load(ctx context.Context, key quota.CounterKey, now time.Time,
 	if found && !drained {
 		return false, nil
 	}
-	stored, err := loadScript.Run(ctx, c.rdb, []string{counterKey(key), dropsKey(key.Subject)}, used, expireAt(key, now), ld.drops).Int()
+	stored, err := loadScript.Run(ctx, c.rdb, []string{c.layout.counterKey(key), c.layout.dropsKey(key.Subject)}, used, expireAt(key, now), ld.drops).Int()
 	if err != nil {
 		return false, translate(err)
 	}
@@ -339,9 +345,9 @@ func (c *Counter) DropStale(ctx context.Context) error {
 		n, err := c.src.TakeStaleCounters(ctx, recoveryChunk, func(keys []quota.CounterKey) error {
 			subjects, names := make([]string, len(keys)), make([]string, len(keys))
 			for i, k := range keys {
-				subjects[i], names[i] = k.Subject, counterKey(k)
+				subjects[i], names[i] = k.Subject, c.layout.counterKey(k)
 			}
-			if err := dropStale(ctx, c.slow, subjects, names); err != nil {
+			if err := dropStale(ctx, c.slow, c.layout, subjects, names); err != nil {
 				return fmt.Errorf("drop stale counters: %w", err)
 			}
 			return nil
@@ -382,7 +388,7 @@ func (c *Counter) restoreIdempotency(ctx context.Context) error {
 				applied = "1"
 			}
 			val := r.RequestHash + "|" + applied + "|" + strconv.FormatInt(r.Amount, 10) + "|" + strconv.FormatInt(r.Used, 10)
-			pipe.SetNX(ctx, idempotencyKey(r.Subject, r.Key), val, ttl)
+			pipe.SetNX(ctx, c.layout.idempotencyKey(r.Subject, r.Key), val, ttl)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("restore idempotency keys: %w", err)

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,6 +75,8 @@ type Counter struct {
 	// Redis's copy of the counter, which counted it, is dropped and
 	// reloads; it is answered as a new consume. Set before serving.
 	KeyWindow time.Duration
+	// layout names the keys (SetLayout); the zero Layout is one Redis's.
+	layout Layout
 }
 
 var (
@@ -107,6 +110,11 @@ func (c *Counter) keyWindowSeconds() int64 { return max(int64(c.KeyWindow/time.S
 // confirmed in time are outcomes unknown (notReplicated). 0 waits for
 // none. Call it before the counter serves.
 func (c *Counter) SetWaitReplicas(n int) { c.batch.waitReplicas = int64(n) }
+
+// SetLayout sets the key layout (see keys.go) of the counter and of
+// its batcher, which groups consumes by stream. Call it before the
+// counter serves.
+func (c *Counter) SetLayout(l Layout) { c.layout = l }
 
 // SetRecoveryClient makes the recovery's bulk calls (DropStale: copying
 // keys back, dropping stale copies) go through rdb, a client of the same
@@ -190,7 +198,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, err
 	if !c.health.Up() {
 		return c.src.Used(ctx, r)
 	}
-	ck, hk := counterKey(r.Key), holdsKey(r.Key)
+	ck, hk := c.layout.counterKey(r.Key), c.layout.holdsKey(r.Key)
 	at := r.At
 	if at.IsZero() {
 		at = time.Now()
@@ -232,14 +240,14 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey, at time.Tim
 	}
 	names := make([]string, len(keys))
 	for i, k := range keys {
-		names[i] = counterKey(k)
+		names[i] = c.layout.counterKey(k)
 	}
 	pipe := c.rdb.Pipeline()
 	mget := pipe.MGet(ctx, names...)
 	live := "(" + strconv.FormatInt(at.UnixMilli(), 10)
 	holds := make([]*redis.Cmd, len(keys))
 	for i, k := range keys {
-		holds[i] = pipe.Do(ctx, "ZRANGEBYSCORE", holdsKey(k), live, "+inf")
+		holds[i] = pipe.Do(ctx, "ZRANGEBYSCORE", c.layout.holdsKey(k), live, "+inf")
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil {
@@ -288,26 +296,26 @@ func (c *Counter) Consume(ctx context.Context, op quota.ConsumeOp) (quota.Consum
 // dropper answers a function that drops Redis's copy of key's counter.
 func (c *Counter) dropper(key quota.CounterKey) func(context.Context) error {
 	return func(ctx context.Context) error {
-		return dropStale(ctx, c.rdb, []string{key.Subject}, []string{counterKey(key)})
+		return dropStale(ctx, c.rdb, c.layout, []string{key.Subject}, []string{c.layout.counterKey(key)})
 	}
 }
 
 func (c *Counter) consume(ctx context.Context, op quota.ConsumeOp) (quota.ConsumeResult, error) {
-	ck := counterKey(op.Key)
+	ck := c.layout.counterKey(op.Key)
 	ik := ck
 	if op.IdempotencyKey != "" {
-		ik = idempotencyKey(op.Key.Subject, op.IdempotencyKey)
+		ik = c.layout.idempotencyKey(op.Key.Subject, op.IdempotencyKey)
 	}
 	ev := appendConsumeEvent(make([]byte, 0, 256), &op)
 	enforce := "0"
 	if op.Enforce {
 		enforce = "1"
 	}
-	keys := []string{ck, ik, holdsKey(op.Key)}
+	keys := []string{ck, ik, c.layout.holdsKey(op.Key)}
 	args := []any{op.Amount, enforce, op.Limit, op.IdempotencyKey, op.RequestHash, ev, op.At.UnixMilli(), c.keyWindowSeconds()}
 	var res quota.ConsumeResult
 	err := c.withCounter(ctx, op.Key, op.At, func() (bool, error) {
-		v1, v2, v3, err := c.batch.consume(ctx, keys, args)
+		v1, v2, v3, err := c.batch.consume(ctx, c.layout.stream(op.Key.Subject), keys, args)
 		if err != nil {
 			return false, translate(err)
 		}
@@ -377,7 +385,7 @@ func (c *Counter) Reset(ctx context.Context, key quota.CounterKey, at time.Time)
 	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(at), Kind: quota.EventReset, Subject: key.Subject, Meter: key.Meter, Start: key.Start, End: key.End, At: at})
 	_, err := redisOrDirect(ctx, c.health,
 		func() (struct{}, error) {
-			return struct{}{}, translate(resetScript.Run(ctx, c.rdb, []string{counterKey(key), PendingStream}, expireAt(key, at), ev).Err())
+			return struct{}{}, translate(resetScript.Run(ctx, c.rdb, []string{c.layout.counterKey(key), c.layout.stream(key.Subject)}, expireAt(key, at), ev).Err())
 		},
 		func(ctx context.Context, _ bool) (struct{}, error) { return struct{}{}, c.src.Reset(ctx, key, at) },
 		c.dropper(key)) // a reset run again would zero what came after the first
@@ -397,8 +405,27 @@ func translate(err error) error {
 	return err
 }
 
-// MemoryUse reads Redis's used memory and its maxmemory (0: no limit).
+// MemoryUse reads Redis's used memory and its maxmemory (0: no limit); on
+// a cluster, those of the master nearest its limit, which fills first.
 func MemoryUse(ctx context.Context, rdb redis.UniversalClient) (used, limit int64, err error) {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return memoryUse(ctx, rdb)
+	}
+	var mu sync.Mutex
+	err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		u, l, err := memoryUse(ctx, node)
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil && (limit == 0 || l > 0 && float64(u)/float64(l) > float64(used)/float64(limit)) {
+			used, limit = u, l
+		}
+		return err
+	})
+	return used, limit, err
+}
+
+func memoryUse(ctx context.Context, rdb redis.UniversalClient) (used, limit int64, err error) {
 	info, err := rdb.Info(ctx, "memory").Result()
 	if err != nil {
 		return 0, 0, err

@@ -4,9 +4,9 @@ import "github.com/redis/go-redis/v9"
 
 // The Lua scripts of the L2 tier. Each runs atomically in Redis, which is
 // what makes enforce exact and idempotency keys count once. Keys are
-// hash-tagged by subject (q:{user:42}:...) so one subject's keys share a
-// cluster slot; the pending stream is a single key for now (keys.go has
-// the layout and what keeps it off Redis Cluster). Time comes from the
+// named by Layout (keys.go): a script's keys, the pending stream
+// included, share one hash tag, so on Redis Cluster they share a slot.
+// Time comes from the
 // caller (expire-at, event time), never from redis.call("TIME").
 
 // consumeScript applies a batch of consumes, one after the other, each
@@ -24,7 +24,8 @@ import "github.com/redis/go-redis/v9"
 // a load needs to know (Counter.load). An earlier unflushed count per counter (INCR
 // here, DECRBY at the ack) was half of this script's Redis calls.
 //
-//	KEYS[1]        pending stream  q:pending
+//	KEYS[1]        the ops' pending stream (every op's subject's: the
+//	               batcher groups consumes by stream)
 //	then per op i (0-based), at 2+3i, 3+3i, 4+3i:
 //	  counter           q:{S}:c:<meter>:<period start unix>
 //	  idempotency key   q:{S}:i:<key> (the counter key again when there is none)

@@ -44,6 +44,7 @@ type Settings struct {
 	rdb      redis.UniversalClient
 	health   *Health
 	bus      *Bus
+	layout   Layout   // names the keys (SetLayout)
 	plans    sync.Map // name -> planEntry; plans are few
 	subjects *ristretto.Cache[string, subjectEntry]
 	ttl      int64 // nanoseconds
@@ -123,6 +124,9 @@ func NewSettings(ctx context.Context, src SettingsSource, rdb redis.UniversalCli
 	return s, nil
 }
 
+// SetLayout sets the key layout (see keys.go). Call it before serving.
+func (s *Settings) SetLayout(l Layout) { s.layout = l }
+
 func (s *Settings) cacheSubject(sub quota.Subject) {
 	s.subjects.Set(sub.ID, subjectEntry{sub: sub, expires: s.clock.Load() + s.ttl}, 1)
 }
@@ -177,7 +181,7 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 		return e.sub, nil
 	}
 	if s.health.Up() {
-		raw, err := s.rdb.Get(ctx, subjectKey(id)).Bytes()
+		raw, err := s.rdb.Get(ctx, s.layout.subjectKey(id)).Bytes()
 		switch {
 		case err == nil:
 			var sub quota.Subject
@@ -198,7 +202,7 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 	drops, fill := "", s.health.Up()
 	if fill {
 		var err error
-		if drops, err = s.rdb.Get(ctx, dropsKey(id)).Result(); err != nil && !errors.Is(err, redis.Nil) {
+		if drops, err = s.rdb.Get(ctx, s.layout.dropsKey(id)).Result(); err != nil && !errors.Is(err, redis.Nil) {
 			fill = false
 		}
 	}
@@ -207,7 +211,7 @@ func (s *Settings) Subject(ctx context.Context, id string) (quota.Subject, error
 		return quota.Subject{}, err
 	}
 	if raw, err := json.Marshal(sub); err == nil && fill {
-		loadScript.Run(ctx, s.rdb, []string{subjectKey(id), dropsKey(id)}, raw, time.Now().Add(subjectTTL).Unix(), drops)
+		loadScript.Run(ctx, s.rdb, []string{s.layout.subjectKey(id), s.layout.dropsKey(id)}, raw, time.Now().Add(subjectTTL).Unix(), drops)
 	}
 	s.cacheSubject(sub)
 	return sub, nil
@@ -223,7 +227,7 @@ func (s *Settings) ProvisionSubject(ctx context.Context, sub quota.Subject) (quo
 	ev := appendEvent(nil, &quota.Event{ID: quota.NewEventID(sub.CycleAnchor), Kind: quota.EventProvision, Subject: sub.ID, At: sub.CycleAnchor, Settings: &sub})
 	return redisOrDirect(ctx, s.health,
 		func() (quota.Subject, error) {
-			stored, err := provisionScript.Run(ctx, s.rdb, []string{subjectKey(sub.ID), PendingStream}, raw, ev, int64(subjectTTL/time.Second)).Text()
+			stored, err := provisionScript.Run(ctx, s.rdb, []string{s.layout.subjectKey(sub.ID), s.layout.stream(sub.ID)}, raw, ev, int64(subjectTTL/time.Second)).Text()
 			if err != nil {
 				return quota.Subject{}, err
 			}
@@ -252,7 +256,7 @@ func (s *Settings) PutSubject(ctx context.Context, sub quota.Subject) error {
 	// under way, which may have listed the stale subjects before this
 	// write committed, is waited for, and the change then goes to Redis.
 	if raw, err := json.Marshal(sub); err == nil && s.health.UpAfterRecovery() {
-		if err := s.rdb.Set(ctx, subjectKey(sub.ID), raw, subjectTTL).Err(); err != nil {
+		if err := s.rdb.Set(ctx, s.layout.subjectKey(sub.ID), raw, subjectTTL).Err(); err != nil {
 			s.health.Failed(err)
 		} else {
 			_ = s.src.SubjectsSynced(ctx, []quota.Subject{sub})
@@ -315,9 +319,9 @@ func (s *Settings) DropStale(ctx context.Context) error {
 	}
 	ids, keys := make([]string, len(subs)), make([]string, len(subs))
 	for i, sub := range subs {
-		ids[i], keys[i] = sub.ID, subjectKey(sub.ID)
+		ids[i], keys[i] = sub.ID, s.layout.subjectKey(sub.ID)
 	}
-	if err := dropStale(ctx, s.rdb, ids, keys); err != nil {
+	if err := dropStale(ctx, s.rdb, s.layout, ids, keys); err != nil {
 		return fmt.Errorf("drop stale subjects: %w", err)
 	}
 	if err := s.src.SubjectsSynced(ctx, subs); err != nil {

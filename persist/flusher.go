@@ -68,14 +68,16 @@ import (
 // Pending is the queue of events the flusher drains; cache.Pending is the
 // Redis implementation.
 type Pending interface {
-	// Claim appends to into the events of up to n entries delivered before
-	// but not acknowledged: this flusher's own, or those a dead flusher
-	// abandoned; and answers the number of entries. On an error it answers
-	// into as it was.
+	// Claim appends to into the events of up to n entries of each of the
+	// queue's streams delivered before but not acknowledged: this
+	// flusher's own, or those a dead flusher abandoned; and answers the
+	// most entries read from one stream. On an error it answers into as
+	// it was.
 	Claim(ctx context.Context, n int, into []quota.Event) ([]quota.Event, int, error)
-	// Next appends to into the events of up to n entries never delivered
-	// before, and answers the number of entries. On an error it answers
-	// into as it was.
+	// Next appends to into the events of up to n entries of each stream
+	// never delivered before, and answers the most entries read from one
+	// (n: that stream may hold more). On an error it answers into as it
+	// was.
 	Next(ctx context.Context, n int, into []quota.Event) ([]quota.Event, int, error)
 	// Ack acknowledges the entries of events written to Postgres (every
 	// event of an entry in one call); acking twice is harmless.

@@ -121,6 +121,7 @@ const (
 // flusher still has to apply to Postgres.
 type Event struct {
 	Ref            string    `json:"-"`  // the queue's handle for acknowledging it; several events may share one
+	Queue          int       `json:"-"`  // which of the queue's streams Ref is in (one per bucket of subjects)
 	ID             string    `json:"id"` // unique; the ledger's dedup key
 	Kind           EventKind `json:"k"`
 	Subject        string    `json:"s"`

@@ -45,6 +45,7 @@ type Config struct {
 	NearLimit       float64       // QUOTAD_NEAR_LIMIT, --near-limit; default 0.1: closer than this fraction of the limit, checks read Redis
 	FlushClaimIdle  time.Duration // QUOTAD_FLUSH_CLAIM_IDLE, --flush-claim-idle; default 30s: unacknowledged events older than this are taken over from a dead flusher
 	FlushMaxLag     time.Duration // QUOTAD_FLUSH_MAX_LAG, --flush-max-lag; default 0: three flush intervals, at least 3s; "off" (-1): consumes wait up to 1s while usage waited unread longer than this; at least two flush intervals
+	RedisBuckets    int           // QUOTAD_REDIS_BUCKETS, --redis-buckets; default -1 (unset): 0 on one Redis (one pending stream, keys tagged by subject), cache.DefaultClusterBuckets on a cluster; n: subjects hashed into n buckets, each with its own stream and hash tag (required on a cluster); a change of it is a move to a new Redis
 	WaitReplicas    int           // QUOTAD_REDIS_WAIT_REPLICAS, --redis-wait-replicas; default 0: consumes, batches, reservations and commits answer once this many Redis replicas have their writes (WAIT, 100 ms); fewer in time is an outcome unknown
 	LedgerRetention int           // QUOTAD_LEDGER_RETENTION_MONTHS, --ledger-retention-months; default 0: keep the ledger for good; n: keep the current month and the n-1 before it (older months' partitions are dropped)
 	KeyWindow       time.Duration // QUOTAD_KEY_WINDOW, --key-window; default 24h: how long Redis keeps a consume's idempotency key (a later replay within Postgres's 24h counts once, answered as new); 1s to 24h
@@ -94,7 +95,8 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	fs.StringVar(&c.Tiers, "tiers", env("QUOTAD_TIERS", "full"), `"full" or "postgres"`)
 	fs.StringVar(&flushInterval, "flush-interval", env("QUOTAD_FLUSH_INTERVAL", "1s"), "write-behind flush interval")
 	fs.StringVar(&flushBatch, "flush-batch", env("QUOTAD_FLUSH_BATCH", "200"), "pending-stream entries per Redis read")
-	var listingRefresh, keyWindow, ledgerRetention, waitReplicas string
+	var listingRefresh, keyWindow, ledgerRetention, waitReplicas, buckets string
+	fs.StringVar(&buckets, "redis-buckets", env("QUOTAD_REDIS_BUCKETS", ""), "subjects' buckets in Redis, each with its own pending stream (default: none on one Redis, "+strconv.Itoa(cache.DefaultClusterBuckets)+" on a cluster)")
 	fs.StringVar(&waitReplicas, "redis-wait-replicas", env("QUOTAD_REDIS_WAIT_REPLICAS", "0"), "usage writes answer once this many Redis replicas have them (0: none)")
 	fs.StringVar(&ledgerRetention, "ledger-retention-months", env("QUOTAD_LEDGER_RETENTION_MONTHS", "0"), "keep the usage ledger's current month and this many minus one before it (0: keep it all)")
 	fs.StringVar(&keyWindow, "key-window", env("QUOTAD_KEY_WINDOW", cache.DefaultKeyWindow.String()), "how long Redis keeps a consume's idempotency key (a later replay still counts once, answered as new); at most 24h")
@@ -174,6 +176,12 @@ func parseConfig(fs *flag.FlagSet, args []string, getenv func(string) string) (C
 	}
 	if c.WaitReplicas, err = strconv.Atoi(waitReplicas); err != nil || c.WaitReplicas < 0 {
 		return Config{}, fmt.Errorf("redis-wait-replicas: %q is not a whole number of replicas (0 waits for none)", waitReplicas)
+	}
+	c.RedisBuckets = -1
+	if buckets != "" {
+		if c.RedisBuckets, err = strconv.Atoi(buckets); err != nil || c.RedisBuckets < 0 || c.RedisBuckets > cache.MaxBuckets {
+			return Config{}, fmt.Errorf("redis-buckets: %q is not a whole number from 0 to %d", buckets, cache.MaxBuckets)
+		}
 	}
 	if c.LedgerRetention, err = strconv.Atoi(ledgerRetention); err != nil || c.LedgerRetention < 0 {
 		return Config{}, fmt.Errorf("ledger-retention-months: %q is not a whole number of months (0 keeps the ledger for good)", ledgerRetention)
@@ -257,6 +265,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("key_window", c.KeyWindow),
 		slog.Int("ledger_retention_months", c.LedgerRetention),
 		slog.Int("redis_wait_replicas", c.WaitReplicas),
+		slog.Int("redis_buckets", c.RedisBuckets),
 		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Int64("l1_max_items", c.L1MaxItems),
 		slog.Float64("near_limit", c.NearLimit),

@@ -10,8 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/quotad/quotad/api"
 	"github.com/quotad/quotad/cache"
 )
@@ -111,16 +109,14 @@ func keys(ctx context.Context, fs *flag.FlagSet, args []string, getenv func(stri
 // running instances drop their cached keys now, and waits (up to a
 // second) until they have.
 func tellInstances(ctx context.Context, cfg Config, stdout io.Writer) error {
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	rdb, db, _, err := cache.Dial(cfg.RedisURL, cache.Timeouts{Dial: time.Second, Read: 3 * time.Second, Write: 3 * time.Second, Pool: 4 * time.Second, PoolSize: 2})
 	if err != nil {
 		return err
 	}
-	opt.DialTimeout = time.Second
-	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return err
 	}
-	cache.NewBus(rdb, opt.DB, slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: slog.LevelError}))).Publish(ctx, keysMessage)
+	cache.NewBus(rdb, db, slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: slog.LevelError}))).Publish(ctx, keysMessage)
 	return nil
 }

@@ -25,10 +25,11 @@ type tiers struct {
 	health      *cache.Health
 	flusher     *persist.Flusher
 	flusherDone chan struct{}
-	rdb         *redis.Client
-	bgRdb       *redis.Client // the flusher's and the recovery's
-	feed        *cache.Feed   // live changes; nil for the Postgres-only tiers
-	keys        *keyEvents    // nil for the Postgres-only tiers
+	rdb         redis.UniversalClient
+	bgRdb       redis.UniversalClient // the flusher's and the recovery's
+	layout      cache.Layout
+	feed        *cache.Feed // live changes; nil for the Postgres-only tiers
+	keys        *keyEvents  // nil for the Postgres-only tiers
 }
 
 // keysMessage is the invalidation bus's message for "a key was revoked":
@@ -74,37 +75,47 @@ func postgresTiers(store *persist.Store) tiers {
 // invalidation bus and the write-behind flusher. Background work runs
 // until bg ends.
 func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *prometheus.Registry, log *slog.Logger) (tiers, error) {
-	opt, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return tiers{}, fmt.Errorf("redis url: %w", err)
-	}
 	// Short timeouts and no retries: when Redis is gone the hot path must
 	// switch to Postgres in milliseconds, not after a retry loop.
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond
-	opt.PoolTimeout, opt.MaxRetries = 500*time.Millisecond, -1
-	opt.PoolSize = 128
-	rdb := redis.NewClient(opt)
+	rdb, db, cluster, err := cache.Dial(cfg.RedisURL, cache.Timeouts{Dial: 250 * time.Millisecond, Read: 250 * time.Millisecond,
+		Write: 250 * time.Millisecond, Pool: 500 * time.Millisecond, PoolSize: 128})
+	if err != nil {
+		return tiers{}, err
+	}
 	// Background work (the flusher's reads and acks, the recovery) reads
 	// replies of thousands of events and runs beside the requests on the
 	// same cores: the request path's timeouts failed its calls under load,
 	// and a flusher that cannot read leaves every cold counter's load
 	// waiting. Its own client waits longer and needs few connections.
-	bgOpt := *opt
-	bgOpt.ReadTimeout, bgOpt.WriteTimeout, bgOpt.PoolTimeout = 5*time.Second, 5*time.Second, 5*time.Second
-	bgOpt.PoolSize = 8
-	bgRdb := redis.NewClient(&bgOpt)
+	bgRdb, _, _, err := cache.Dial(cfg.RedisURL, cache.Timeouts{Dial: 250 * time.Millisecond, Read: 5 * time.Second,
+		Write: 5 * time.Second, Pool: 5 * time.Second, PoolSize: 8})
+	if err != nil {
+		return tiers{}, err
+	}
+	buckets := cfg.RedisBuckets
+	if buckets < 0 { // unset: one stream on one Redis; a cluster needs buckets
+		buckets = 0
+		if cluster {
+			buckets = cache.DefaultClusterBuckets
+		}
+	}
+	if cluster && buckets == 0 {
+		return tiers{}, fmt.Errorf("QUOTAD_REDIS_BUCKETS=0 names the one-Redis layout, whose scripts cross hash slots: a cluster needs 1 or more")
+	}
+	layout := cache.NewLayout(buckets)
 	cache.Instrument(reg, rdb, bgRdb)
 
 	health := cache.NewHealth(rdb, log)
 	health.SetConfirmClient(bgRdb)
 	health.Register(reg)
-	bus := cache.NewBus(rdb, opt.DB, log)
+	bus := cache.NewBus(rdb, db, log)
 	keys := &keyEvents{bus: bus}
 	l2 := cache.NewCounter(bg, rdb, store, health, log)
 	l2.DirectEnforce = cfg.DirectEnforce == "admit"
 	l2.KeyWindow = cfg.KeyWindow
 	l2.SetWaitReplicas(cfg.WaitReplicas)
 	l2.SetRecoveryClient(bgRdb)
+	l2.SetLayout(layout)
 	l2.Register(reg)
 	snaps, err := cache.NewSnapshots(bg, l2, bus, cache.SnapshotConfig{TTL: cfg.CacheTTL, NearLimit: cfg.NearLimit, MaxItems: cfg.L1MaxItems, Registry: reg})
 	if err != nil {
@@ -114,6 +125,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	if err != nil {
 		return tiers{}, err
 	}
+	settings.SetLayout(layout)
 	redisUp := prometheus.NewGauge(prometheus.GaugeOpts{Name: "quotad_redis_up", Help: "1 while Redis is reachable."})
 	reg.MustRegister(redisUp)
 	health.OnChange = func(up bool) {
@@ -172,6 +184,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 	}
 	pending := cache.NewPending(bgRdb, fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano()))
 	pending.ClaimIdle = cfg.FlushClaimIdle
+	pending.SetLayout(layout)
 	flusher := persist.NewFlusher(store, pending, fcfg)
 	l2.Pace(flusher)
 	done := make(chan struct{})
@@ -192,6 +205,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		flusherDone: done,
 		rdb:         rdb,
 		bgRdb:       bgRdb,
+		layout:      layout,
 		feed:        feed,
 		keys:        keys,
 	}, nil
@@ -270,7 +284,7 @@ func (t tiers) ready(ctx context.Context, store *persist.Store) api.Readiness {
 				r.Detail["redis_memory_warning"] = "redis is nearly full; at maxmemory it refuses usage (503)"
 			}
 		}
-		if live, err := cache.LiveFlushers(ctx, t.rdb); err == nil {
+		if live, err := cache.LiveFlushers(ctx, t.rdb, t.layout); err == nil {
 			r.Detail["instances"] = live
 		}
 	}

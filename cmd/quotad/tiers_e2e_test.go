@@ -153,85 +153,89 @@ func setLimit(tb testing.TB, q *quotad, subject string, limit int64) {
 // subject with limit 1,000, across two instances sharing Redis and
 // Postgres: exactly 1,000 units are accepted, and Postgres ends with 1,000.
 func TestNoOverAdmission(t *testing.T) {
-	pg, rd := testenv.PostgresURL(t), testenv.RedisURL(t)
-	a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
-	b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
-	for _, subject := range []string{"user:one-instance", "user:two-instances"} {
-		setLimit(t, a, subject, 1000)
-		var accepted atomic.Int64
-		var wg sync.WaitGroup
-		for g := range 200 {
-			wg.Go(func() {
-				q := a
-				if subject == "user:two-instances" && g%2 == 1 {
-					q = b
-				}
-				for range 8 {
-					r, status, ok := q.consume(`{"subject":"` + subject + `","amount":1,"mode":"enforce"}`)
-					if !ok {
-						t.Errorf("consume: status %d", status)
-						return
+	onEachRedis(t, func(t *testing.T, rd string) {
+		pg := testenv.PostgresURL(t)
+		a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
+		b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
+		for _, subject := range []string{"user:one-instance", "user:two-instances"} {
+			setLimit(t, a, subject, 1000)
+			var accepted atomic.Int64
+			var wg sync.WaitGroup
+			for g := range 200 {
+				wg.Go(func() {
+					q := a
+					if subject == "user:two-instances" && g%2 == 1 {
+						q = b
 					}
-					if r.Applied {
-						accepted.Add(1)
+					for range 8 {
+						r, status, ok := q.consume(`{"subject":"` + subject + `","amount":1,"mode":"enforce"}`)
+						if !ok {
+							t.Errorf("consume: status %d", status)
+							return
+						}
+						if r.Applied {
+							accepted.Add(1)
+						}
+						if r.Used > 1000 {
+							t.Errorf("used %d past the limit", r.Used)
+						}
 					}
-					if r.Used > 1000 {
-						t.Errorf("used %d past the limit", r.Used)
-					}
-				}
-			})
+				})
+			}
+			wg.Wait()
+			if accepted.Load() != 1000 {
+				t.Fatalf("%s: accepted %d units, want exactly 1000", subject, accepted.Load())
+			}
+			waitFlushed(t, pg, subject, 1000)
 		}
-		wg.Wait()
-		if accepted.Load() != 1000 {
-			t.Fatalf("%s: accepted %d units, want exactly 1000", subject, accepted.Load())
-		}
-		waitFlushed(t, pg, subject, 1000)
-	}
+	})
 }
 
 // TestIdempotencyExactlyOnce sends one idempotency key 50 times at once
 // over two instances, and again after a restart: it counts once in Redis,
 // in the counters and in the ledger.
 func TestIdempotencyExactlyOnce(t *testing.T) {
-	pg, rd := testenv.PostgresURL(t), testenv.RedisURL(t)
-	a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
-	b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
-	body := `{"subject":"user:idem","amount":42,"idempotency_key":"msg-7"}`
-	var firsts atomic.Int64
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Go(func() {
-			q := a
-			if i%2 == 1 {
-				q = b
-			}
-			r, status, ok := q.consume(body)
-			if !ok || !r.Applied || r.Used != 42 || r.Amount != 42 {
-				t.Errorf("answer %+v (status %d), want applied with used 42", r, status)
-			}
-			if !r.Duplicate {
-				firsts.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	if firsts.Load() != 1 {
-		t.Fatalf("%d answers were not duplicates, want 1", firsts.Load())
-	}
-	waitFlushed(t, pg, "user:idem", 42)
-	a.stop(t)
-	a.restart(t)
-	if r, _, ok := a.consume(body); !ok || !r.Duplicate || r.Used != 42 {
-		t.Fatalf("after restart: %+v, want the first answer as a duplicate", r)
-	}
-	if got := a.used(t, "user:idem"); got != 42 {
-		_, view := a.call(t, "GET", "/v1/subjects/user:idem", "")
-		t.Fatalf("redis says %d, want 42; subject now: %v\n%s", got, view, a.out)
-	}
-	time.Sleep(1500 * time.Millisecond) // a flush interval and more
-	if c, l, rows := pgTotals(t, pg, "user:idem"); c != 42 || l != 42 || rows != 1 {
-		t.Fatalf("postgres: counters %d, ledger %d in %d rows; want 42 in 1 row", c, l, rows)
-	}
+	onEachRedis(t, func(t *testing.T, rd string) {
+		pg := testenv.PostgresURL(t)
+		a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
+		b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd)
+		body := `{"subject":"user:idem","amount":42,"idempotency_key":"msg-7"}`
+		var firsts atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 50 {
+			wg.Go(func() {
+				q := a
+				if i%2 == 1 {
+					q = b
+				}
+				r, status, ok := q.consume(body)
+				if !ok || !r.Applied || r.Used != 42 || r.Amount != 42 {
+					t.Errorf("answer %+v (status %d), want applied with used 42", r, status)
+				}
+				if !r.Duplicate {
+					firsts.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if firsts.Load() != 1 {
+			t.Fatalf("%d answers were not duplicates, want 1", firsts.Load())
+		}
+		waitFlushed(t, pg, "user:idem", 42)
+		a.stop(t)
+		a.restart(t)
+		if r, _, ok := a.consume(body); !ok || !r.Duplicate || r.Used != 42 {
+			t.Fatalf("after restart: %+v, want the first answer as a duplicate", r)
+		}
+		if got := a.used(t, "user:idem"); got != 42 {
+			_, view := a.call(t, "GET", "/v1/subjects/user:idem", "")
+			t.Fatalf("redis says %d, want 42; subject now: %v\n%s", got, view, a.out)
+		}
+		time.Sleep(1500 * time.Millisecond) // a flush interval and more
+		if c, l, rows := pgTotals(t, pg, "user:idem"); c != 42 || l != 42 || rows != 1 {
+			t.Fatalf("postgres: counters %d, ledger %d in %d rows; want 42 in 1 row", c, l, rows)
+		}
+	})
 }
 
 // load drives consumes of random amounts, each with its own idempotency
@@ -243,6 +247,7 @@ type loadResult struct {
 	bodies []string
 	amount []int64
 	acked  []bool
+	ended  []time.Time // when each answer came
 }
 
 func drive(q func() *quotad, subjects []string, workers int, stop <-chan struct{}, checks bool) *loadResult {
@@ -264,6 +269,7 @@ func drive(q func() *quotad, subjects []string, workers int, stop <-chan struct{
 					status, _ := q().check(`{"subject":"` + subject + `","amount":1}`)
 					lr.mu.Lock()
 					lr.bodies, lr.amount, lr.acked = append(lr.bodies, "check"), append(lr.amount, 0), append(lr.acked, status == 200)
+					lr.ended = append(lr.ended, time.Now())
 					lr.mu.Unlock()
 					continue
 				}
@@ -272,6 +278,7 @@ func drive(q func() *quotad, subjects []string, workers int, stop <-chan struct{
 				_, _, ok := q().consume(body)
 				lr.mu.Lock()
 				lr.bodies, lr.amount, lr.acked = append(lr.bodies, body), append(lr.amount, amount), append(lr.acked, ok)
+				lr.ended = append(lr.ended, time.Now())
 				lr.mu.Unlock()
 			}
 		})
@@ -291,101 +298,103 @@ func subjectOf(body string) string {
 // client retry what was not acknowledged (with the same idempotency keys,
 // as a client must): afterwards Postgres holds every consume exactly once.
 func TestCrashMidLoad(t *testing.T) {
-	pg, rd := testenv.PostgresURL(t), testenv.RedisURL(t)
-	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_FLUSH_CLAIM_IDLE=1s")
-	subjects := []string{"user:crash-1", "user:crash-2", "user:crash-3"}
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	cur := q
-	lr := drive(func() *quotad { mu.Lock(); defer mu.Unlock(); return cur }, subjects, 16, stop, false)
-	time.Sleep(1500 * time.Millisecond) // at least one flush happens mid-load
-	q.kill(t)
-	close(stop)
-	<-lr.done
-	q.restart(t)
+	onEachRedis(t, func(t *testing.T, rd string) {
+		pg := testenv.PostgresURL(t)
+		q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_FLUSH_CLAIM_IDLE=1s")
+		subjects := []string{"user:crash-1", "user:crash-2", "user:crash-3"}
+		stop := make(chan struct{})
+		var mu sync.Mutex
+		cur := q
+		lr := drive(func() *quotad { mu.Lock(); defer mu.Unlock(); return cur }, subjects, 16, stop, false)
+		time.Sleep(1500 * time.Millisecond) // at least one flush happens mid-load
+		q.kill(t)
+		close(stop)
+		<-lr.done
+		q.restart(t)
 
-	lr.mu.Lock()
-	defer lr.mu.Unlock()
-	want := map[string]int64{}
-	var retried, acked int
-	for i, body := range lr.bodies {
-		if !lr.acked[i] {
-			retried++
-			r, status, ok := q.consume(body)
-			if !ok {
-				t.Fatalf("retry %s: %d", body, status)
+		lr.mu.Lock()
+		defer lr.mu.Unlock()
+		want := map[string]int64{}
+		var retried, acked int
+		for i, body := range lr.bodies {
+			if !lr.acked[i] {
+				retried++
+				r, status, ok := q.consume(body)
+				if !ok {
+					t.Fatalf("retry %s: %d", body, status)
+				}
+				if r.Amount != lr.amount[i] {
+					t.Fatalf("retry %s answered amount %d", body, r.Amount)
+				}
+			} else {
+				acked++
 			}
-			if r.Amount != lr.amount[i] {
-				t.Fatalf("retry %s answered amount %d", body, r.Amount)
+			want[subjectOf(body)] += lr.amount[i]
+		}
+		t.Logf("%d consumes acknowledged before the kill, %d retried after it", acked, retried)
+		if acked < 100 {
+			t.Fatalf("only %d consumes before the kill; the load did not run", acked)
+		}
+		for _, s := range subjects {
+			waitFlushed(t, pg, s, want[s])
+			if got := q.used(t, s); got != want[s] {
+				t.Fatalf("%s: quotad says used %d, want %d", s, got, want[s])
 			}
-		} else {
-			acked++
 		}
-		want[subjectOf(body)] += lr.amount[i]
-	}
-	t.Logf("%d consumes acknowledged before the kill, %d retried after it", acked, retried)
-	if acked < 100 {
-		t.Fatalf("only %d consumes before the kill; the load did not run", acked)
-	}
-	for _, s := range subjects {
-		waitFlushed(t, pg, s, want[s])
-		if got := q.used(t, s); got != want[s] {
-			t.Fatalf("%s: quotad says used %d, want %d", s, got, want[s])
-		}
-	}
+	})
 }
 
 // TestCrashBetweenCommitAndAck kills quotad right after a flush batch
 // committed to Postgres and before Redis heard of it; the restarted
 // quotad flushes the batch again and Postgres must not count it twice.
 func TestCrashBetweenCommitAndAck(t *testing.T) {
-	pg, rd := testenv.PostgresURL(t), testenv.RedisURL(t)
-	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_TEST_HOOK=crash-after-commit",
-		"QUOTAD_FLUSH_INTERVAL=1h", "QUOTAD_FLUSH_CLAIM_IDLE=500ms")
-	var sum int64
-	for i := range 300 {
-		amount := int64(1 + i%5)
-		if _, status, ok := q.consume(fmt.Sprintf(`{"subject":"user:hook","amount":%d}`, amount)); !ok {
-			t.Fatalf("consume %d: %d", i, status)
+	onEachRedis(t, func(t *testing.T, rd string) {
+		pg := testenv.PostgresURL(t)
+		q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_TEST_HOOK=crash-after-commit",
+			"QUOTAD_FLUSH_INTERVAL=1h", "QUOTAD_FLUSH_CLAIM_IDLE=500ms")
+		var sum int64
+		for i := range 300 {
+			amount := int64(1 + i%5)
+			if _, status, ok := q.consume(fmt.Sprintf(`{"subject":"user:hook","amount":%d}`, amount)); !ok {
+				t.Fatalf("consume %d: %d", i, status)
+			}
+			sum += amount
 		}
-		sum += amount
-	}
-	// SIGTERM drains the flusher, and the hook kills the process between
-	// the commit and the ack.
-	_ = q.cmd.Process.Signal(syscall.SIGTERM)
-	err := q.cmd.Wait()
-	q.cmd = nil
-	if ws, ok := err.(interface{ Sys() any }); !ok || !ws.Sys().(syscall.WaitStatus).Signaled() {
-		t.Fatalf("quotad exited with %v, want killed by the hook", err)
-	}
-	if c, l, _ := pgTotals(t, pg, "user:hook"); c != sum || l != sum {
-		t.Fatalf("before the replay: counters %d, ledger %d; want the batch committed (%d)", c, l, sum)
-	}
-	rdb := redis.NewClient(mustParse(t, rd))
-	defer rdb.Close()
-	// 300 consumes and the subject's provisioning.
-	if n, _ := rdb.XLen(context.Background(), "q:pending").Result(); n != 301 {
-		t.Fatalf("%d events left in redis, want all 301 unacknowledged", n)
-	}
-	q.env = append(q.env, "QUOTAD_TEST_HOOK=", "QUOTAD_FLUSH_INTERVAL=200ms")
-	q.restart(t)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n, _ := rdb.XLen(context.Background(), "q:pending").Result()
-		if n == 0 {
-			break
+		// SIGTERM drains the flusher, and the hook kills the process between
+		// the commit and the ack.
+		_ = q.cmd.Process.Signal(syscall.SIGTERM)
+		err := q.cmd.Wait()
+		q.cmd = nil
+		if ws, ok := err.(interface{ Sys() any }); !ok || !ws.Sys().(syscall.WaitStatus).Signaled() {
+			t.Fatalf("quotad exited with %v, want killed by the hook", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d events still pending", n)
+		if c, l, _ := pgTotals(t, pg, "user:hook"); c != sum || l != sum {
+			t.Fatalf("before the replay: counters %d, ledger %d; want the batch committed (%d)", c, l, sum)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if c, l, rows := pgTotals(t, pg, "user:hook"); c != sum || l != sum || rows != 300 {
-		t.Fatalf("after the replay: counters %d, ledger %d in %d rows; want %d in 300 rows", c, l, rows, sum)
-	}
-	if got := q.used(t, "user:hook"); got != sum {
-		t.Fatalf("quotad says %d, want %d", got, sum)
-	}
+		// 300 consumes and the subject's provisioning.
+		if n := pendingEntries(t, rd); n != 301 {
+			t.Fatalf("%d events left in redis, want all 301 unacknowledged", n)
+		}
+		q.env = append(q.env, "QUOTAD_TEST_HOOK=", "QUOTAD_FLUSH_INTERVAL=200ms")
+		q.restart(t)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			n := pendingEntries(t, rd)
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d events still pending", n)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if c, l, rows := pgTotals(t, pg, "user:hook"); c != sum || l != sum || rows != 300 {
+			t.Fatalf("after the replay: counters %d, ledger %d in %d rows; want %d in 300 rows", c, l, rows, sum)
+		}
+		if got := q.used(t, "user:hook"); got != sum {
+			t.Fatalf("quotad says %d, want %d", got, sum)
+		}
+	})
 }
 
 func mustParse(tb testing.TB, url string) *redis.Options {

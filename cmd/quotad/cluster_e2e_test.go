@@ -1,0 +1,209 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/quotad/quotad/cache"
+	"github.com/quotad/quotad/internal/testenv"
+)
+
+// onEachRedis runs test against one Redis and against a Redis Cluster of
+// three masters with a replica each, each a subtest with its own Redis.
+func onEachRedis(t *testing.T, test func(t *testing.T, redisURL string)) {
+	t.Run("one", func(t *testing.T) { test(t, testenv.RedisURL(t)) })
+	t.Run("cluster", func(t *testing.T) { test(t, testenv.StartRedisCluster(t, testenv.RedisOptions{}).URL()) })
+}
+
+// layoutOf is the key layout quotad uses by default on the Redis of url.
+func layoutOf(url string) cache.Layout {
+	if strings.Contains(url, "addr=") {
+		return cache.NewLayout(cache.DefaultClusterBuckets)
+	}
+	return cache.Layout{}
+}
+
+// pendingEntries counts the entries of every pending stream of the Redis
+// of url: usage not yet acknowledged by a flush.
+func pendingEntries(tb testing.TB, url string) int64 {
+	tb.Helper()
+	rdb, _, _, err := cache.Dial(url, cache.Timeouts{Dial: time.Second, Read: 3 * time.Second, Write: 3 * time.Second, Pool: 4 * time.Second, PoolSize: 4})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rdb.Close()
+	var n int64
+	for _, s := range layoutOf(url).Streams() {
+		l, err := rdb.XLen(context.Background(), s).Result()
+		if err != nil {
+			tb.Fatalf("xlen %s: %v", s, err)
+		}
+		n += l
+	}
+	return n
+}
+
+// TestClusterSpreadsSubjects: on a cluster, subjects' events go to the
+// streams of every master, and a subject's keys share its stream's slot
+// (Redis's own CLUSTER KEYSLOT says so).
+func TestClusterSpreadsSubjects(t *testing.T) {
+	c := testenv.StartRedisCluster(t, testenv.RedisOptions{})
+	q := startQuotad(t, "QUOTAD_REDIS_URL="+c.URL())
+	for i := range 48 {
+		consume(t, q, fmt.Sprintf("user:spread-%d", i), 1)
+	}
+	rdb, _, _, err := cache.Dial(c.URL(), cache.Timeouts{Dial: time.Second, Read: 3 * time.Second, Write: 3 * time.Second, Pool: 4 * time.Second, PoolSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ctx := context.Background()
+	layout := layoutOf(c.URL())
+	perMaster := map[string]int64{}
+	for _, s := range layout.Streams() {
+		n, err := rdb.XLen(ctx, s).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slot, err := rdb.ClusterKeySlot(ctx, s).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		perMaster[masterOf(t, c, int(slot))] += n
+	}
+	t.Logf("unflushed entries per master: %v", perMaster)
+	if len(perMaster) != testenv.ClusterMasters {
+		t.Fatalf("the streams are on %d masters, want all %d", len(perMaster), testenv.ClusterMasters)
+	}
+	// Every key of one subject is in the slot of its stream.
+	sub := "user:spread-7"
+	var mu sync.Mutex
+	var keys []string
+	err = rdb.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		k, err := node.Keys(ctx, layout.SubjectPrefix(sub)+"*").Result()
+		mu.Lock()
+		keys = append(keys, k...)
+		mu.Unlock()
+		return err
+	})
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("keys of %s: %v %v", sub, keys, err)
+	}
+	var slots []int64
+	for _, k := range keys {
+		slot, err := rdb.ClusterKeySlot(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots = append(slots, slot)
+	}
+	for _, s := range layout.Streams() {
+		slot, _ := rdb.ClusterKeySlot(ctx, s).Result()
+		if slot == slots[0] {
+			slots = append(slots, -1) // found
+		}
+	}
+	sort.Slice(slots, func(i, j int) bool { return slots[i] < slots[j] })
+	if slots[0] != -1 || slots[1] != slots[len(slots)-1] {
+		t.Fatalf("slots of %s's keys %v: want one, the slot of a pending stream", sub, slots)
+	}
+}
+
+// masterOf names the master of c that serves slot: the masters split the
+// slots evenly, in order.
+func masterOf(tb testing.TB, c *testenv.RedisCluster, slot int) string {
+	tb.Helper()
+	return c.Masters[slot*testenv.ClusterMasters/16384].Addr()
+}
+
+// TestClusterFailover kills a master of the cluster under a keyed load
+// with QUOTAD_REDIS_WAIT_REPLICAS=1: its replica takes over, quotad
+// follows it without a restart, the dead master comes back as the new
+// master's replica, and once the client has retried what was not
+// acknowledged (with its keys), Postgres and quotad hold every consume
+// exactly once. The window of failures is logged.
+func TestClusterFailover(t *testing.T) {
+	c := testenv.StartRedisCluster(t, testenv.RedisOptions{})
+	pg := testenv.PostgresURL(t)
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+c.URL(), "QUOTAD_REDIS_WAIT_REPLICAS=1", "QUOTAD_FLUSH_CLAIM_IDLE=1s")
+	var subjects []string
+	for i := range 24 {
+		subjects = append(subjects, fmt.Sprintf("user:failover-%d", i))
+	}
+	stop := make(chan struct{})
+	lr := drive(func() *quotad { return q }, subjects, 16, stop, false)
+	time.Sleep(1500 * time.Millisecond)
+	lr.mu.Lock()
+	before := len(lr.bodies)
+	lr.mu.Unlock()
+	killed := time.Now()
+	c.Masters[1].Kill(t)
+	// The promoted replica has no replica of its own, so no write of its
+	// slots can be confirmed until the dead master is back, as its
+	// replica: as an operator replaces a dead node.
+	time.Sleep(6 * time.Second)
+	c.Masters[1].Start(t)
+	time.Sleep(6 * time.Second)
+	close(stop)
+	<-lr.done
+
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	want := map[string]int64{}
+	acked := 0
+	var firstFail, lastFail time.Time
+	for i, body := range lr.bodies {
+		want[subjectOf(body)] += lr.amount[i]
+		if lr.acked[i] {
+			acked++
+			continue
+		}
+		if firstFail.IsZero() {
+			firstFail = lr.ended[i]
+		}
+		lastFail = lr.ended[i]
+	}
+	t.Logf("%d consumes before the kill, %d after; %d acknowledged, %d not (503 or cut off)", before, len(lr.bodies)-before, acked, len(lr.bodies)-acked)
+	if !firstFail.IsZero() {
+		t.Logf("failures from %s to %s after the kill", firstFail.Sub(killed).Round(time.Millisecond), lastFail.Sub(killed).Round(time.Millisecond))
+	}
+	if before < 100 || len(lr.bodies)-before < 100 {
+		t.Fatalf("the load did not run on both sides of the kill (%d before, %d in all)", before, len(lr.bodies))
+	}
+	// The last consumes were served after the failover: quotad follows the
+	// promoted replica without a restart.
+	served := 0
+	for i := range lr.bodies {
+		if lr.acked[i] && lr.ended[i].After(lastFail) && lr.ended[i].After(killed) {
+			served++
+		}
+	}
+	if served < 50 {
+		t.Fatalf("%d consumes acknowledged after the last failure: quotad did not serve again after the failover\n%s", served, q.out)
+	}
+	for i, body := range lr.bodies {
+		if lr.acked[i] {
+			continue
+		}
+		r, status, ok := q.consume(body)
+		if !ok || r.Amount != lr.amount[i] {
+			t.Fatalf("retry %s: status %d, %+v", body, status, r)
+		}
+	}
+	for _, s := range subjects {
+		waitFlushed(t, pg, s, want[s])
+		if got := q.used(t, s); got != want[s] {
+			t.Fatalf("%s: quotad says used %d, want %d", s, got, want[s])
+		}
+	}
+	if n := pendingEntries(t, c.URL()); n != 0 {
+		t.Fatalf("%d entries still pending after every subject flushed", n)
+	}
+}
