@@ -33,3 +33,6 @@ var Gone = gone
 
 // LateReplies is how many late replies h counted.
 func (h *Health) LateReplies() float64 { return testutil.ToFloat64(h.late) }
+
+// KeySlot is keySlot for the tests.
+var KeySlot = keySlot

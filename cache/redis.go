@@ -229,7 +229,7 @@ func (c *Counter) Used(ctx context.Context, r quota.UsageRead) (quota.Tally, err
 	return c.src.Used(ctx, r)
 }
 
-// Peek reads counters with one MGET, and their live holds at the given
+// Peek reads counters and their live holds at the given
 // time, in one round trip, and loads none: ok[i] is false for a counter
 // Redis does not hold. It answers an error while Redis is down (Postgres
 // is not asked: refresh-ahead, its caller, then just lets the snapshots
@@ -242,22 +242,29 @@ func (c *Counter) Peek(ctx context.Context, keys []quota.CounterKey, at time.Tim
 	for i, k := range keys {
 		names[i] = c.layout.counterKey(k)
 	}
+	// A GET each, not one MGET: on a cluster the keys are on several
+	// masters, and the pipeline is split by master.
 	pipe := c.rdb.Pipeline()
-	mget := pipe.MGet(ctx, names...)
+	gets := make([]*redis.StringCmd, len(names))
+	for i, name := range names {
+		gets[i] = pipe.Get(ctx, name)
+	}
 	live := "(" + strconv.FormatInt(at.UnixMilli(), 10)
 	holds := make([]*redis.Cmd, len(keys))
 	for i, k := range keys {
 		holds[i] = pipe.Do(ctx, "ZRANGEBYSCORE", c.layout.holdsKey(k), live, "+inf")
 	}
-	_, err := pipe.Exec(ctx)
-	if err != nil {
-		c.health.Failed(err)
-		return nil, nil, translate(err)
+	cmds, _ := pipe.Exec(ctx)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) { // Nil: a counter Redis does not hold
+			c.health.Failed(err)
+			return nil, nil, translate(err)
+		}
 	}
 	tallies, ok := make([]quota.Tally, len(keys)), make([]bool, len(keys))
 	n := 0
-	for i, v := range mget.Val() {
-		if s, isString := v.(string); isString {
+	for i, get := range gets {
+		if s, err := get.Result(); err == nil {
 			u, err1 := strconv.ParseInt(s, 10, 64)
 			r, err2 := sumHolds(holds[i].Val())
 			if err1 == nil && err2 == nil {

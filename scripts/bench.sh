@@ -33,8 +33,14 @@
 #                   consume-record and consume-record-nokey (quotabench
 #                   sweep, SWEEP_DURATION per step, default 10s)
 #   FULL_ADDR / PG_ADDR   default 127.0.0.1:18080 / 127.0.0.1:18081
+#   BENCH_REDIS     cluster: instead of the suite, consume-record and
+#                   consume-batch on a Redis Cluster of SHARDS masters
+#                   (scripts/bench-cluster.sh, which has its settings)
 set -euo pipefail
 START_SECONDS=$SECONDS
+if [[ "${BENCH_REDIS:-}" == cluster ]]; then
+	exec "$(dirname "${BASH_SOURCE[0]}")/bench-cluster.sh"
+fi
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
