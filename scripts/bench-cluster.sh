@@ -16,6 +16,8 @@
 #   redis_cpu  CPU seconds of all shards over the run and its flush (INFO cpu)
 #   per op     redis_cpu / consumes
 #
+# SHARDS=0 runs the same on one Redis out of cluster mode, for comparison.
+#
 # Settings (environment): SHARDS (default 3), DURATION (15s), CONNS (64),
 # BUCKETS (quotad's QUOTAD_REDIS_BUCKETS; default its own), QENV (more quotad
 # settings), BASEPORT (first shard's port, default 27001).
@@ -28,7 +30,9 @@ BASEPORT="${BASEPORT:-27001}"
 ADDR=127.0.0.1:19180
 KEY=dev-admin-key
 DIR=.data/cluster-bench
-[[ "$SHARDS" =~ ^[1-9][0-9]*$ ]] || { echo "SHARDS must be a positive number" >&2; exit 2; }
+[[ "$SHARDS" =~ ^[0-9]+$ ]] || { echo "SHARDS must be a number" >&2; exit 2; }
+cluster=yes
+((SHARDS > 0)) || { SHARDS=1; cluster=no; }
 log() { printf 'bench-cluster: %s\n' "$*" >&2; }
 
 scripts/stack.sh install >/dev/null
@@ -56,7 +60,7 @@ log "starting $SHARDS shards on ports ${ports[*]}"
 rm -rf "$DIR"
 for p in "${ports[@]}"; do
 	mkdir -p "$DIR/$p"
-	taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --dir "$DIR/$p" --cluster-enabled yes \
+	taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --dir "$DIR/$p" --cluster-enabled "$cluster" \
 		--cluster-config-file nodes.conf --save "" --appendonly no --daemonize yes \
 		--pidfile "$PWD/$DIR/$p/redis.pid" --logfile "$PWD/$DIR/$p/redis.log"
 done
@@ -64,10 +68,12 @@ for p in "${ports[@]}"; do
 	until redis-cli -p "$p" ping >/dev/null 2>&1; do sleep 0.05; done
 done
 for ((i = 0; i < SHARDS; i++)); do
+	[[ $cluster == yes ]] || break
 	redis-cli -p "${ports[$i]}" cluster addslotsrange $((i * 16384 / SHARDS)) $(((i + 1) * 16384 / SHARDS - 1)) >/dev/null
 	((i == 0)) || redis-cli -p "${ports[$i]}" cluster meet 127.0.0.1 "${ports[0]}" >/dev/null
 done
 for p in "${ports[@]}"; do
+	[[ $cluster == yes ]] || break
 	for ((t = 0; t < 200; t++)); do
 		info=$(redis-cli -p "$p" cluster info)
 		[[ "$info" == *cluster_state:ok* && "$info" == *"cluster_known_nodes:$SHARDS"* ]] && break
@@ -78,6 +84,7 @@ done
 url="redis://127.0.0.1:${ports[0]}"
 for ((i = 1; i < SHARDS; i++)); do url+="$([[ $i == 1 ]] && echo '?' || echo '&')addr=127.0.0.1:${ports[$i]}"; done
 ((SHARDS > 1)) || url+="?addr=127.0.0.1:${ports[0]}" # one node, named as a cluster
+[[ $cluster == yes ]] || url="redis://127.0.0.1:${ports[0]}/0"
 
 "$psql" -h 127.0.0.1 -p "$pgport" -U postgres -d postgres -Xq \
 	-c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
@@ -118,8 +125,8 @@ for sc in consume-record consume-batch; do
 	for ((t = 0; t < 300; t++)); do [[ $(pending) == 0 ]] && break; sleep 0.1; done
 	cpu1=$(redis_cpu)
 	rows1=$(ledger_rows)
-	awk -v sc="$sc" -v n="$SHARDS" -v r=$((rows1 - rows0)) -v c0="$cpu0" -v c1="$cpu1" 'BEGIN {
-		printf "%s on %d shard(s): consumes %d, redis_cpu %.2f s, per op %.1f µs\n", sc, n, r, c1 - c0, (r > 0 ? (c1 - c0) / r * 1e6 : 0) }'
+	awk -v sc="$sc" -v n="$([[ $cluster == yes ]] && echo "$SHARDS shard(s)" || echo "one Redis")" -v r=$((rows1 - rows0)) -v c0="$cpu0" -v c1="$cpu1" 'BEGIN {
+		printf "%s on %s: consumes %d, redis_cpu %.2f s, per op %.1f µs\n", sc, n, r, c1 - c0, (r > 0 ? (c1 - c0) / r * 1e6 : 0) }'
 done
 if grep -q "redis unreachable" "$DIR/quotad.log"; then
 	log "quotad switched to Postgres during the run: see $DIR/quotad.log"
