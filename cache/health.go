@@ -288,7 +288,12 @@ func (h *Health) probeUntilUp(t *time.Ticker) bool {
 
 func (h *Health) try() bool {
 	pctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
+	// Both clients: on a cluster each rereads its map of slots, and the
+	// recovery runs on the confirming (background) client.
 	err := pingAll(pctx, h.rdb)
+	if err == nil && h.confirm != h.rdb {
+		err = pingAll(pctx, h.confirm)
+	}
 	cancel()
 	if err != nil {
 		return false

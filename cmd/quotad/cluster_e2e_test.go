@@ -150,7 +150,18 @@ func TestClusterFailover(t *testing.T) {
 	// replica: as an operator replaces a dead node.
 	time.Sleep(6 * time.Second)
 	c.Masters[1].Start(t)
-	time.Sleep(6 * time.Second)
+	back := redis.NewClient(&redis.Options{Addr: c.Masters[1].Addr()})
+	defer back.Close()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		info, _ := back.Info(context.Background(), "replication").Result()
+		if strings.Contains(info, "role:slave") && strings.Contains(info, "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted master did not become a replica in sync: %s", info)
+		}
+	}
+	time.Sleep(3 * time.Second) // serving again, WAIT confirmed
 	close(stop)
 	<-lr.done
 
