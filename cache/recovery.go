@@ -1,12 +1,13 @@
 package cache
 
 // The recovery protocol: how Redis's copy of every counter stays equal to
-// Postgres's count plus the events still waiting in the pending stream,
-// through outages, restarts and data loss. Its invariants:
+// Postgres's count plus the events still waiting in its subject's pending
+// stream (one, or its bucket's: keys.go), through outages, restarts and
+// data loss. Its invariants:
 //
 //  1. A counter missing from Redis is never zero: it is loaded from
 //     Postgres (load), and only once every stream entry that may hold its
-//     events has been flushed (the stream's oldest entry is past the
+//     events has been flushed (its stream's oldest entry is past the
 //     newest one at the time it was found missing, its horizon); a
 //     counter Postgres has no row for loads at once. A copy already in
 //     Redis wins (SET NX).
