@@ -27,6 +27,7 @@ package cache
 //	q:pending or q:{tag}:pending    unflushed usage events (Streams), group FlushGroup
 //	global (no script mixes them with others):
 //	q:flushers:alive:<consumer>     a flusher's heartbeat (aliveKey)
+//	q:layout                        the buckets of the layout in use (LayoutKey)
 //	q:inv:<id>                      acknowledgements of an invalidation (ackKey)
 //	q:events, q:events:watchers     the live usage feed (EventsStream, WatchersKey)
 //
@@ -34,7 +35,8 @@ package cache
 // (or moving from one layout to the other) is a move to a new Redis. The
 // counters reload from Postgres (recovery invariant 1), but the events
 // still in the old streams must be flushed first (stop every instance,
-// let the last one drain, then start with the new setting).
+// let the last one drain, then start with the new setting), which the
+// layout guard (layoutguard.go) enforces.
 
 import (
 	"hash/fnv"

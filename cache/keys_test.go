@@ -84,6 +84,18 @@ func TestBucketsOnOneRedis(t *testing.T) {
 	if len(queues) != 4 || most != 2 {
 		t.Fatalf("a read of 2 per stream got events of %d streams, most %d from one; want all 4, 2", len(queues), most)
 	}
+	// Readiness sums a flusher's unacknowledged entries over the streams.
+	if _, _, _, err := dead.Stats(ctx); err != nil { // its heartbeat
+		t.Fatal(err)
+	}
+	flushers, err := cache.LiveFlushers(ctx, e.rdb, layout)
+	if err != nil || len(flushers) != 1 || flushers[0].Name != "dead" || flushers[0].Pending != int64(len(evs)) {
+		t.Fatalf("live flushers %+v (%v), want dead with %d pending", flushers, err, len(evs))
+	}
+	// It goes; a flusher that left has its entries claimed at once.
+	if err := dead.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
 	live := cache.NewPending(e.rdb, "live")
 	live.SetLayout(layout)
 	if err := persist.NewFlusher(e.store, live, persist.FlusherConfig{}).Drain(ctx); err != nil {

@@ -61,29 +61,46 @@ type LiveFlusher struct {
 
 // LiveFlushers lists the consumers of the flush group that say they are
 // alive (their heartbeat key has not lapsed): the running instances, for
-// readiness and the console's overview. Every flusher reads every
-// stream, so the first stream's group lists them all; the entries
-// pending are that stream's.
+// readiness and the console's overview. A flusher is a consumer of every
+// stream's group, so its entries pending are summed over the streams and
+// its idle time is the shortest of them.
 func LiveFlushers(ctx context.Context, rdb redis.UniversalClient, l Layout) ([]LiveFlusher, error) {
-	cs, err := rdb.XInfoConsumers(ctx, l.Streams()[0], FlushGroup).Result()
-	if isNoGroup(err) {
-		return nil, nil
+	streams := l.Streams()
+	pipe := rdb.Pipeline()
+	infos := make([]*redis.XInfoConsumersCmd, len(streams))
+	for i, s := range streams {
+		infos[i] = pipe.XInfoConsumers(ctx, s, FlushGroup)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("list flushers: %w", err)
-	}
-	names := make([]string, len(cs))
-	for i, c := range cs {
-		names[i] = c.Name
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	var names []string
+	byName := map[string]*LiveFlusher{}
+	for _, cmd := range infos {
+		cs, err := cmd.Result()
+		if isNoGroup(err) || (err != nil && strings.Contains(err.Error(), "no such key")) {
+			continue // no flusher has read this stream yet
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list flushers: %w", err)
+		}
+		for _, c := range cs {
+			f := byName[c.Name]
+			if f == nil {
+				f = &LiveFlusher{Name: c.Name, IdleSec: c.Idle.Seconds()}
+				byName[c.Name] = f
+				names = append(names, c.Name)
+			}
+			f.Pending += c.Pending
+			f.IdleSec = min(f.IdleSec, c.Idle.Seconds())
+		}
 	}
 	alive, err := aliveOf(ctx, rdb, names)
 	if err != nil {
 		return nil, fmt.Errorf("list flushers: %w", err)
 	}
 	var out []LiveFlusher
-	for _, c := range cs {
-		if alive[c.Name] {
-			out = append(out, LiveFlusher{Name: c.Name, Pending: c.Pending, IdleSec: c.Idle.Seconds()})
+	for _, n := range names {
+		if alive[n] {
+			out = append(out, *byName[n])
 		}
 	}
 	return out, nil
@@ -269,6 +286,14 @@ func (p *Pending) claimDead(ctx context.Context, n int) ([][]redis.XMessage, err
 		}
 	}
 	return out, nil
+}
+
+// Leave ends this flusher's heartbeat, for a stop after its last drain:
+// the layout guard and other flushers' claims need not wait AliveTTL for
+// it to lapse.
+func (p *Pending) Leave(ctx context.Context) error {
+	p.lastBeat.Store(time.Now().Add(24 * time.Hour).UnixNano()) // no beat after this
+	return p.rdb.Del(ctx, aliveKey(p.consumer)).Err()
 }
 
 // beat says this flusher is alive, at most every AliveTTL/3.

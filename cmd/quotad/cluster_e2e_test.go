@@ -1,9 +1,13 @@
 package main_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -217,4 +221,37 @@ func TestClusterFailover(t *testing.T) {
 	if n := pendingEntries(t, c.URL()); n != 0 {
 		t.Fatalf("%d entries still pending after every subject flushed", n)
 	}
+}
+
+// TestBucketsChangeRefusedWhileInUse: an instance started with another
+// QUOTAD_REDIS_BUCKETS than the running ones refuses to start and names
+// the setting in use; once they have stopped (each flushing its events on
+// the way out), it starts, and every unit counted before is there.
+func TestBucketsChangeRefusedWhileInUse(t *testing.T) {
+	rd, pg := testenv.RedisURL(t), testenv.PostgresURL(t)
+	a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_REDIS_BUCKETS=4", "QUOTAD_FLUSH_INTERVAL=1h")
+	for range 5 {
+		consume(t, a, "user:layout", 2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, quotadBin, "serve")
+	cmd.Env = append(os.Environ(), "QUOTAD_ADDR=127.0.0.1:"+strconv.Itoa(testenv.FreePort(t)), "QUOTAD_ADMIN_KEY="+adminKey, "QUOTAD_DEV=1",
+		"QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_REDIS_BUCKETS=0")
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "QUOTAD_REDIS_BUCKETS=4 has") {
+		t.Fatalf("a start with 0 buckets beside one with 4: %v\n%s\nwant a refusal naming QUOTAD_REDIS_BUCKETS=4", err, out)
+	}
+	t.Logf("refused: %s", bytes.TrimSpace(out))
+	if got := a.used(t, "user:layout"); got != 10 {
+		t.Fatalf("after the refused start the first instance says %d used, want 10", got)
+	}
+	a.stop(t)
+	b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_REDIS_BUCKETS=0")
+	if got := b.used(t, "user:layout"); got != 10 {
+		t.Fatalf("with the new layout %d used, want the 10 flushed under the old one", got)
+	}
+	consume(t, b, "user:layout", 1)
+	b.stop(t)
+	waitFlushed(t, pg, "user:layout", 11)
 }

@@ -265,6 +265,8 @@ func serve(ctx context.Context, cfg Config, stdout io.Writer) error {
 		log.Info("draining the flusher")
 		if err := t.flusher.Drain(shutCtx); err != nil {
 			log.Warn("flusher did not drain; pending usage stays in redis for the next flush", "err", err)
+		} else if err := t.pending.Leave(shutCtx); err != nil {
+			log.Warn("flusher heartbeat not removed; it lapses by itself", "err", err)
 		}
 	}
 	stopBG() // the rollup loop too; what the drain wrote is rolled up now

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -25,6 +26,7 @@ type tiers struct {
 	health      *cache.Health
 	flusher     *persist.Flusher
 	flusherDone chan struct{}
+	pending     *cache.Pending // the flusher's source
 	rdb         redis.UniversalClient
 	bgRdb       redis.UniversalClient // the flusher's and the recovery's
 	layout      cache.Layout
@@ -71,6 +73,19 @@ func postgresTiers(store *persist.Store) tiers {
 	return tiers{stores: quota.Stores{Plans: store, Subjects: store, Prices: store, Counter: store, Reports: store}}
 }
 
+// adoptLayout makes layout the one in use in Redis (cache.AdoptLayout): a
+// refusal stops the start; a Redis that does not answer is looked at
+// again by the recovery that precedes serving from it.
+func adoptLayout(ctx context.Context, rdb redis.UniversalClient, layout cache.Layout) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := cache.AdoptLayout(ctx, rdb, layout)
+	if errors.Is(err, cache.ErrLayoutInUse) {
+		return err
+	}
+	return nil
+}
+
 // fullTiers wires L1 (ristretto) over L2 (Redis) over Postgres, the
 // invalidation bus and the write-behind flusher. Background work runs
 // until bg ends.
@@ -103,6 +118,9 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		return tiers{}, fmt.Errorf("QUOTAD_REDIS_BUCKETS=0 names the one-Redis layout, whose scripts cross hash slots: a cluster needs 1 or more")
 	}
 	layout := cache.NewLayout(buckets)
+	if err := adoptLayout(bg, bgRdb, layout); err != nil {
+		return tiers{}, err
+	}
 	cache.Instrument(reg, rdb, bgRdb)
 
 	health := cache.NewHealth(rdb, log)
@@ -142,6 +160,11 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		return settings.DropStale(ctx)
 	}
 	health.Start(bg, func(ctx context.Context) error {
+		// A Redis this instance could not look at when it started, or
+		// one that lost its data, may be in use with another layout.
+		if err := cache.AdoptLayout(ctx, bgRdb, layout); err != nil {
+			return err
+		}
 		// Counters and subject settings Postgres took directly while
 		// Redis was away are stale in Redis; and invalidations may have
 		// been missed.
@@ -203,6 +226,7 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		health:      health,
 		flusher:     flusher,
 		flusherDone: done,
+		pending:     pending,
 		rdb:         rdb,
 		bgRdb:       bgRdb,
 		layout:      layout,
