@@ -81,7 +81,7 @@ func (o LoadOptions) Validate() error {
 type LoadResult struct {
 	Requests        int64            // responses received, whatever their status
 	OK              int64            // 2xx responses
-	Consumes        int64            // 2xx responses to consumes
+	Consumes        int64            // consumes counted: 2xx answers to consumes, a batch's items without an error
 	Status          map[int]int64    // responses by status code
 	TransportErrors map[string]int64 // requests without a response, by kind
 	ErrorSamples    map[string]string
@@ -263,7 +263,7 @@ func (w *worker) exchange(c *LoadClient, r Request, since time.Time) error {
 		if err != nil {
 			return err
 		}
-		w.record(time.Since(since), status, r.consumes())
+		w.record(time.Since(since), status, r.consumes(w.resp.Body()))
 		if r.Then == nil || status/100 != 2 {
 			return nil
 		}

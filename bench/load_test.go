@@ -184,3 +184,53 @@ func TestSeedResetsNearSubjectsBeforeConsuming(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchItemsWithErrorsAreNotCounted: a batch answered 200 counts only
+// the items answered without an error (an overloaded quotad sheds items
+// inside the batch, not the whole request).
+func TestBatchItemsWithErrorsAreNotCounted(t *testing.T) {
+	var answered, counted atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Events []json.RawMessage `json:"events"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || len(body.Events) != BatchItems {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		n := answered.Add(1)
+		var b strings.Builder
+		b.WriteString(`{"results":[`)
+		for i := range BatchItems {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			if int64(i)%(n%4+2) == 0 { // a varying share shed
+				b.WriteString(`{"error":{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"shed: \"error\":{ is no item"}}`)
+				continue
+			}
+			counted.Add(1)
+			b.WriteString(`{"applied":true,"amount":1}`)
+		}
+		b.WriteString(`]}`)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(b.String()))
+	}))
+	defer srv.Close()
+	sc, _ := LookupScenario("consume-batch")
+	gen := DefaultGenConfig()
+	gen.Subjects = 100
+	res, err := Run(context.Background(), nil, LoadOptions{
+		URL: srv.URL + "/", Key: "k", Scenario: sc, Gen: gen,
+		Mode: "closed", Concurrency: 2, Duration: 200 * time.Millisecond, Seed: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answered.Load() == 0 || res.OK != answered.Load() {
+		t.Fatalf("server answered %d batches, client counted %d ok", answered.Load(), res.OK)
+	}
+	if res.Consumes != counted.Load() || res.Consumes == res.OK*BatchItems {
+		t.Errorf("client counted %d consumes in %d batches; the server counted %d", res.Consumes, res.OK, counted.Load())
+	}
+}

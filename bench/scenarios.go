@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -27,13 +28,22 @@ type Request struct {
 	Then func(answer, dst []byte) (Request, bool)
 }
 
-// consumes is how many consumes a 2xx answer to r counted.
-func (r *Request) consumes() int64 {
+// consumes is how many consumes answer, a 2xx answer to r, counted. A
+// batch is answered 200 with a result per item, and an item answered
+// with an error (shed under overload, refused) counted nothing.
+func (r *Request) consumes(answer []byte) int64 {
 	if !r.Consume {
 		return 0
 	}
-	return int64(max(1, r.Items))
+	if r.Items <= 1 {
+		return 1
+	}
+	return max(0, int64(r.Items)-int64(bytes.Count(answer, itemError)))
 }
+
+// itemError opens a batch item's error; inside a JSON string its quotes
+// would be escaped, so it marks an item's error and nothing else.
+var itemError = []byte(`"error":{`)
 
 // Scenario produces the requests of one benchmark case.
 type Scenario struct {
