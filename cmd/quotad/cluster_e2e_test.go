@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,15 +35,23 @@ func layoutOf(url string) cache.Layout {
 	return cache.Layout{}
 }
 
-// pendingEntries counts the entries of every pending stream of the Redis
-// of url: usage not yet acknowledged by a flush.
-func pendingEntries(tb testing.TB, url string) int64 {
+// dialRedis returns a client of the Redis (or cluster) of url, closed at
+// cleanup.
+func dialRedis(tb testing.TB, url string) redis.UniversalClient {
 	tb.Helper()
 	rdb, _, _, err := cache.Dial(url, cache.Timeouts{Dial: time.Second, Read: 3 * time.Second, Write: 3 * time.Second, Pool: 4 * time.Second, PoolSize: 4})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer rdb.Close()
+	tb.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// pendingEntries counts the entries of every pending stream of the Redis
+// of url: usage not yet acknowledged by a flush.
+func pendingEntries(tb testing.TB, url string) int64 {
+	tb.Helper()
+	rdb := dialRedis(tb, url)
 	var n int64
 	for _, s := range layoutOf(url).Streams() {
 		l, err := rdb.XLen(context.Background(), s).Result()
@@ -63,11 +72,7 @@ func TestClusterSpreadsSubjects(t *testing.T) {
 	for i := range 48 {
 		consume(t, q, fmt.Sprintf("user:spread-%d", i), 1)
 	}
-	rdb, _, _, err := cache.Dial(c.URL(), cache.Timeouts{Dial: time.Second, Read: 3 * time.Second, Write: 3 * time.Second, Pool: 4 * time.Second, PoolSize: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rdb.Close()
+	rdb := dialRedis(t, c.URL())
 	ctx := context.Background()
 	layout := layoutOf(c.URL())
 	perMaster := map[string]int64{}
@@ -90,7 +95,7 @@ func TestClusterSpreadsSubjects(t *testing.T) {
 	sub := "user:spread-7"
 	var mu sync.Mutex
 	var keys []string
-	err = rdb.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+	err := rdb.(*redis.ClusterClient).ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
 		k, err := node.Keys(ctx, layout.SubjectPrefix(sub)+"*").Result()
 		mu.Lock()
 		keys = append(keys, k...)
@@ -144,9 +149,6 @@ func TestClusterFailover(t *testing.T) {
 	stop := make(chan struct{})
 	lr := drive(func() *quotad { return q }, subjects, 16, stop, false)
 	time.Sleep(1500 * time.Millisecond)
-	lr.mu.Lock()
-	before := len(lr.bodies)
-	lr.mu.Unlock()
 	killed := time.Now()
 	c.Masters[1].Kill(t)
 	// The promoted replica has no replica of its own, so no write of its
@@ -168,14 +170,27 @@ func TestClusterFailover(t *testing.T) {
 	time.Sleep(3 * time.Second) // serving again, WAIT confirmed
 	close(stop)
 	<-lr.done
+	settleLoad(t, q, pg, c.URL(), subjects, lr, "the kill", killed)
+}
 
+// settleLoad checks a keyed load (drive) that ran through a change of the
+// cluster at at: it ran on both sides of it, quotad served again after
+// its last failure, and once the client has retried what was not
+// acknowledged (with its keys), Postgres and quotad hold every consume
+// exactly once and nothing is left pending. The window of failures is
+// logged.
+func settleLoad(t *testing.T, q *quotad, pg, redisURL string, subjects []string, lr *loadResult, change string, at time.Time) {
+	t.Helper()
 	lr.mu.Lock()
 	defer lr.mu.Unlock()
 	want := map[string]int64{}
-	acked := 0
+	acked, before := 0, 0
 	var firstFail, lastFail time.Time
 	for i, body := range lr.bodies {
 		want[subjectOf(body)] += lr.amount[i]
+		if lr.ended[i].Before(at) {
+			before++
+		}
 		if lr.acked[i] {
 			acked++
 			continue
@@ -185,23 +200,23 @@ func TestClusterFailover(t *testing.T) {
 		}
 		lastFail = lr.ended[i]
 	}
-	t.Logf("%d consumes before the kill, %d after; %d acknowledged, %d not (503 or cut off)", before, len(lr.bodies)-before, acked, len(lr.bodies)-acked)
+	t.Logf("%d consumes before %s, %d after; %d acknowledged, %d not (503 or cut off)", before, change, len(lr.bodies)-before, acked, len(lr.bodies)-acked)
 	if !firstFail.IsZero() {
-		t.Logf("failures from %s to %s after the kill", firstFail.Sub(killed).Round(time.Millisecond), lastFail.Sub(killed).Round(time.Millisecond))
+		t.Logf("failures from %s to %s after %s", firstFail.Sub(at).Round(time.Millisecond), lastFail.Sub(at).Round(time.Millisecond), change)
 	}
 	if before < 100 || len(lr.bodies)-before < 100 {
-		t.Fatalf("the load did not run on both sides of the kill (%d before, %d in all)", before, len(lr.bodies))
+		t.Fatalf("the load did not run on both sides of %s (%d before, %d in all)", change, before, len(lr.bodies))
 	}
-	// The last consumes were served after the failover: quotad follows the
-	// promoted replica without a restart.
+	// The last consumes were served after the change: quotad follows the
+	// cluster without a restart.
 	served := 0
 	for i := range lr.bodies {
-		if lr.acked[i] && lr.ended[i].After(lastFail) && lr.ended[i].After(killed) {
+		if lr.acked[i] && lr.ended[i].After(lastFail) && lr.ended[i].After(at) {
 			served++
 		}
 	}
 	if served < 50 {
-		t.Fatalf("%d consumes acknowledged after the last failure: quotad did not serve again after the failover\n%s", served, q.out)
+		t.Fatalf("%d consumes acknowledged after the last failure: quotad did not serve again after %s\n%s", served, change, q.out)
 	}
 	for i, body := range lr.bodies {
 		if lr.acked[i] {
@@ -218,8 +233,73 @@ func TestClusterFailover(t *testing.T) {
 			t.Fatalf("%s: quotad says used %d, want %d", s, got, want[s])
 		}
 	}
-	if n := pendingEntries(t, c.URL()); n != 0 {
+	if n := pendingEntries(t, redisURL); n != 0 {
 		t.Fatalf("%d entries still pending after every subject flushed", n)
+	}
+}
+
+// TestClusterReshard moves the slots of busy buckets from one master to
+// another under a keyed load, as adding a shard does: quotad follows the
+// slots without a restart (through the ASK, TRYAGAIN and MOVED replies of
+// the move), the buckets' streams move with their unacknowledged entries,
+// and once the client has retried what was not acknowledged, Postgres and
+// quotad hold every consume exactly once.
+func TestClusterReshard(t *testing.T) {
+	c := testenv.StartRedisCluster(t, testenv.RedisOptions{})
+	pg := testenv.PostgresURL(t)
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+c.URL(), "QUOTAD_FLUSH_CLAIM_IDLE=1s")
+	var subjects []string
+	for i := range 24 {
+		subjects = append(subjects, fmt.Sprintf("user:reshard-%d", i))
+	}
+	rdb := dialRedis(t, c.URL())
+	ctx := context.Background()
+	layout := layoutOf(c.URL())
+	var slots []int // the slots of the subjects' buckets on the first master
+	for _, s := range subjects {
+		slot, err := rdb.ClusterKeySlot(ctx, layout.SubjectPrefix(s)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if masterOf(t, c, int(slot)) == c.Masters[0].Addr() && !slices.Contains(slots, int(slot)) {
+			slots = append(slots, int(slot))
+		}
+	}
+	if len(slots) < 2 {
+		t.Fatalf("the subjects' buckets on the first master are in slots %v: want two or more", slots)
+	}
+	stop := make(chan struct{})
+	lr := drive(func() *quotad { return q }, subjects, 16, stop, false)
+	time.Sleep(1500 * time.Millisecond)
+	moved := time.Now()
+	for _, slot := range slots {
+		if err := c.MoveSlot(ctx, slot, c.Masters[0], c.Masters[2]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond) // a flush and a few hundred consumes between moves
+	}
+	t.Logf("moved slots %v in %s", slots, time.Since(moved).Round(time.Millisecond))
+	time.Sleep(3 * time.Second)
+	close(stop)
+	<-lr.done
+	// A move refuses a consume's script (TRYAGAIN: its keys are split
+	// between the two masters), which switches the instance to Postgres
+	// until its probe passes; logged, as the failover's window is.
+	t.Logf("switches to postgres during the moves: %d", strings.Count(q.out.String(), "serving from postgres"))
+	settleLoad(t, q, pg, c.URL(), subjects, lr, "the first move", moved)
+	// The slots, keys and streams are the new master's now.
+	src := redis.NewClient(&redis.Options{Addr: c.Masters[0].Addr()})
+	defer src.Close()
+	dst := redis.NewClient(&redis.Options{Addr: c.Masters[2].Addr()})
+	defer dst.Close()
+	for _, slot := range slots {
+		left, err := src.ClusterCountKeysInSlot(ctx, slot).Result()
+		if err != nil || left != 0 {
+			t.Fatalf("slot %d: %d keys left on the old master (%v)", slot, left, err)
+		}
+		if n, err := dst.ClusterCountKeysInSlot(ctx, slot).Result(); err != nil || n == 0 {
+			t.Fatalf("slot %d: %d keys on the new master (%v)", slot, n, err)
+		}
 	}
 }
 

@@ -175,6 +175,59 @@ func (c *RedisCluster) URL() string {
 	return "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
 }
 
+// MoveSlot moves slot from the master from to the master to while the
+// cluster serves, as redis-cli --cluster reshard does: to imports it, from
+// migrates it, its keys are MIGRATEd batch by batch, and then every master
+// is told its new owner. Clients meanwhile get ASK and TRYAGAIN replies
+// for it, and MOVED once it has moved.
+func (c *RedisCluster) MoveSlot(ctx context.Context, slot int, from, to *Redis) error {
+	src := redis.NewClient(&redis.Options{Addr: from.addr(), MaxRetries: -1})
+	defer src.Close()
+	dst := redis.NewClient(&redis.Options{Addr: to.addr(), MaxRetries: -1})
+	defer dst.Close()
+	srcID, err := src.ClusterMyID(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("move slot %d: %w", slot, err)
+	}
+	dstID, err := dst.ClusterMyID(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("move slot %d: %w", slot, err)
+	}
+	if err := dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err(); err != nil {
+		return fmt.Errorf("move slot %d: importing: %w", slot, err)
+	}
+	if err := src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
+		return fmt.Errorf("move slot %d: migrating: %w", slot, err)
+	}
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		if err != nil {
+			return fmt.Errorf("move slot %d: keys: %w", slot, err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		if err := src.Do(ctx, args...).Err(); err != nil {
+			return fmt.Errorf("move slot %d: migrate %d keys: %w", slot, len(keys), err)
+		}
+	}
+	// The new owner first, so that it serves the slot before the old
+	// one redirects there; then every other master.
+	for _, r := range append([]*Redis{to, from}, c.Masters...) {
+		cl := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1})
+		err := cl.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err()
+		cl.Close()
+		if err != nil {
+			return fmt.Errorf("move slot %d: node %s: %w", slot, r.addr(), err)
+		}
+	}
+	return nil
+}
+
 // StartRedisReplica starts a redis-server replicating master (REPLICAOF),
 // of StartRedis's kind, and waits until it is in sync. It is stopped and
 // its data deleted at cleanup.
