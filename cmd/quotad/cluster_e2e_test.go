@@ -273,12 +273,14 @@ func TestClusterReshard(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	moved := time.Now()
 	for _, slot := range slots {
-		if err := c.MoveSlot(ctx, slot, c.Masters[0], c.Masters[2]); err != nil {
+		began := time.Now()
+		n, err := c.MoveSlot(ctx, slot, c.Masters[0], c.Masters[2])
+		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("moved slot %d: %d keys in %s", slot, n, time.Since(began).Round(time.Millisecond))
 		time.Sleep(500 * time.Millisecond) // a flush and a few hundred consumes between moves
 	}
-	t.Logf("moved slots %v in %s", slots, time.Since(moved).Round(time.Millisecond))
 	time.Sleep(3 * time.Second)
 	close(stop)
 	<-lr.done

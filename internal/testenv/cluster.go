@@ -179,30 +179,31 @@ func (c *RedisCluster) URL() string {
 // cluster serves, as redis-cli --cluster reshard does: to imports it, from
 // migrates it, its keys are MIGRATEd batch by batch, and then every master
 // is told its new owner. Clients meanwhile get ASK and TRYAGAIN replies
-// for it, and MOVED once it has moved.
-func (c *RedisCluster) MoveSlot(ctx context.Context, slot int, from, to *Redis) error {
+// for it, and MOVED once it has moved. It answers how many keys it moved.
+func (c *RedisCluster) MoveSlot(ctx context.Context, slot int, from, to *Redis) (int, error) {
 	src := redis.NewClient(&redis.Options{Addr: from.addr(), MaxRetries: -1})
 	defer src.Close()
 	dst := redis.NewClient(&redis.Options{Addr: to.addr(), MaxRetries: -1})
 	defer dst.Close()
+	moved := 0
 	srcID, err := src.ClusterMyID(ctx).Result()
 	if err != nil {
-		return fmt.Errorf("move slot %d: %w", slot, err)
+		return moved, fmt.Errorf("move slot %d: %w", slot, err)
 	}
 	dstID, err := dst.ClusterMyID(ctx).Result()
 	if err != nil {
-		return fmt.Errorf("move slot %d: %w", slot, err)
+		return moved, fmt.Errorf("move slot %d: %w", slot, err)
 	}
 	if err := dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err(); err != nil {
-		return fmt.Errorf("move slot %d: importing: %w", slot, err)
+		return moved, fmt.Errorf("move slot %d: importing: %w", slot, err)
 	}
 	if err := src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err(); err != nil {
-		return fmt.Errorf("move slot %d: migrating: %w", slot, err)
+		return moved, fmt.Errorf("move slot %d: migrating: %w", slot, err)
 	}
 	for {
 		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
 		if err != nil {
-			return fmt.Errorf("move slot %d: keys: %w", slot, err)
+			return moved, fmt.Errorf("move slot %d: keys: %w", slot, err)
 		}
 		if len(keys) == 0 {
 			break
@@ -212,8 +213,9 @@ func (c *RedisCluster) MoveSlot(ctx context.Context, slot int, from, to *Redis) 
 			args = append(args, k)
 		}
 		if err := src.Do(ctx, args...).Err(); err != nil {
-			return fmt.Errorf("move slot %d: migrate %d keys: %w", slot, len(keys), err)
+			return moved, fmt.Errorf("move slot %d: migrate %d keys: %w", slot, len(keys), err)
 		}
+		moved += len(keys)
 	}
 	// The new owner first, so that it serves the slot before the old
 	// one redirects there; then every other master.
@@ -222,10 +224,10 @@ func (c *RedisCluster) MoveSlot(ctx context.Context, slot int, from, to *Redis) 
 		err := cl.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err()
 		cl.Close()
 		if err != nil {
-			return fmt.Errorf("move slot %d: node %s: %w", slot, r.addr(), err)
+			return moved, fmt.Errorf("move slot %d: node %s: %w", slot, r.addr(), err)
 		}
 	}
-	return nil
+	return moved, nil
 }
 
 // StartRedisReplica starts a redis-server replicating master (REPLICAOF),
