@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,6 +60,8 @@ type batcher struct {
 	// WAIT: its writes answer only once that many replicas have them
 	// (Counter.WaitReplicas).
 	waitReplicas int64
+	// slotRetries counts calls sent again because their slot was moving.
+	slotRetries atomic.Int64
 }
 
 // replicaWait bounds a WAIT, well inside the client's read timeout so
@@ -175,20 +178,70 @@ func (b *batcher) do(ctx context.Context, consume bool, keys []string, args []an
 	return b.queue(ctx, callPool.Get().(*call), consume, keys, args)
 }
 
+// queue sends c through a worker and waits for its answer. A call
+// refused because its slot is moving between masters is sent again, for
+// up to slotMoveWait, before the refusal is the caller's (see slotMoving).
 func (b *batcher) queue(ctx context.Context, c *call, consume bool, keys []string, args []any) (*call, error) {
 	c.consume, c.keys, c.args = consume, keys, args
-	select {
-	case b.calls <- c:
-	case <-ctx.Done():
-		b.release(c) // cleared: a pooled call must not keep its script for the next user
-		return nil, ctx.Err()
+	var giveUp time.Time
+	for pause := slotMovePause; ; pause *= 2 {
+		select {
+		case b.calls <- c:
+		case <-ctx.Done():
+			b.release(c) // cleared: a pooled call must not keep its script for the next user
+			return nil, ctx.Err()
+		}
+		<-c.done
+		if !slotMoving(c.err) {
+			break
+		}
+		if giveUp.IsZero() {
+			giveUp = time.Now().Add(slotMoveWait)
+		}
+		if time.Now().Add(pause).After(giveUp) {
+			break
+		}
+		b.slotRetries.Add(1)
+		if cc, ok := b.rdb.(*redis.ClusterClient); ok && strings.HasPrefix(c.err.Error(), "MOVED") {
+			cc.ReloadState(ctx) // the slot has a new master: read the map again
+		}
+		c.val, c.val2, c.val3, c.err = nil, nil, nil, nil
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			b.release(c)
+			return nil, ctx.Err()
+		}
 	}
-	<-c.done
 	if err := c.err; err != nil {
 		b.release(c)
 		return nil, err
 	}
 	return c, nil
+}
+
+// While a cluster moves a slot to another master, a script whose keys are
+// split between the two, or not there yet (a new idempotency key), is
+// refused with TRYAGAIN or ASK, and a client with the old map of slots
+// gets MOVED once it has moved. Redis ran nothing, and a short move ends
+// within a few pauses: sent again, the call is served by Redis instead of
+// switching the whole instance to Postgres for it. A longer move is
+// refused as before (unreachable), which keeps it exact.
+const (
+	slotMovePause = 5 * time.Millisecond
+	slotMoveWait  = 250 * time.Millisecond
+)
+
+// slotMoving reports Redis's refusal of a call whose slot is moving.
+func slotMoving(err error) bool {
+	var rerr redis.Error
+	if err == nil || !errors.As(err, &rerr) {
+		return false
+	}
+	msg := rerr.Error()
+	return strings.HasPrefix(msg, "TRYAGAIN") || strings.HasPrefix(msg, "ASK ") || strings.HasPrefix(msg, "MOVED ")
 }
 
 func (b *batcher) release(c *call) {

@@ -124,7 +124,11 @@ func (c *Counter) SetLayout(l Layout) { c.layout = l }
 func (c *Counter) SetRecoveryClient(rdb redis.UniversalClient) { c.slow = rdb }
 
 // Register registers the counter's metrics on reg.
-func (c *Counter) Register(reg *prometheus.Registry) { reg.MustRegister(c.reads, c.shed) }
+func (c *Counter) Register(reg *prometheus.Registry) {
+	reg.MustRegister(c.reads, c.shed, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quotad_redis_slot_moving_retries_total",
+		Help: "Redis calls sent again because their cluster slot was moving to another master (TRYAGAIN, ASK, MOVED)."},
+		func() float64 { return float64(c.batch.slotRetries.Load()) }))
+}
 
 // Backlog is the flusher as the consume path sees it: Pressure is the
 // share of new usage to refuse (0 to 1) because it waits too long to be

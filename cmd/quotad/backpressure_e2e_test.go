@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,13 +22,7 @@ import (
 // shedTotal reads quotad_consume_shed_total from /metrics.
 func shedTotal(tb testing.TB, q *quotad) int {
 	tb.Helper()
-	_, _, b := q.do(tb, "GET", "/metrics", "", "", nil)
-	m := regexp.MustCompile(`(?m)^quotad_consume_shed_total (\d+)`).FindSubmatch(b)
-	if m == nil {
-		tb.Fatalf("no quotad_consume_shed_total in /metrics")
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
+	return int(metricValue(tb, q, "quotad_consume_shed_total"))
 }
 
 // flushLag reads flush_lag_seconds from /readyz.

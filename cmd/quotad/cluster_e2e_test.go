@@ -285,9 +285,14 @@ func TestClusterReshard(t *testing.T) {
 	close(stop)
 	<-lr.done
 	// A move refuses a consume's script (TRYAGAIN: its keys are split
-	// between the two masters), which switches the instance to Postgres
-	// until its probe passes; logged, as the failover's window is.
-	t.Logf("switches to postgres during the moves: %d", strings.Count(q.out.String(), "serving from postgres"))
+	// between the two masters; MOVED: the map of slots is old): sent again
+	// until the move ends, or, past a short wait, served from Postgres
+	// until the probe passes. Both are logged, as the failover's window is.
+	retries := int(metricValue(t, q, "quotad_redis_slot_moving_retries_total"))
+	t.Logf("calls sent again while a slot moved: %d; switches to postgres: %d", retries, strings.Count(q.out.String(), "serving from postgres"))
+	if retries == 0 {
+		t.Errorf("no call was refused while its slot moved: the moves did not meet the load")
+	}
 	settleLoad(t, q, pg, c.URL(), subjects, lr, "the first move", moved)
 	// The slots, keys and streams are the new master's now.
 	src := redis.NewClient(&redis.Options{Addr: c.Masters[0].Addr()})
