@@ -1,6 +1,7 @@
 package soak
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/quotad/quotad/cache"
 	"github.com/quotad/quotad/internal/testenv"
 )
 
@@ -28,10 +30,18 @@ import (
 // file, appendfsync always) started by testenv, and n quotad processes,
 // each reaching each store through its own Proxy, so that a network fault
 // can cut one instance off while the others go on.
+//
+// With SOAK_REDIS=cluster, Redis is a Redis Cluster of three masters with
+// a replica each (append-only too) and quotad waits for one replica
+// (QUOTAD_REDIS_WAIT_REPLICAS=1), so that a failover loses nothing
+// acknowledged. Its nodes tell clients each other's addresses, so quotad
+// reaches them directly: the network faults then hit Postgres only.
 type cluster struct {
 	pg       *testenv.Postgres
-	rs       *testenv.Redis
-	rdb      *redis.Client // straight to Redis, not through a proxy: the soak's own reads
+	rs       *testenv.Redis        // one Redis; nil on a cluster
+	rc       *testenv.RedisCluster // the cluster; nil on one Redis
+	rdb      redis.UniversalClient // straight to Redis, not through a proxy: the soak's own reads
+	layout   cache.Layout          // quotad's keys on it
 	adminKey string
 	insts    []*instance
 	logDir   string
@@ -45,7 +55,8 @@ type instance struct {
 	env             []string
 	bin             string
 	logPath         string
-	redisPx, pgPx   *Proxy
+	redisPx, pgPx   *Proxy // redisPx nil on a cluster
+	redisURL        string
 	mu              sync.Mutex
 	cmd             *exec.Cmd
 	done            chan struct{} // closed when cmd has exited
@@ -70,15 +81,27 @@ func buildQuotad(tb testing.TB, dir string, race bool) string {
 	return bin
 }
 
-func newCluster(t *testing.T, bin string, n int, logDir string) *cluster {
+func newCluster(t *testing.T, bin string, n int, logDir string, onCluster bool) *cluster {
 	t.Helper()
 	c := &cluster{
 		pg:       testenv.StartPostgres(t),
-		rs:       testenv.StartRedis(t, testenv.RedisOptions{AOF: true}),
 		adminKey: randomHex(32), // not dev mode: a real-length admin key
 		logDir:   logDir,
 	}
-	c.rdb = redis.NewClient(&redis.Options{Addr: c.rs.Addr(), MaxRetries: -1})
+	redisURL := ""
+	if onCluster {
+		c.rc = testenv.StartRedisCluster(t, testenv.RedisOptions{AOF: true})
+		c.layout = cache.NewLayout(cache.DefaultClusterBuckets)
+		redisURL = c.rc.URL()
+		var err error
+		c.rdb, _, _, err = cache.Dial(redisURL, cache.Timeouts{Dial: time.Second, Read: 5 * time.Second, Write: 5 * time.Second, Pool: 5 * time.Second, PoolSize: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		c.rs = testenv.StartRedis(t, testenv.RedisOptions{AOF: true})
+		c.rdb = redis.NewClient(&redis.Options{Addr: c.rs.Addr(), MaxRetries: -1})
+	}
 	t.Cleanup(func() { c.rdb.Close() })
 	pgURL, err := url.Parse(c.pg.URL())
 	if err != nil {
@@ -91,22 +114,30 @@ func newCluster(t *testing.T, bin string, n int, logDir string) *cluster {
 			bin:     bin,
 			logPath: filepath.Join(logDir, fmt.Sprintf("quotad-q%d.log", i)),
 		}
-		if in.redisPx, err = NewProxy(c.rs.Addr()); err != nil {
-			t.Fatal(err)
-		}
 		if in.pgPx, err = NewProxy(pgURL.Host); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(in.redisPx.Close)
 		t.Cleanup(in.pgPx.Close)
+		in.redisURL = redisURL
+		if c.rs != nil {
+			if in.redisPx, err = NewProxy(c.rs.Addr()); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(in.redisPx.Close)
+			in.redisURL = "redis://" + in.redisPx.Addr() + "/0"
+		}
 		viaProxy := *pgURL
 		viaProxy.Host = in.pgPx.Addr()
 		in.env = []string{
 			"QUOTAD_ADDR=" + in.addr,
 			"QUOTAD_ADMIN_KEY=" + c.adminKey,
 			"QUOTAD_POSTGRES_URL=" + viaProxy.String(),
-			"QUOTAD_REDIS_URL=redis://" + in.redisPx.Addr() + "/0",
+			"QUOTAD_REDIS_URL=" + in.redisURL,
 			"QUOTAD_LOG_LEVEL=warn",
+		}
+		if onCluster {
+			// SOAK_WAIT_REPLICAS=0 shows what a failover loses without it.
+			in.env = append(in.env, "QUOTAD_REDIS_WAIT_REPLICAS="+cmp.Or(os.Getenv("SOAK_WAIT_REPLICAS"), "1"))
 		}
 		c.insts = append(c.insts, in)
 		t.Cleanup(func() { in.kill() })
@@ -314,13 +345,26 @@ func (in *instance) stop(timeout time.Duration) error {
 	return nil
 }
 
-// pendingLen is the number of entries of the pending stream (q:pending):
-// usage Redis holds that no flush has written to Postgres and
-// acknowledged yet (an acknowledged entry is deleted).
+// pendingLen is the number of entries of the pending streams (q:pending,
+// or each bucket's on a cluster): usage Redis holds that no flush has
+// written to Postgres and acknowledged yet (an acknowledged entry is
+// deleted).
 func (c *cluster) pendingLen(ctx context.Context) (int64, error) {
-	n, err := c.rdb.XLen(ctx, "q:pending").Result()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
+	var sum int64
+	for _, s := range c.layout.Streams() {
+		n, err := c.rdb.XLen(ctx, s).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return 0, err
+		}
+		sum += n
 	}
-	return n, err
+	return sum, nil
+}
+
+// flushRedis deletes every key of Redis, of every master on a cluster.
+func (c *cluster) flushRedis(ctx context.Context) error {
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
+	}
+	return c.rdb.FlushAll(ctx).Err()
 }

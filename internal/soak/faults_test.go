@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quotad/quotad/internal/testenv"
 )
 
 // Fault kinds. Each is injected, held for a while and healed before the
@@ -16,9 +18,9 @@ import (
 // faults around it.
 const (
 	faultKillQuotad    = "kill-quotad"    // kill -9 of one quotad, restarted after 0.5-3 s
-	faultKillRedis     = "kill-redis"     // SIGKILL of Redis, restarted from its AOF after 0.5-3 s
+	faultKillRedis     = "kill-redis"     // SIGKILL of Redis (a master, on a cluster), restarted from its AOF after 0.5-3 s
 	faultStopPostgres  = "stop-postgres"  // Postgres stopped (fast or immediate shutdown) for 2-10 s
-	faultPauseRedis    = "pause-redis"    // Redis frozen (SIGSTOP) for 0.5-3 s: past quotad's 250 ms Redis timeouts
+	faultPauseRedis    = "pause-redis"    // Redis (a master) frozen (SIGSTOP) for 0.5-3 s: past quotad's 250 ms Redis timeouts, and on a cluster at times its node timeout (a failover)
 	faultPausePostgres = "pause-postgres" // Postgres and its backends frozen for 1-8 s
 	faultNetLatency    = "net-latency"    // 20-300 ms added each way between one quotad (or all) and one store, for 2-8 s
 	faultNetReset      = "net-reset"      // every connection between one quotad (or all) and one store reset
@@ -113,9 +115,13 @@ func (fi *injector) hold(lo, hi time.Duration) {
 }
 
 // proxies draws the links a network fault hits: one store (Redis or
-// Postgres), between it and one instance or every instance.
+// Postgres; Postgres only on a cluster, which quotad reaches directly),
+// between it and one instance or every instance.
 func (fi *injector) proxies(rec *faultRec) []*Proxy {
 	store := []string{"redis", "postgres"}[fi.rng.IntN(2)]
+	if fi.c.rc != nil {
+		store = "postgres"
+	}
 	var ins []*instance
 	if fi.rng.IntN(3) == 0 {
 		ins = fi.c.insts
@@ -147,10 +153,11 @@ func (fi *injector) apply(rec *faultRec) {
 			fi.tb.Fatalf("restart %s: %v", in.name, err)
 		}
 	case faultKillRedis:
-		rec.target = "redis"
-		fi.c.rs.Kill(fi.tb)
+		r := fi.redis(rec)
+		r.Kill(fi.tb)
 		fi.hold(500*time.Millisecond, 3*time.Second)
-		fi.c.rs.Start(fi.tb) // waits until the AOF is loaded
+		r.Start(fi.tb) // waits until the AOF is loaded
+		fi.healthy(rec)
 	case faultStopPostgres:
 		rec.target = "postgres"
 		if fi.rng.IntN(2) == 0 {
@@ -163,10 +170,11 @@ func (fi *injector) apply(rec *faultRec) {
 		fi.hold(2*time.Second, 10*time.Second)
 		fi.c.pg.Start(fi.tb)
 	case faultPauseRedis:
-		rec.target = "redis"
-		fi.c.rs.Pause(fi.tb)
+		r := fi.redis(rec)
+		r.Pause(fi.tb)
 		fi.hold(500*time.Millisecond, 3*time.Second)
-		fi.c.rs.Resume(fi.tb)
+		r.Resume(fi.tb)
+		fi.healthy(rec)
 	case faultPausePostgres:
 		rec.target = "postgres"
 		fi.c.pg.Pause(fi.tb)
@@ -209,6 +217,40 @@ func (fi *injector) apply(rec *faultRec) {
 	default:
 		fi.tb.Fatalf("unknown fault %q", rec.kind)
 	}
+}
+
+// redis draws the Redis a fault hits: the one Redis, or one of the
+// cluster's masters of the moment.
+func (fi *injector) redis(rec *faultRec) *testenv.Redis {
+	if fi.c.rc == nil {
+		rec.target = "redis"
+		return fi.c.rs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	masters, err := fi.c.rc.CurrentMasters(ctx)
+	if err != nil {
+		fi.tb.Fatalf("pick a master: %v", err)
+	}
+	r := masters[fi.rng.IntN(len(masters))]
+	rec.target = "master " + r.Addr()
+	return r
+}
+
+// healthy waits, on a cluster, until every slot has a master again with
+// a replica in sync: until then WAIT 1 confirms nothing for the slots of
+// a promoted replica, and a second fault could leave a slot with no node.
+func (fi *injector) healthy(rec *faultRec) {
+	if fi.c.rc == nil {
+		return
+	}
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := fi.c.rc.WaitHealthy(ctx); err != nil {
+		fi.tb.Fatalf("the cluster did not recover from %s: %v", rec.kind, err)
+	}
+	rec.detail = fmt.Sprintf("cluster healthy %.1fs after", time.Since(began).Seconds())
 }
 
 // faults returns the log and the injection error, if any.

@@ -30,6 +30,7 @@ type config struct {
 	rate      float64       // SOAK_RATE; default 300 operations a second in all (the machine has 2 cores shared with the stores)
 	faults    []string      // SOAK_FAULTS; default every kind; a comma list, or "none"
 	race      bool          // SOAK_RACE=1: quotad built with the race detector
+	cluster   bool          // SOAK_REDIS=cluster: on a Redis Cluster (see cluster)
 	// SOAK_RESETS=0: the reset group's resets become record consumes
 	// (their own subjects' checks then are those of record subjects).
 	resets bool
@@ -57,6 +58,7 @@ func readConfig(t *testing.T) config {
 		workers:   atoi("SOAK_WORKERS", "32"),
 		rate:      float64(atoi("SOAK_RATE", "300")),
 		race:      env("SOAK_RACE", "") == "1",
+		cluster:   env("SOAK_REDIS", "one") == "cluster",
 		resets:    env("SOAK_RESETS", "1") != "0",
 	}
 	var err error
@@ -80,6 +82,9 @@ func readConfig(t *testing.T) config {
 			}
 			c.faults = append(c.faults, k)
 		}
+	}
+	if r := env("SOAK_REDIS", "one"); r != "one" && r != "cluster" {
+		t.Fatalf("SOAK_REDIS: %q is neither one nor cluster", r)
 	}
 	if c.subjects < 20 {
 		t.Fatalf("SOAK_SUBJECTS: at least 20")
@@ -106,11 +111,15 @@ func TestSoak(t *testing.T) {
 		}
 		os.RemoveAll(logDir)
 	})
-	t.Logf("soak: %v, seed %d (SOAK_SEED=%d to draw the same faults and operations), %d instances, %d subjects, %d clients at %.0f operations/s, resets %v, faults: %s",
-		cfg.duration, cfg.seed, cfg.seed, cfg.instances, cfg.subjects, cfg.workers, cfg.rate, cfg.resets, strings.Join(cfg.faults, ", "))
+	redisKind := "one Redis"
+	if cfg.cluster {
+		redisKind = "a Redis Cluster (3 masters, 3 replicas, WAIT 1)"
+	}
+	t.Logf("soak: %v, seed %d (SOAK_SEED=%d to draw the same faults and operations), %d instances on %s, %d subjects, %d clients at %.0f operations/s, resets %v, faults: %s",
+		cfg.duration, cfg.seed, cfg.seed, cfg.instances, redisKind, cfg.subjects, cfg.workers, cfg.rate, cfg.resets, strings.Join(cfg.faults, ", "))
 
 	bin := buildQuotad(t, logDir, cfg.race)
-	c := newCluster(t, bin, cfg.instances, logDir)
+	c := newCluster(t, bin, cfg.instances, logDir, cfg.cluster)
 	rng := rand.New(rand.NewPCG(cfg.seed, 0))
 	salt := strconv.FormatUint(cfg.seed%1_000_000, 36)
 	subjects := makeSubjects(cfg.subjects, salt, rng)

@@ -127,7 +127,7 @@ func (v *verifier) verify() {
 		}
 	}
 	v.checks = append(v.checks, shutdown)
-	if err := v.c.rdb.FlushAll(ctx).Err(); err != nil {
+	if err := v.c.flushRedis(ctx); err != nil {
 		t.Fatalf("FLUSHALL: %v", err)
 	}
 	for _, in := range v.c.insts {

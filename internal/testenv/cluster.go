@@ -175,6 +175,63 @@ func (c *RedisCluster) URL() string {
 	return "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
 }
 
+// Nodes returns every node, masters first as started (a failover may
+// have swapped roles since: see CurrentMasters).
+func (c *RedisCluster) Nodes() []*Redis { return c.nodes() }
+
+// CurrentMasters answers the nodes that are masters now (ROLE), in start
+// order.
+func (c *RedisCluster) CurrentMasters(ctx context.Context) ([]*Redis, error) {
+	var out []*Redis
+	for _, r := range c.nodes() {
+		cl := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1})
+		role, err := cl.Do(ctx, "ROLE").Slice()
+		cl.Close()
+		if err != nil {
+			continue // down, or loading: not a master to pick
+		}
+		if len(role) > 0 && role[0] == "master" {
+			out = append(out, r)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no node of the cluster says it is a master")
+	}
+	return out, nil
+}
+
+// WaitHealthy waits until every node answers and reports the cluster ok,
+// and ClusterMasters masters each have a replica in sync: the state after
+// a node's restart in which a write can be confirmed by WAIT 1 again.
+func (c *RedisCluster) WaitHealthy(ctx context.Context) error {
+	clients := make([]*redis.Client, 0, len(c.nodes()))
+	defer func() {
+		for _, cl := range clients {
+			cl.Close()
+		}
+	}()
+	for _, r := range c.nodes() {
+		clients = append(clients, redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1}))
+	}
+	return until(ctx, func() (bool, error) {
+		synced := 0
+		for _, cl := range clients {
+			info, err := cl.ClusterInfo(ctx).Result()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") {
+				return false, nil
+			}
+			repl, err := cl.Info(ctx, "replication").Result()
+			if err != nil {
+				return false, nil
+			}
+			if strings.Contains(repl, "role:master") && strings.Contains(repl, "state=online") {
+				synced++
+			}
+		}
+		return synced == ClusterMasters, nil
+	})
+}
+
 // MoveSlot moves slot from the master from to the master to while the
 // cluster serves, as redis-cli --cluster reshard does: to imports it, from
 // migrates it, its keys are MIGRATEd batch by batch, and then every master
