@@ -243,11 +243,19 @@ func settleLoad(t *testing.T, q *quotad, pg, redisURL string, subjects []string,
 // slots without a restart (through the ASK, TRYAGAIN and MOVED replies of
 // the move), the buckets' streams move with their unacknowledged entries,
 // and once the client has retried what was not acknowledged, Postgres and
-// quotad hold every consume exactly once.
+// quotad hold every consume exactly once. It runs without WAIT and with
+// QUOTAD_REDIS_WAIT_REPLICAS=1 (the moved keys reach the new master's
+// replica too).
 func TestClusterReshard(t *testing.T) {
+	for _, wait := range []string{"0", "1"} {
+		t.Run("wait"+wait, func(t *testing.T) { testReshard(t, wait) })
+	}
+}
+
+func testReshard(t *testing.T, waitReplicas string) {
 	c := testenv.StartRedisCluster(t, testenv.RedisOptions{})
 	pg := testenv.PostgresURL(t)
-	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+c.URL(), "QUOTAD_FLUSH_CLAIM_IDLE=1s")
+	q := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+c.URL(), "QUOTAD_FLUSH_CLAIM_IDLE=1s", "QUOTAD_REDIS_WAIT_REPLICAS="+waitReplicas)
 	var subjects []string
 	for i := range 24 {
 		subjects = append(subjects, fmt.Sprintf("user:reshard-%d", i))
