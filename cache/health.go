@@ -207,6 +207,17 @@ func (h *Health) Settle(ctx context.Context) {
 // and may serve it later (see unreachable).
 var refusedForNow = []string{"LOADING", "MASTERDOWN", "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN"}
 
+// replyIs reports an error that is a reply of Redis's starting with one
+// of prefixes.
+func replyIs(err error, prefixes []string) bool {
+	var rerr redis.Error
+	if err == nil || !errors.As(err, &rerr) {
+		return false
+	}
+	msg := rerr.Error()
+	return slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(msg, p) })
+}
+
 // pingAll pings Redis: every master of a cluster, with the cluster's
 // map of slots read afresh first, so that a probe passes only once every
 // slot has a master that answers (a replica promoted in a dead master's
@@ -228,8 +239,7 @@ func unreachable(err error) bool {
 	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
-		msg := rerr.Error()
-		return slices.ContainsFunc(refusedForNow, func(p string) bool { return strings.HasPrefix(msg, p) })
+		return replyIs(err, refusedForNow)
 	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||

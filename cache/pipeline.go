@@ -202,7 +202,7 @@ func (b *batcher) queue(ctx context.Context, c *call, consume bool, keys []strin
 			break
 		}
 		b.slotRetries.Add(1)
-		if cc, ok := b.rdb.(*redis.ClusterClient); ok && strings.HasPrefix(c.err.Error(), "MOVED") {
+		if cc, ok := b.rdb.(*redis.ClusterClient); ok && replyIs(c.err, []string{"MOVED "}) {
 			cc.ReloadState(ctx) // the slot has a new master: read the map again
 		}
 		c.val, c.val2, c.val3, c.err = nil, nil, nil, nil
@@ -234,15 +234,11 @@ const (
 	slotMoveWait  = 250 * time.Millisecond
 )
 
-// slotMoving reports Redis's refusal of a call whose slot is moving.
-func slotMoving(err error) bool {
-	var rerr redis.Error
-	if err == nil || !errors.As(err, &rerr) {
-		return false
-	}
-	msg := rerr.Error()
-	return strings.HasPrefix(msg, "TRYAGAIN") || strings.HasPrefix(msg, "ASK ") || strings.HasPrefix(msg, "MOVED ")
-}
+// slotMoving reports Redis's refusal of a call whose slot is moving (a
+// part of refusedForNow).
+func slotMoving(err error) bool { return replyIs(err, slotMovingReplies) }
+
+var slotMovingReplies = []string{"TRYAGAIN", "ASK ", "MOVED "}
 
 func (b *batcher) release(c *call) {
 	c.script, c.stream, c.keys, c.args, c.val, c.val2, c.val3, c.err = nil, "", nil, nil, nil, nil, nil, nil

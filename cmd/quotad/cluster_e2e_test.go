@@ -350,3 +350,27 @@ func TestBucketsChangeRefusedWhileInUse(t *testing.T) {
 	b.stop(t)
 	waitFlushed(t, pg, "user:layout", 11)
 }
+
+// TestBucketsChangeWithRedisDownStaysOnPostgres: an instance with another
+// QUOTAD_REDIS_BUCKETS that starts while Redis is down cannot be refused
+// at start; once Redis is back it does not serve from it while the other
+// layout's events wait there, and serves from Postgres meanwhile.
+func TestBucketsChangeWithRedisDownStaysOnPostgres(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.RedisOptions{AOF: true})
+	rd, pg := "redis://"+r.Addr()+"/0", testenv.PostgresURL(t)
+	a := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_REDIS_BUCKETS=4", "QUOTAD_FLUSH_INTERVAL=1h")
+	consume(t, a, "user:layout-down", 3)
+	a.kill(t) // its event stays in its bucket's stream
+	r.Kill(t)
+	b := startQuotad(t, "QUOTAD_POSTGRES_URL="+pg, "QUOTAD_REDIS_URL="+rd, "QUOTAD_REDIS_BUCKETS=0")
+	r.Start(t)
+	time.Sleep(3 * time.Second) // several probes
+	_, _, body := b.do(t, "GET", "/readyz", "", "", nil)
+	if !bytes.Contains(body, []byte(`"redis":"down"`)) || !strings.Contains(b.out.String(), "in use with another QUOTAD_REDIS_BUCKETS") {
+		t.Fatalf("with the other layout's event in Redis: /readyz %s\n%s\nwant redis down and the refusal logged", body, b.out)
+	}
+	consume(t, b, "user:layout-down", 2) // from Postgres
+	if got := b.used(t, "user:layout-down"); got != 2 {
+		t.Fatalf("used %d on the instance on Postgres, want the 2 it took (the 3 wait in the other layout's stream)", got)
+	}
+}

@@ -73,9 +73,10 @@ func postgresTiers(store *persist.Store) tiers {
 	return tiers{stores: quota.Stores{Plans: store, Subjects: store, Prices: store, Counter: store, Reports: store}}
 }
 
-// adoptLayout makes layout the one in use in Redis (cache.AdoptLayout): a
-// refusal stops the start; a Redis that does not answer is looked at
-// again by the recovery that precedes serving from it.
+// adoptLayout makes layout the one in use in Redis (cache.AdoptLayout) so
+// that a refusal stops the start with its reason. Any other error is left
+// to the recovery, which runs the same check before Redis serves (at
+// start too) and keeps the instance on Postgres until it passes.
 func adoptLayout(ctx context.Context, rdb redis.UniversalClient, layout cache.Layout) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -160,8 +161,9 @@ func fullTiers(bg context.Context, cfg Config, store *persist.Store, reg *promet
 		return settings.DropStale(ctx)
 	}
 	health.Start(bg, func(ctx context.Context) error {
-		// A Redis this instance could not look at when it started, or
-		// one that lost its data, may be in use with another layout.
+		// Before Redis serves, at start and after every outage: a Redis
+		// that was away, or lost its data, may be in use with another
+		// layout by now.
 		if err := cache.AdoptLayout(ctx, bgRdb, layout); err != nil {
 			return err
 		}

@@ -1,7 +1,6 @@
 package soak
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -81,7 +80,7 @@ func buildQuotad(tb testing.TB, dir string, race bool) string {
 	return bin
 }
 
-func newCluster(t *testing.T, bin string, n int, logDir string, onCluster bool) *cluster {
+func newCluster(t *testing.T, bin, logDir string, cfg config) *cluster {
 	t.Helper()
 	c := &cluster{
 		pg:       testenv.StartPostgres(t),
@@ -89,7 +88,7 @@ func newCluster(t *testing.T, bin string, n int, logDir string, onCluster bool) 
 		logDir:   logDir,
 	}
 	redisURL := ""
-	if onCluster {
+	if cfg.cluster {
 		c.rc = testenv.StartRedisCluster(t, testenv.RedisOptions{AOF: true})
 		c.layout = cache.NewLayout(cache.DefaultClusterBuckets)
 		redisURL = c.rc.URL()
@@ -107,7 +106,7 @@ func newCluster(t *testing.T, bin string, n int, logDir string, onCluster bool) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range n {
+	for i := range cfg.instances {
 		in := &instance{
 			name:    fmt.Sprintf("q%d", i),
 			addr:    fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
@@ -135,9 +134,8 @@ func newCluster(t *testing.T, bin string, n int, logDir string, onCluster bool) 
 			"QUOTAD_REDIS_URL=" + in.redisURL,
 			"QUOTAD_LOG_LEVEL=warn",
 		}
-		if onCluster {
-			// SOAK_WAIT_REPLICAS=0 shows what a failover loses without it.
-			in.env = append(in.env, "QUOTAD_REDIS_WAIT_REPLICAS="+cmp.Or(os.Getenv("SOAK_WAIT_REPLICAS"), "1"))
+		if cfg.cluster {
+			in.env = append(in.env, "QUOTAD_REDIS_WAIT_REPLICAS="+cfg.waitRepl)
 		}
 		c.insts = append(c.insts, in)
 		t.Cleanup(func() { in.kill() })

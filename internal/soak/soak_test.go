@@ -31,6 +31,7 @@ type config struct {
 	faults    []string      // SOAK_FAULTS; default every kind; a comma list, or "none"
 	race      bool          // SOAK_RACE=1: quotad built with the race detector
 	cluster   bool          // SOAK_REDIS=cluster: on a Redis Cluster (see cluster)
+	waitRepl  string        // SOAK_WAIT_REPLICAS, quotad's on a cluster; default 1 (0 shows what a failover loses without it)
 	// SOAK_RESETS=0: the reset group's resets become record consumes
 	// (their own subjects' checks then are those of record subjects).
 	resets bool
@@ -59,6 +60,7 @@ func readConfig(t *testing.T) config {
 		rate:      float64(atoi("SOAK_RATE", "300")),
 		race:      env("SOAK_RACE", "") == "1",
 		cluster:   env("SOAK_REDIS", "one") == "cluster",
+		waitRepl:  env("SOAK_WAIT_REPLICAS", "1"),
 		resets:    env("SOAK_RESETS", "1") != "0",
 	}
 	var err error
@@ -119,7 +121,7 @@ func TestSoak(t *testing.T) {
 		cfg.duration, cfg.seed, cfg.seed, cfg.instances, redisKind, cfg.subjects, cfg.workers, cfg.rate, cfg.resets, strings.Join(cfg.faults, ", "))
 
 	bin := buildQuotad(t, logDir, cfg.race)
-	c := newCluster(t, bin, cfg.instances, logDir, cfg.cluster)
+	c := newCluster(t, bin, logDir, cfg)
 	rng := rand.New(rand.NewPCG(cfg.seed, 0))
 	salt := strconv.FormatUint(cfg.seed%1_000_000, 36)
 	subjects := makeSubjects(cfg.subjects, salt, rng)

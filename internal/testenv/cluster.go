@@ -175,10 +175,6 @@ func (c *RedisCluster) URL() string {
 	return "redis://" + addrs[0] + "?addr=" + strings.Join(addrs[1:], "&addr=")
 }
 
-// Nodes returns every node, masters first as started (a failover may
-// have swapped roles since: see CurrentMasters).
-func (c *RedisCluster) Nodes() []*Redis { return c.nodes() }
-
 // CurrentMasters answers the nodes that are masters now (ROLE), in start
 // order.
 func (c *RedisCluster) CurrentMasters(ctx context.Context) ([]*Redis, error) {
